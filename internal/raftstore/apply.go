@@ -1,0 +1,428 @@
+package raftstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3/confchange"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/statemachine"
+)
+
+// applyResult is the outcome of one of this node's proposals.
+type applyResult struct {
+	proposal uint64
+	res      []byte
+	err      error
+}
+
+// maxDedupRun bounds how many commands are handed to the state machine in
+// one call; longer runs are split.
+const maxDedupRun = 64
+
+// apply applies committed entries: state-machine writes, exactly-once
+// records, configuration changes and the new applied state all go into one
+// batch, so they become durable together. Caller holds r.mu.
+func (r *replica) apply(ents []raftpb.Entry) error {
+	h := r.h
+	b := h.eng.DB().NewIndexedBatch()
+	defer b.Close()
+	r.results = r.results[:0]
+	var cmds []pendingCmd
+	flushCmds := func() error {
+		if len(cmds) == 0 {
+			return nil
+		}
+		err := r.applyCommands(b, cmds)
+		cmds = cmds[:0]
+		return err
+	}
+	for i := range ents {
+		e := &ents[i]
+		switch e.Type {
+		case raftpb.EntryNormal:
+			if len(e.Data) == 0 {
+				break // a new leader's empty entry
+			}
+			c, err := decodeCommand(e.Data)
+			if err != nil {
+				h.stats.MalformedEntries.Add(1)
+				h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+				if node, id, ok := proposalOf(e.Data); ok && node == h.cfg.NodeID {
+					r.results = append(r.results, applyResult{proposal: id, err: err})
+				}
+				break
+			}
+			if len(cmds) > 0 && (cmds[0].c.vshard != c.vshard || len(cmds) >= maxDedupRun) {
+				if err := flushCmds(); err != nil {
+					return err
+				}
+			}
+			cmds = append(cmds, pendingCmd{c: c, index: e.Index})
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if err := flushCmds(); err != nil {
+				return err
+			}
+			r.applyConfChange(e)
+		}
+		r.applied.Index, r.applied.Term = e.Index, e.Term
+	}
+	if err := flushCmds(); err != nil {
+		return err
+	}
+	if err := storage.WriteAppliedState(b, r.group, &r.applied); err != nil {
+		return err
+	}
+	truncIndex, truncTerm, truncate := r.truncationPoint()
+	if truncate {
+		if err := r.log.WriteTruncate(b, truncIndex, truncTerm); err != nil {
+			return err
+		}
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("group %s: commit apply batch: %w", r.group, err)
+	}
+	if truncate {
+		r.log.DidTruncate(truncIndex, truncTerm)
+		h.stats.LogTruncations.Add(1)
+	}
+	r.appliedIndex.Store(r.applied.Index)
+	for _, res := range r.results {
+		if p := r.pending[res.proposal]; p != nil {
+			delete(r.pending, res.proposal)
+			if res.err != nil {
+				h.stats.ProposalsFailed.Add(1)
+			} else {
+				h.stats.ProposalsOK.Add(1)
+			}
+			p.finish(res.res, res.err)
+		}
+	}
+	clear(r.results)
+	r.sweepLost(r.applied.Index, ErrProposalDropped)
+	return nil
+}
+
+// truncationPoint decides whether to truncate the log after this apply:
+// when the log holds more than LogMaxEntries, everything applied except the
+// newest LogKeepEntries goes. A follower that needs what was truncated gets a
+// snapshot instead.
+func (r *replica) truncationPoint() (index, term uint64, ok bool) {
+	first, _ := r.log.Bounds()
+	applied := r.applied.Index
+	cfg := &r.h.cfg
+	if applied < first || applied-first+1 <= cfg.LogMaxEntries {
+		return 0, 0, false
+	}
+	index = applied - cfg.LogKeepEntries
+	term, err := r.log.Term(index)
+	if err != nil {
+		return 0, 0, false
+	}
+	return index, term, true
+}
+
+type pendingCmd struct {
+	c     command
+	index uint64
+	res   []byte
+	err   error
+	dup   bool
+}
+
+// applyCommands applies consecutive commands of one vShard with
+// exactly-once semantics. Caller holds r.mu.
+func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
+	vs := cmds[0].c.vshard
+	var w storage.VShardWriter
+	w.Reset(b, r.group, vs)
+	// Within one run the same (client, seq) can appear twice: a client that
+	// retried before its first attempt was applied. The dedup check of the
+	// second must see the record of the first, so the run is split there.
+	start := 0
+	for i := range cmds {
+		c := &cmds[i]
+		if c.c.client == 0 {
+			continue
+		}
+		for j := start; j < i; j++ {
+			if cmds[j].c.client == c.c.client && cmds[j].c.seq == c.c.seq && !cmds[j].dup && cmds[j].err == nil {
+				if err := r.applyRun(b, &w, cmds[start:i]); err != nil {
+					return err
+				}
+				start = i
+				break
+			}
+		}
+		res, found, stale, err := lookupDedup(b, r.group, vs, c.c.client, c.c.seq)
+		if err != nil {
+			return err
+		}
+		switch {
+		case stale:
+			c.err = ErrStaleSequence
+		case found:
+			c.res, c.dup = res, true
+		}
+	}
+	if err := r.applyRun(b, &w, cmds[start:]); err != nil {
+		return err
+	}
+	for i := range cmds {
+		c := &cmds[i]
+		if c.c.proposer == r.h.cfg.NodeID {
+			r.results = append(r.results, applyResult{proposal: c.c.proposal, res: c.res, err: c.err})
+		}
+	}
+	return nil
+}
+
+// applyRun hands the commands of run that are neither duplicates nor refused
+// to the state machine, then records their results for exactly-once.
+func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, run []pendingCmd) error {
+	var smCmds []statemachine.Command
+	var idx []int
+	for i := range run {
+		c := &run[i]
+		if c.dup || c.err != nil {
+			continue
+		}
+		smCmds = append(smCmds, statemachine.Command{Index: c.index, Timestamp: c.c.timestamp, Data: c.c.payload})
+		idx = append(idx, i)
+	}
+	if len(smCmds) == 0 {
+		return nil
+	}
+	results := make([][]byte, len(smCmds))
+	if err := r.h.cfg.StateMachine.Apply(w, run[0].c.vshard, smCmds, results); err != nil {
+		return fmt.Errorf("group %s: state machine apply: %w", r.group, err)
+	}
+	for k, i := range idx {
+		c := &run[i]
+		c.res = results[k]
+		if c.c.client == 0 {
+			continue
+		}
+		if err := recordDedup(b, r.group, c.c.vshard, c.c.client, c.c.seq, c.c.ackedBelow, c.c.timestamp, c.res); err != nil {
+			return fmt.Errorf("group %s: record exactly-once result: %w", r.group, err)
+		}
+	}
+	return nil
+}
+
+// Exactly-once records live in the vShard's range, so they move with it.
+//
+//	'd' client(8) seq(8) -> timestamp(8) result
+//	'w' client(8)        -> lowest sequence the client may still retry
+
+func dedupKey(g ids.GroupID, vs uint32, client, seq uint64) []byte {
+	k := storage.VShardSubPrefix(g, vs, storage.SubDedup)
+	k = binary.BigEndian.AppendUint64(k, client)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func watermarkKey(g ids.GroupID, vs uint32, client uint64) []byte {
+	return binary.BigEndian.AppendUint64(storage.VShardSubPrefix(g, vs, storage.SubWatermark), client)
+}
+
+func lookupDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq uint64) (res []byte, found, stale bool, err error) {
+	wm, ok, err := storage.Get(b, watermarkKey(g, vs, client))
+	if err != nil {
+		return nil, false, false, err
+	}
+	if ok && len(wm) == 8 && seq < binary.BigEndian.Uint64(wm) {
+		return nil, false, true, nil
+	}
+	v, ok, err := storage.Get(b, dedupKey(g, vs, client, seq))
+	if err != nil || !ok {
+		return nil, false, false, err
+	}
+	if len(v) < 8 {
+		return nil, false, false, fmt.Errorf("%w: exactly-once record of client %d seq %d", storage.ErrCorrupt, client, seq)
+	}
+	return v[8:], true, false, nil
+}
+
+func recordDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq, ackedBelow uint64, ts int64, res []byte) error {
+	v := make([]byte, 8, 8+len(res))
+	binary.BigEndian.PutUint64(v, uint64(ts))
+	if err := b.Set(dedupKey(g, vs, client, seq), append(v, res...), nil); err != nil {
+		return err
+	}
+	wk := watermarkKey(g, vs, client)
+	wm, ok, err := storage.Get(b, wk)
+	if err != nil {
+		return err
+	}
+	var cur uint64
+	if ok && len(wm) == 8 {
+		cur = binary.BigEndian.Uint64(wm)
+	}
+	if ackedBelow <= cur {
+		return nil
+	}
+	// The client will never retry below ackedBelow: forget those records.
+	lo, hi := dedupKey(g, vs, client, cur), dedupKey(g, vs, client, ackedBelow)
+	var dead [][]byte
+	if err := storage.ScanRange(b, lo, hi, func(k, _ []byte) error {
+		dead = append(dead, append([]byte(nil), k...))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range dead {
+		if err := b.Delete(k, nil); err != nil {
+			return err
+		}
+	}
+	return b.Set(wk, binary.BigEndian.AppendUint64(nil, ackedBelow), nil)
+}
+
+// applyConfChange validates and applies a configuration change entry. A
+// change that fails validation is skipped identically by every replica (the
+// decision depends only on the entry and the applied state). Caller holds
+// r.mu.
+func (r *replica) applyConfChange(e *raftpb.Entry) {
+	var cc raftpb.ConfChangeV2
+	if e.Type == raftpb.EntryConfChange {
+		var v1 raftpb.ConfChange
+		if err := v1.Unmarshal(e.Data); err != nil {
+			r.h.stats.MalformedEntries.Add(1)
+			return
+		}
+		cc = v1.AsV2()
+	} else if err := cc.Unmarshal(e.Data); err != nil {
+		r.h.stats.MalformedEntries.Add(1)
+		return
+	}
+	var ctx confChangeContext
+	if len(cc.Context) > 0 {
+		var err error
+		if ctx, err = decodeConfChangeContext(cc.Context); err != nil {
+			r.h.stats.MalformedEntries.Add(1)
+			r.h.log.Warn("skipping configuration change with a malformed context", "group", uint64(r.group), "index", e.Index, "err", err)
+			return
+		}
+	}
+	answer := func(err error) {
+		if ctx.proposer == r.h.cfg.NodeID && ctx.proposal != 0 {
+			r.results = append(r.results, applyResult{proposal: ctx.proposal, err: err})
+		}
+	}
+	if err := validateConfChange(&r.applied, cc, ctx.added); err != nil {
+		r.h.log.Warn("refusing configuration change", "group", uint64(r.group), "index", e.Index, "err", err)
+		answer(fmt.Errorf("%w: %v", ErrConfChangeRejected, err))
+		return
+	}
+	cs := r.rn.ApplyConfChange(cc)
+	r.applied.ConfState = *cs
+	r.applied.Replicas = placeReplicas(r.applied.Replicas, ctx.added, cs)
+	for _, a := range ctx.added {
+		r.applied.MaxReplicaID = max(r.applied.MaxReplicaID, a.Replica)
+	}
+	if !inConfState(cs, r.id) {
+		r.removed = true
+	}
+	answer(nil)
+}
+
+// validateConfChange checks a change against the applied state: every added
+// replica must come with its node, a replica ID new to the group must exceed
+// every ID the group ever had (IDs are never reused), no node may hold two
+// replicas of the group, and the change must be one Raft accepts (Raft
+// panics on an invalid one at apply time, on every replica at once).
+func validateConfChange(st *storage.AppliedState, cc raftpb.ConfChangeV2, added []replicaPlacement) error {
+	placed := map[ids.ReplicaID]ids.NodeID{}
+	for _, d := range st.Replicas {
+		placed[d.Replica] = d.Node
+	}
+	newNodes := map[ids.NodeID]ids.ReplicaID{}
+	for _, d := range st.Replicas {
+		newNodes[d.Node] = d.Replica
+	}
+	for _, a := range added {
+		if a.Replica == 0 || a.Node == 0 {
+			return errors.New("zero replica or node ID")
+		}
+	}
+	for _, ch := range cc.Changes {
+		id := ids.ReplicaID(ch.NodeID)
+		switch ch.Type {
+		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+			if _, ok := placed[id]; ok {
+				continue // promotion or demotion of an existing member
+			}
+			var node ids.NodeID
+			for _, a := range added {
+				if a.Replica == id {
+					node = a.Node
+				}
+			}
+			if node == 0 {
+				return fmt.Errorf("replica %s added without a node", id)
+			}
+			if id <= st.MaxReplicaID {
+				return fmt.Errorf("replica %s reuses an ID (group has had up to %s)", id, st.MaxReplicaID)
+			}
+			if other, ok := newNodes[node]; ok {
+				return fmt.Errorf("%s already holds replica %s of the group", node, other)
+			}
+			newNodes[node] = id
+			placed[id] = node
+		case raftpb.ConfChangeRemoveNode:
+		default:
+			return fmt.Errorf("unsupported change type %s", ch.Type)
+		}
+	}
+	chg := confchange.Changer{Tracker: tracker.MakeProgressTracker(1, 0), LastIndex: 1}
+	cfg, trk, err := confchange.Restore(chg, st.ConfState)
+	if err != nil {
+		return fmt.Errorf("restore configuration: %w", err)
+	}
+	chg.Tracker.Config, chg.Tracker.Progress = cfg, trk
+	if cc.LeaveJoint() {
+		_, _, err = chg.LeaveJoint()
+	} else if autoLeave, ok := cc.EnterJoint(); ok {
+		_, _, err = chg.EnterJoint(autoLeave, cc.Changes...)
+	} else {
+		_, _, err = chg.Simple(cc.Changes...)
+	}
+	return err
+}
+
+// placeReplicas returns the replica list for configuration cs: existing and
+// added placements of every replica cs mentions.
+func placeReplicas(cur []storage.ReplicaDesc, added []replicaPlacement, cs *raftpb.ConfState) []storage.ReplicaDesc {
+	var out []storage.ReplicaDesc
+	seen := map[ids.ReplicaID]bool{}
+	add := func(id ids.ReplicaID, n ids.NodeID) {
+		if !seen[id] && inConfState(cs, id) {
+			seen[id] = true
+			out = append(out, storage.ReplicaDesc{Replica: id, Node: n})
+		}
+	}
+	for _, d := range cur {
+		add(d.Replica, d.Node)
+	}
+	for _, a := range added {
+		add(a.Replica, a.Node)
+	}
+	return out
+}
+
+func inConfState(cs *raftpb.ConfState, id ids.ReplicaID) bool {
+	for _, l := range [][]uint64{cs.Voters, cs.Learners, cs.VotersOutgoing, cs.LearnersNext} {
+		for _, v := range l {
+			if v == uint64(id) {
+				return true
+			}
+		}
+	}
+	return false
+}

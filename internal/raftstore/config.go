@@ -1,0 +1,153 @@
+// Package raftstore hosts many Raft groups on one node on top of etcd raft's
+// RawNode and the node's single Pebble engine.
+//
+// # Cycles
+//
+// All Raft work happens in scheduler cycles. A cycle takes every replica that
+// has pending input (messages, proposals, ticks, reads), and:
+//
+//  1. on a bounded worker pool, steps the input into each replica's RawNode
+//     and stages everything its Ready must persist (entries, hard state,
+//     snapshot) into per-worker batches; a leader's appends and heartbeats
+//     go out to followers now, in parallel with the local write (Raft thesis
+//     §10.2.1);
+//  2. commits all staged writes of all groups as one Pebble batch with one
+//     fsync: group commit, whatever the number of groups;
+//  3. sends the remaining messages, which may depend on that write being
+//     durable (votes, append acknowledgements), batched per destination node;
+//  4. on the worker pool again, applies committed entries (state-machine
+//     writes and the applied index in one batch per group), calls Advance,
+//     and hands results to waiting proposers and readers.
+//
+// Nothing is acknowledged to a client before step 2 of some cycle has made it
+// durable on this node, and Raft only commits an entry once a quorum has made
+// it durable.
+package raftstore
+
+import (
+	"errors"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/statemachine"
+)
+
+// Config configures a Host. Zero values select the documented defaults.
+type Config struct {
+	// NodeID is this node's identity. Required.
+	NodeID ids.NodeID
+	// Engine is the node's storage engine. Required; the caller closes it
+	// after the host has stopped.
+	Engine *storage.Engine
+	// Transport carries traffic to other nodes. Required; the caller closes
+	// it after the host has stopped.
+	Transport transport.Transport
+	// StateMachine is the replicated service. Required.
+	StateMachine statemachine.StateMachine
+	// SnapshotDir holds snapshots being received. Required.
+	SnapshotDir string
+
+	// TickInterval is the Raft logical clock period. Default 100ms.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks. Default 10.
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	HeartbeatTicks int
+	// Workers is the size of the worker pool. Default GOMAXPROCS.
+	Workers int
+	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs bounds append messages in flight per follower. Default 256.
+	MaxInflightMsgs int
+	// MaxUncommittedBytes bounds the uncommitted log of a leader; proposals
+	// beyond it are refused. Default 64 MiB.
+	MaxUncommittedBytes uint64
+	// MaxProposalBytes bounds one proposal's payload. Default 8 MiB.
+	MaxProposalBytes int
+	// LogMaxEntries is the log length above which applied entries are
+	// truncated. Default 10000.
+	LogMaxEntries uint64
+	// LogKeepEntries is how many applied entries truncation keeps, so a
+	// slightly lagging follower catches up from the log instead of a
+	// snapshot. Default LogMaxEntries/2.
+	LogKeepEntries uint64
+	// SnapshotChunkBytes is the target size of one snapshot stream chunk.
+	// Default 1 MiB.
+	SnapshotChunkBytes int
+	// MaxSnapshotFrameBytes bounds one snapshot frame a receiver accepts.
+	// Default 64 MiB.
+	MaxSnapshotFrameBytes int
+	// ConcurrentSnapshots bounds outgoing snapshot streams. Default 2.
+	ConcurrentSnapshots int
+	// Logger receives the host's logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the host's metrics. Default: not registered.
+	Registerer prometheus.Registerer
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.NodeID == 0:
+		return errors.New("raftstore: config: NodeID is required")
+	case c.Engine == nil:
+		return errors.New("raftstore: config: Engine is required")
+	case c.Transport == nil:
+		return errors.New("raftstore: config: Transport is required")
+	case c.StateMachine == nil:
+		return errors.New("raftstore: config: StateMachine is required")
+	case c.SnapshotDir == "":
+		return errors.New("raftstore: config: SnapshotDir is required")
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.TickInterval <= 0 {
+		c.TickInterval = 100 * time.Millisecond
+	}
+	if c.ElectionTicks <= 0 {
+		c.ElectionTicks = 10
+	}
+	if c.HeartbeatTicks <= 0 {
+		c.HeartbeatTicks = 1
+	}
+	if c.Workers <= 0 {
+		c.Workers = runtime.GOMAXPROCS(0)
+	}
+	if c.MaxSizePerMsg == 0 {
+		c.MaxSizePerMsg = 1 << 20
+	}
+	if c.MaxInflightMsgs <= 0 {
+		c.MaxInflightMsgs = 256
+	}
+	if c.MaxUncommittedBytes == 0 {
+		c.MaxUncommittedBytes = 64 << 20
+	}
+	if c.MaxProposalBytes <= 0 {
+		c.MaxProposalBytes = 8 << 20
+	}
+	if c.LogMaxEntries == 0 {
+		c.LogMaxEntries = 10000
+	}
+	if c.LogKeepEntries == 0 || c.LogKeepEntries >= c.LogMaxEntries {
+		c.LogKeepEntries = c.LogMaxEntries / 2
+	}
+	if c.SnapshotChunkBytes <= 0 {
+		c.SnapshotChunkBytes = 1 << 20
+	}
+	if c.MaxSnapshotFrameBytes <= 0 {
+		c.MaxSnapshotFrameBytes = 64 << 20
+	}
+	if c.ConcurrentSnapshots <= 0 {
+		c.ConcurrentSnapshots = 2
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}

@@ -1,0 +1,484 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+)
+
+// Host runs every Raft group replica of one node.
+type Host struct {
+	cfg Config
+	log *slog.Logger
+	eng *storage.Engine
+	tr  transport.Transport
+
+	mu       sync.RWMutex
+	replicas map[ids.GroupID]*replica
+
+	// Scheduler: replicas with pending input, and the signal to run a cycle.
+	readyMu sync.Mutex
+	ready   []*replica
+	readyc  chan struct{}
+	workc   chan func()
+	workers []workerState
+
+	nextProposal atomic.Uint64
+	nextRead     atomic.Uint64
+	snapshots    outgoingSnapshots
+	snapSem      chan struct{}
+
+	started  atomic.Bool
+	stopping atomic.Bool
+	stopc    chan struct{}
+	wg       sync.WaitGroup // driver, ticker, workers, snapshot senders
+	failed   atomic.Pointer[error]
+
+	stats Stats
+}
+
+// New loads every replica stored in cfg.Engine. The host does no work until
+// Start.
+func New(cfg Config) (*Host, error) {
+	if cfg.Transport == nil {
+		cfg.Transport = unstartedTransport{}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	if err := os.MkdirAll(cfg.SnapshotDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create snapshot dir: %w", err)
+	}
+	// Snapshots half-received before a restart are useless: Raft will ask
+	// again.
+	if err := clearDir(cfg.SnapshotDir); err != nil {
+		return nil, err
+	}
+	h := &Host{
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", uint64(cfg.NodeID)),
+		eng:      cfg.Engine,
+		replicas: make(map[ids.GroupID]*replica),
+		readyc:   make(chan struct{}, 1),
+		workc:    make(chan func()),
+		workers:  make([]workerState, cfg.Workers),
+		snapSem:  make(chan struct{}, cfg.ConcurrentSnapshots),
+		stopc:    make(chan struct{}),
+	}
+	h.snapshots.init()
+	// Proposal IDs only need to be unique per node incarnation among entries
+	// that may still be applied; starting from the clock keeps them unique
+	// across restarts too.
+	h.nextProposal.Store(uint64(time.Now().UnixNano()))
+	locals, err := cfg.Engine.LocalReplicas()
+	if err != nil {
+		return nil, err
+	}
+	for _, lr := range locals {
+		r, err := h.loadReplica(lr.Group, lr.Replica)
+		if err != nil {
+			return nil, fmt.Errorf("load replica %s/%s: %w", lr.Group, lr.Replica, err)
+		}
+		h.replicas[lr.Group] = r
+	}
+	h.registerMetrics(cfg.Registerer)
+	return h, nil
+}
+
+// Start begins processing with transport t (which must deliver incoming
+// traffic to this host's HandleRaft and HandleSnapshot).
+func (h *Host) Start(t transport.Transport) {
+	h.tr = t
+	h.cfg.Transport = t
+	h.started.Store(true)
+	for i := 1; i < h.cfg.Workers; i++ {
+		h.wg.Add(1)
+		go h.worker()
+	}
+	h.wg.Add(2)
+	go h.drive()
+	go h.tick()
+	h.mu.RLock()
+	for _, r := range h.replicas {
+		h.markReady(r)
+	}
+	h.mu.RUnlock()
+}
+
+// Stop stops all processing, fails everything still waiting, and waits for
+// the host's goroutines to exit. It does not close the engine or transport.
+func (h *Host) Stop() {
+	if !h.stopping.CompareAndSwap(false, true) {
+		return
+	}
+	close(h.stopc)
+	h.wg.Wait()
+	h.mu.Lock()
+	reps := h.replicas
+	h.replicas = map[ids.GroupID]*replica{}
+	h.mu.Unlock()
+	for _, r := range reps {
+		r.mu.Lock()
+		r.failAll(ErrStopped)
+		r.mu.Unlock()
+	}
+	h.snapshots.releaseAll()
+}
+
+// Err returns the fatal error that stopped the host, if any.
+func (h *Host) Err() error {
+	if p := h.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// NodeID returns the node this host runs on.
+func (h *Host) NodeID() ids.NodeID { return h.cfg.NodeID }
+
+// Stats returns the host's counters.
+func (h *Host) Stats() *Stats { return &h.stats }
+
+// fatal records an unrecoverable error (storage failed) and stops the host
+// without waiting: continuing could acknowledge writes that are not durable.
+func (h *Host) fatal(err error) {
+	if h.failed.CompareAndSwap(nil, &err) {
+		h.log.Error("raft host stopped by a fatal error", "err", err)
+		go h.Stop()
+	}
+}
+
+func (h *Host) replica(g ids.GroupID) *replica {
+	h.mu.RLock()
+	r := h.replicas[g]
+	h.mu.RUnlock()
+	return r
+}
+
+// Groups lists the groups this node holds a replica of.
+func (h *Host) Groups() []ids.GroupID {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]ids.GroupID, 0, len(h.replicas))
+	for g := range h.replicas {
+		out = append(out, g)
+	}
+	return out
+}
+
+// BootstrapGroup creates this node's replica of a new group whose founding
+// members are replicas (which must include local). Every founding member must
+// be bootstrapped with the same list. Replica IDs must be non-zero and
+// distinct, each on a distinct node.
+func (h *Host) BootstrapGroup(g ids.GroupID, local ids.ReplicaID, replicas []storage.ReplicaDesc) error {
+	st := storage.AppliedState{Index: bootstrapIndex, Term: bootstrapTerm}
+	found := false
+	nodes := map[ids.NodeID]bool{}
+	for _, d := range replicas {
+		if d.Replica == 0 || d.Node == 0 {
+			return fmt.Errorf("bootstrap %s: replica and node IDs must be non-zero", g)
+		}
+		if nodes[d.Node] {
+			return fmt.Errorf("bootstrap %s: two replicas on %s", g, d.Node)
+		}
+		nodes[d.Node] = true
+		if _, dup := st.NodeOf(d.Replica); dup {
+			return fmt.Errorf("bootstrap %s: duplicate replica %s", g, d.Replica)
+		}
+		st.Replicas = append(st.Replicas, d)
+		st.ConfState.Voters = append(st.ConfState.Voters, uint64(d.Replica))
+		st.MaxReplicaID = max(st.MaxReplicaID, d.Replica)
+		if d.Replica == local {
+			if d.Node != h.cfg.NodeID {
+				return fmt.Errorf("bootstrap %s: local replica %s placed on %s, this is %s", g, local, d.Node, h.cfg.NodeID)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("bootstrap %s: local replica %s not among the founding replicas", g, local)
+	}
+	return h.createReplica(g, local, func(b *pebble.Batch) error {
+		return storage.WriteBootstrap(b, g, local, &st)
+	})
+}
+
+// The state every founding replica starts from. Starting the log after a
+// non-zero index makes every later replica start from a snapshot, which
+// carries the group's data and configuration.
+const (
+	bootstrapIndex = 5
+	bootstrapTerm  = 5
+)
+
+// CreateReplica creates an empty, uninitialized replica of an existing group
+// on this node, to be added to the group by a configuration change. It
+// receives the group's state from the leader as a snapshot.
+func (h *Host) CreateReplica(g ids.GroupID, local ids.ReplicaID) error {
+	return h.createReplica(g, local, func(b *pebble.Batch) error {
+		return storage.WriteReplicaRecord(b, g, local)
+	})
+}
+
+func (h *Host) createReplica(g ids.GroupID, local ids.ReplicaID, write func(*pebble.Batch) error) error {
+	if local == 0 {
+		return fmt.Errorf("create replica of %s: replica ID must be non-zero", g)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopping.Load() {
+		return ErrStopped
+	}
+	if _, ok := h.replicas[g]; ok {
+		return fmt.Errorf("create replica %s of %s: %w", local, g, ErrReplicaExists)
+	}
+	tomb, err := h.eng.Tombstone(g)
+	if err != nil {
+		return err
+	}
+	if local < tomb {
+		return fmt.Errorf("create replica %s of %s (tombstone %s): %w", local, g, tomb, ErrReplicaTombstoned)
+	}
+	b := h.eng.DB().NewBatch()
+	defer b.Close()
+	if err := write(b); err != nil {
+		return fmt.Errorf("create replica %s of %s: %w", local, g, err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("create replica %s of %s: %w", local, g, err)
+	}
+	r, err := h.loadReplica(g, local)
+	if err != nil {
+		return fmt.Errorf("create replica %s of %s: %w", local, g, err)
+	}
+	h.replicas[g] = r
+	if h.started.Load() {
+		h.markReady(r)
+	}
+	return nil
+}
+
+func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
+	log, applied, err := storage.LoadRaftLog(h.eng, g)
+	if err != nil {
+		return nil, err
+	}
+	r := &replica{
+		h:       h,
+		group:   g,
+		id:      id,
+		log:     log,
+		applied: applied,
+		peers:   map[ids.ReplicaID]ids.NodeID{},
+		pending: map[uint64]*proposal{},
+		reads:   map[uint64]*readBatch{},
+	}
+	log.SetSnapshotFunc(r.buildSnapshot)
+	rn, err := raft.NewRawNode(&raft.Config{
+		ID:                        uint64(id),
+		ElectionTick:              h.cfg.ElectionTicks,
+		HeartbeatTick:             h.cfg.HeartbeatTicks,
+		Storage:                   log,
+		Applied:                   applied.Index,
+		MaxSizePerMsg:             h.cfg.MaxSizePerMsg,
+		MaxCommittedSizePerReady:  4 * h.cfg.MaxSizePerMsg,
+		MaxUncommittedEntriesSize: h.cfg.MaxUncommittedBytes,
+		MaxInflightMsgs:           h.cfg.MaxInflightMsgs,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		StepDownOnRemoval:         true,
+		ReadOnlyOption:            raft.ReadOnlySafe,
+		DisableProposalForwarding: true,
+		Logger:                    raftLogger{h.log.With("group", uint64(g), "replica", uint64(id))},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	r.rn = rn
+	r.appliedIndex.Store(applied.Index)
+	return r, nil
+}
+
+// DestroyReplica removes this node's replica of g and everything it stores,
+// and tombstones its replica ID so that it can never come back. Use it for a
+// replica that has been removed from its group's configuration.
+func (h *Host) DestroyReplica(g ids.GroupID) error {
+	r := h.replica(g)
+	if r == nil {
+		return ErrGroupNotFound
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return h.destroyLocked(r)
+}
+
+// destroyLocked removes r; the caller holds r.mu.
+func (h *Host) destroyLocked(r *replica) error {
+	if r.destroyed {
+		return nil
+	}
+	r.gone.Store(true)
+	b := h.eng.DB().NewBatch()
+	defer b.Close()
+	if err := storage.WriteReplicaDestroy(b, r.group, r.id+1); err != nil {
+		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
+	}
+	r.destroyed = true
+	h.mu.Lock()
+	if h.replicas[r.group] == r {
+		delete(h.replicas, r.group)
+	}
+	h.mu.Unlock()
+	r.failAll(ErrGroupNotFound)
+	h.log.Info("replica destroyed", "group", uint64(r.group), "replica", uint64(r.id))
+	return nil
+}
+
+// HandleRaft implements transport.Handler.
+func (h *Host) HandleRaft(from ids.NodeID, msgs []transport.Message) {
+	if !h.started.Load() || h.stopping.Load() {
+		return
+	}
+	h.stats.MessagesReceived.Add(uint64(len(msgs)))
+	var last *replica
+	for i := range msgs {
+		m := &msgs[i]
+		r := last
+		if r == nil || r.group != m.Group {
+			r = h.replica(m.Group)
+		}
+		if r == nil || ids.ReplicaID(m.Msg.To) != r.id {
+			// Unknown group, or a message for another incarnation of our
+			// replica (IDs are never reused, so it is stale or premature).
+			h.stats.MessagesDropped.Add(1)
+			continue
+		}
+		if r != last && last != nil {
+			h.markReady(last)
+		}
+		last = r
+		r.inboxMu.Lock()
+		r.inMsgs = append(r.inMsgs, inboundMsg{from: from, msg: m.Msg})
+		r.inboxMu.Unlock()
+	}
+	if last != nil {
+		h.markReady(last)
+	}
+}
+
+// markReady queues r for the next cycle.
+func (h *Host) markReady(r *replica) {
+	if !r.queued.CompareAndSwap(false, true) {
+		return
+	}
+	h.readyMu.Lock()
+	h.ready = append(h.ready, r)
+	h.readyMu.Unlock()
+	select {
+	case h.readyc <- struct{}{}:
+	default:
+	}
+}
+
+// tick advances every replica's logical clock.
+func (h *Host) tick() {
+	defer h.wg.Done()
+	t := time.NewTicker(h.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stopc:
+			return
+		case <-t.C:
+		}
+		h.mu.RLock()
+		for _, r := range h.replicas {
+			r.ticks.Add(1)
+			h.markReady(r)
+		}
+		h.mu.RUnlock()
+		h.snapshots.expire(time.Now().Add(-snapshotIdleTimeout))
+	}
+}
+
+func (h *Host) worker() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.stopc:
+			return
+		case f := <-h.workc:
+			f()
+		}
+	}
+}
+
+// waitCtx waits for done or ctx. It returns ctx's error wrapped with
+// ErrOutcomeUnknown when the caller gave up first.
+func (h *Host) waitCtx(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())
+	case <-h.stopc:
+		return ErrStopped
+	}
+}
+
+func clearDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range ents {
+		errs = append(errs, os.RemoveAll(dir+string(os.PathSeparator)+e.Name()))
+	}
+	return errors.Join(errs...)
+}
+
+// raftLogger routes etcd raft's logs to slog. Raft's Info lines (elections,
+// term changes) are debug-level noise at our scale of thousands of groups.
+type raftLogger struct{ l *slog.Logger }
+
+func (r raftLogger) Debug(v ...any)              { r.l.Debug(fmt.Sprint(v...)) }
+func (r raftLogger) Debugf(f string, v ...any)   { r.l.Debug(fmt.Sprintf(f, v...)) }
+func (r raftLogger) Info(v ...any)               { r.l.Debug(fmt.Sprint(v...)) }
+func (r raftLogger) Infof(f string, v ...any)    { r.l.Debug(fmt.Sprintf(f, v...)) }
+func (r raftLogger) Warning(v ...any)            { r.l.Warn(fmt.Sprint(v...)) }
+func (r raftLogger) Warningf(f string, v ...any) { r.l.Warn(fmt.Sprintf(f, v...)) }
+func (r raftLogger) Error(v ...any)              { r.l.Error(fmt.Sprint(v...)) }
+func (r raftLogger) Errorf(f string, v ...any)   { r.l.Error(fmt.Sprintf(f, v...)) }
+func (r raftLogger) Fatal(v ...any)              { r.l.Error(fmt.Sprint(v...)); panic(fmt.Sprint(v...)) }
+func (r raftLogger) Fatalf(f string, v ...any)   { s := fmt.Sprintf(f, v...); r.l.Error(s); panic(s) }
+func (r raftLogger) Panic(v ...any)              { s := fmt.Sprint(v...); r.l.Error(s); panic(s) }
+func (r raftLogger) Panicf(f string, v ...any)   { s := fmt.Sprintf(f, v...); r.l.Error(s); panic(s) }
+
+var _ raft.Logger = raftLogger{}
+
+// unstartedTransport stands in until Start provides the real transport.
+type unstartedTransport struct{}
+
+func (unstartedTransport) Send(ids.NodeID, []transport.Message) error { return transport.ErrClosed }
+func (unstartedTransport) SendSnapshot(context.Context, ids.NodeID, io.Reader) error {
+	return transport.ErrClosed
+}
+func (unstartedTransport) Close() error { return nil }

@@ -1,0 +1,69 @@
+package raftstore
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Stats are the host's counters. Tests read them directly; the same values
+// are exported as Prometheus metrics when a Registerer is configured.
+type Stats struct {
+	Cycles            atomic.Uint64 // scheduler cycles that processed at least one replica
+	SyncedCommits     atomic.Uint64 // persist batches committed with fsync
+	UnsyncedCommits   atomic.Uint64 // persist batches that needed no fsync
+	ReadiesProcessed  atomic.Uint64 // Ready structs handled
+	ProposalsOK       atomic.Uint64
+	ProposalsFailed   atomic.Uint64
+	MessagesSent      atomic.Uint64
+	MessagesReceived  atomic.Uint64
+	MessagesDropped   atomic.Uint64 // for unknown groups, stale replica IDs, unroutable peers
+	SnapshotsSent     atomic.Uint64
+	SnapshotsFailed   atomic.Uint64
+	SnapshotsReceived atomic.Uint64
+	SnapshotsRejected atomic.Uint64
+	SnapshotsApplied  atomic.Uint64
+	LogTruncations    atomic.Uint64
+	ReadIndexBatches  atomic.Uint64
+	MalformedEntries  atomic.Uint64
+}
+
+func (h *Host) registerMetrics(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "nodedb", Subsystem: "raft", Name: name, Help: help,
+		}, func() float64 { return float64(v.Load()) })
+	}
+	s := &h.stats
+	cs := []prometheus.Collector{
+		counter("cycles_total", "Scheduler cycles that processed at least one replica.", &s.Cycles),
+		counter("synced_commits_total", "Persist batches committed with one fsync (group commit).", &s.SyncedCommits),
+		counter("unsynced_commits_total", "Persist batches that needed no fsync.", &s.UnsyncedCommits),
+		counter("readies_total", "Raft Ready structs processed.", &s.ReadiesProcessed),
+		counter("proposals_ok_total", "Proposals applied and answered.", &s.ProposalsOK),
+		counter("proposals_failed_total", "Proposals answered with an error.", &s.ProposalsFailed),
+		counter("messages_sent_total", "Raft messages handed to the transport.", &s.MessagesSent),
+		counter("messages_received_total", "Raft messages received.", &s.MessagesReceived),
+		counter("messages_dropped_total", "Raft messages dropped (unknown group, stale replica, unroutable).", &s.MessagesDropped),
+		counter("snapshots_sent_total", "Snapshots streamed to followers.", &s.SnapshotsSent),
+		counter("snapshots_failed_total", "Outgoing snapshot streams that failed.", &s.SnapshotsFailed),
+		counter("snapshots_received_total", "Snapshots received and verified.", &s.SnapshotsReceived),
+		counter("snapshots_rejected_total", "Incoming snapshot streams refused or corrupt.", &s.SnapshotsRejected),
+		counter("snapshots_applied_total", "Snapshots installed.", &s.SnapshotsApplied),
+		counter("log_truncations_total", "Raft log truncations.", &s.LogTruncations),
+		counter("read_index_batches_total", "ReadIndex requests issued (each covers a batch of reads).", &s.ReadIndexBatches),
+		counter("malformed_entries_total", "Committed entries skipped because they failed to decode.", &s.MalformedEntries),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",
+			Help: "fsyncs of the write-ahead log.",
+		}, func() float64 { return float64(h.cfg.Engine.WALSyncs()) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			h.log.Warn("metric not registered", "err", err)
+		}
+	}
+}

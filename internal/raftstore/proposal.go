@@ -1,0 +1,208 @@
+package raftstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+)
+
+// Proposal is a command for one vShard of a group.
+type Proposal struct {
+	// VShard is the vShard the command belongs to.
+	VShard uint32
+	// Client and Seq identify the command for exactly-once application: a
+	// command whose (Client, Seq) was already applied in this vShard is not
+	// applied again; the first application's result is returned instead.
+	// Client 0 disables deduplication.
+	Client uint64
+	Seq    uint64
+	// AckedBelow is the client's promise that it will never retry a sequence
+	// below it, which lets the vShard forget those records.
+	AckedBelow uint64
+	// Payload is handed to the state machine.
+	Payload []byte
+}
+
+// proposal tracks one proposal from the proposer's call until its outcome.
+type proposal struct {
+	id    uint64
+	data  []byte               // entry data of a command
+	cc    *raftpb.ConfChangeV2 // or a configuration change
+	index uint64               // log index once appended
+	done  chan struct{}
+	res   []byte
+	err   error
+	fin   atomic.Bool
+}
+
+func newProposal(id uint64) *proposal {
+	return &proposal{id: id, done: make(chan struct{})}
+}
+
+// finish records the outcome; only the first call has an effect.
+func (p *proposal) finish(res []byte, err error) {
+	if p.fin.CompareAndSwap(false, true) {
+		p.res, p.err = res, err
+		close(p.done)
+	}
+}
+
+// Propose replicates a command through group g and returns the state
+// machine's result once the command is applied on this node (which implies it
+// is durable on a quorum). It must be called on the group's leader; other
+// replicas answer *NotLeaderError with the leader they know.
+func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, error) {
+	if len(p.Payload) > h.cfg.MaxProposalBytes {
+		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(p.Payload), h.cfg.MaxProposalBytes)
+	}
+	if h.stopping.Load() {
+		return nil, ErrStopped
+	}
+	r := h.replica(g)
+	if r == nil {
+		return nil, ErrGroupNotFound
+	}
+	if !r.isLeader.Load() {
+		return nil, r.notLeader()
+	}
+	pr := newProposal(h.nextProposal.Add(1))
+	c := command{
+		proposer:   h.cfg.NodeID,
+		proposal:   pr.id,
+		timestamp:  time.Now().UnixNano(),
+		vshard:     p.VShard,
+		client:     p.Client,
+		seq:        p.Seq,
+		ackedBelow: p.AckedBelow,
+		payload:    p.Payload,
+	}
+	pr.data = encodeCommand(make([]byte, 0, commandHeaderLen+len(p.Payload)), &c)
+	return h.await(ctx, r, pr)
+}
+
+func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, error) {
+	r.inboxMu.Lock()
+	r.inProps = append(r.inProps, pr)
+	r.inboxMu.Unlock()
+	h.markReady(r)
+	if err := h.waitCtx(ctx, pr.done); err != nil {
+		return nil, err
+	}
+	return pr.res, pr.err
+}
+
+// stepProposals hands queued proposals to Raft. Caller holds r.mu.
+func (r *replica) stepProposals(props []*proposal) {
+	if len(props) == 0 {
+		return
+	}
+	if r.rn.BasicStatus().RaftState != raft.StateLeader {
+		for _, p := range props {
+			p.finish(nil, r.notLeader())
+		}
+		return
+	}
+	ents := make([]raftpb.Entry, 0, len(props))
+	for _, p := range props {
+		if p.cc != nil {
+			r.stepConfChange(p)
+			continue
+		}
+		ents = append(ents, raftpb.Entry{Data: p.data})
+		r.pending[p.id] = p
+		r.stepped = append(r.stepped, p)
+	}
+	if len(ents) == 0 {
+		return
+	}
+	err := r.rn.Step(raftpb.Message{Type: raftpb.MsgProp, From: uint64(r.id), Entries: ents})
+	if err != nil {
+		// Refused as a whole: too much uncommitted data, or leadership is
+		// being transferred.
+		if errors.Is(err, raft.ErrProposalDropped) {
+			err = ErrProposalDropped
+		}
+		for _, p := range props {
+			if p.cc == nil {
+				delete(r.pending, p.id)
+				p.finish(nil, err)
+			}
+		}
+		r.stepped = r.stepped[:0]
+	}
+}
+
+func (r *replica) stepConfChange(p *proposal) {
+	if err := r.rn.ProposeConfChange(*p.cc); err != nil {
+		p.finish(nil, fmt.Errorf("%w: %v", ErrConfChangeRejected, err))
+		return
+	}
+	r.pending[p.id] = p
+	r.stepped = append(r.stepped, p)
+}
+
+// trackAppended notes the log index of this node's proposals in the entries
+// Raft is about to persist, and fails every proposal stepped this cycle that
+// Raft silently replaced (it turns a configuration change it refuses into an
+// empty entry). Caller holds r.mu.
+func (r *replica) trackAppended(ents []raftpb.Entry) {
+	if len(r.pending) > 0 {
+		for i := range ents {
+			e := &ents[i]
+			var node ids.NodeID
+			var id uint64
+			var ok bool
+			switch e.Type {
+			case raftpb.EntryNormal:
+				node, id, ok = proposalOf(e.Data)
+			case raftpb.EntryConfChangeV2:
+				var cc raftpb.ConfChangeV2
+				if cc.Unmarshal(e.Data) == nil {
+					node, id, ok = proposalOf(cc.Context)
+				}
+			}
+			if !ok || node != r.h.cfg.NodeID {
+				continue
+			}
+			if p := r.pending[id]; p != nil && p.index == 0 {
+				p.index = e.Index
+				r.indexed = append(r.indexed, p)
+			}
+		}
+	}
+	for _, p := range r.stepped {
+		if p.index == 0 {
+			delete(r.pending, p.id)
+			if p.cc != nil {
+				p.finish(nil, fmt.Errorf("%w: another configuration change is in progress", ErrConfChangeRejected))
+			} else {
+				p.finish(nil, ErrProposalDropped)
+			}
+		}
+	}
+	r.stepped = r.stepped[:0]
+}
+
+// sweepLost fails proposals whose log index has been applied without their
+// entry: a new leader overwrote them, so they can never be applied. Caller
+// holds r.mu, after delivering the results of the applied entries.
+func (r *replica) sweepLost(applied uint64, err error) {
+	i := 0
+	for ; i < len(r.indexed) && r.indexed[i].index <= applied; i++ {
+		p := r.indexed[i]
+		if r.pending[p.id] == p {
+			delete(r.pending, p.id)
+			p.finish(nil, err)
+		}
+	}
+	if i > 0 {
+		r.indexed = append(r.indexed[:0], r.indexed[i:]...)
+	}
+}

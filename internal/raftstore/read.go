@@ -1,0 +1,140 @@
+package raftstore
+
+import (
+	"context"
+	"encoding/binary"
+	"sync/atomic"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+)
+
+// readRequest is one linearizable read waiting for its read index to be
+// confirmed by a quorum and applied locally.
+type readRequest struct {
+	done  chan struct{}
+	index uint64
+	err   error
+	fin   atomic.Bool
+}
+
+func (rr *readRequest) finish(index uint64, err error) {
+	if rr.fin.CompareAndSwap(false, true) {
+		rr.index, rr.err = index, err
+		close(rr.done)
+	}
+}
+
+// readBatch is one ReadIndex request covering every read queued before it:
+// a single quorum round confirms them all.
+type readBatch struct {
+	reads []*readRequest
+	age   int // ticks since issued
+}
+
+// Read answers query against vshard of group g linearizably: it observes
+// every write acknowledged before Read was called. The replica confirms with
+// a quorum that its leader is current (ReadIndex), waits until it has applied
+// up to that point, then reads local state. Any replica can serve it.
+func (h *Host) Read(ctx context.Context, g ids.GroupID, vshard uint32, query []byte) ([]byte, error) {
+	r := h.replica(g)
+	if r == nil {
+		return nil, ErrGroupNotFound
+	}
+	rr := &readRequest{done: make(chan struct{})}
+	r.inboxMu.Lock()
+	r.inReads = append(r.inReads, rr)
+	r.inboxMu.Unlock()
+	h.markReady(r)
+	if err := h.waitCtx(ctx, rr.done); err != nil {
+		return nil, err
+	}
+	if rr.err != nil {
+		return nil, rr.err
+	}
+	return h.readLocal(r, vshard, query)
+}
+
+// ReadLocal answers query from this replica's applied state, with no
+// freshness guarantee.
+func (h *Host) ReadLocal(g ids.GroupID, vshard uint32, query []byte) ([]byte, error) {
+	r := h.replica(g)
+	if r == nil {
+		return nil, ErrGroupNotFound
+	}
+	return h.readLocal(r, vshard, query)
+}
+
+func (h *Host) readLocal(r *replica, vshard uint32, query []byte) ([]byte, error) {
+	var v storage.VShardReader
+	v.Reset(h.eng.DB(), r.group, vshard)
+	res, err := h.cfg.StateMachine.Read(&v, vshard, query)
+	// A replica destroyed while we read may have shown us an empty range.
+	if r.gone.Load() {
+		return nil, ErrGroupNotFound
+	}
+	return res, err
+}
+
+// issueReads starts a ReadIndex round for queued reads and re-issues rounds
+// that got no answer (the request is lost when leadership changes). Caller
+// holds r.mu.
+func (r *replica) issueReads(reads []*readRequest, ticks int) {
+	if ticks > 0 {
+		for id, b := range r.reads {
+			b.age += ticks
+			if b.age > 2*r.h.cfg.ElectionTicks {
+				delete(r.reads, id)
+				reads = append(reads, b.reads...)
+			}
+		}
+	}
+	if len(reads) == 0 {
+		return
+	}
+	id := r.h.nextRead.Add(1)
+	r.reads[id] = &readBatch{reads: reads}
+	r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
+	r.h.stats.ReadIndexBatches.Add(1)
+}
+
+// completeReads hands read indexes to waiting reads and releases those whose
+// index has been applied. Caller holds r.mu.
+func (r *replica) completeReads(readStates []readState) {
+	applied := r.applied.Index
+	for _, rs := range readStates {
+		if len(rs.ctx) != 8 {
+			continue
+		}
+		id := binary.BigEndian.Uint64(rs.ctx)
+		b := r.reads[id]
+		if b == nil {
+			continue
+		}
+		delete(r.reads, id)
+		for _, rr := range b.reads {
+			rr.index = rs.index
+			r.waiting = append(r.waiting, rr)
+		}
+	}
+	if len(r.waiting) == 0 {
+		return
+	}
+	keep := r.waiting[:0]
+	for _, rr := range r.waiting {
+		if rr.index <= applied {
+			rr.finish(rr.index, nil)
+		} else {
+			keep = append(keep, rr)
+		}
+	}
+	clear(r.waiting[len(keep):])
+	r.waiting = keep
+}
+
+type readState struct {
+	index uint64
+	ctx   []byte
+}
+
+var _ = context.Background

@@ -1,0 +1,134 @@
+package raftstore
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+)
+
+// replica is this node's member of one group.
+//
+// Locking: mu guards the RawNode and everything below it; the scheduler holds
+// it from the moment it starts a replica's Ready until that Ready has been
+// advanced, so a cycle's view of a replica is never interleaved with another.
+// The inbox has its own small lock so that senders (transport, proposers)
+// never wait for a cycle.
+type replica struct {
+	h     *Host
+	group ids.GroupID
+	id    ids.ReplicaID
+	log   *storage.RaftLog
+
+	queued atomic.Bool   // in the scheduler's ready list
+	ticks  atomic.Uint32 // ticks not yet delivered to the RawNode
+
+	// Cached status, readable without mu.
+	leader       atomic.Uint64 // replica ID of the known leader, 0 if none
+	leaderNode   atomic.Uint64
+	isLeader     atomic.Bool
+	appliedIndex atomic.Uint64
+	gone         atomic.Bool // set before the replica's data is deleted
+
+	inboxMu sync.Mutex
+	inMsgs  []inboundMsg
+	inProps []*proposal
+	inReads []*readRequest
+	inCtrl  []func()
+
+	mu        sync.Mutex
+	rn        *raft.RawNode
+	applied   storage.AppliedState
+	peers     map[ids.ReplicaID]ids.NodeID // learned from traffic, beyond applied.Replicas
+	pending   map[uint64]*proposal         // by proposal ID, until answered
+	indexed   []*proposal                  // proposals with a known log index, in append order
+	stepped   []*proposal                  // proposals stepped in the current cycle
+	reads     map[uint64]*readBatch        // ReadIndex requests in flight, by request ID
+	waiting   []*readRequest               // reads with a read index, waiting for apply
+	staged    *stagedSnapshot              // received snapshot not yet installed
+	destroyed bool
+	removed   bool // applied a configuration without this replica
+
+	// Per-cycle state, valid between prepare and finish.
+	rd      raft.Ready
+	hasRd   bool
+	snapOut []raftpb.Message
+	results []applyResult
+}
+
+type inboundMsg struct {
+	from ids.NodeID
+	msg  raftpb.Message
+}
+
+// nodeOf returns the node hosting replica id of this group.
+func (r *replica) nodeOf(id ids.ReplicaID) (ids.NodeID, bool) {
+	if n, ok := r.applied.NodeOf(id); ok {
+		return n, true
+	}
+	n, ok := r.peers[id]
+	return n, ok
+}
+
+func (r *replica) enqueueCtrl(f func()) {
+	r.inboxMu.Lock()
+	r.inCtrl = append(r.inCtrl, f)
+	r.inboxMu.Unlock()
+	r.h.markReady(r)
+}
+
+// failAll answers every waiting proposal and read with err. Caller holds mu.
+func (r *replica) failAll(err error) {
+	r.inboxMu.Lock()
+	props, reads := r.inProps, r.inReads
+	r.inProps, r.inReads, r.inMsgs, r.inCtrl = nil, nil, nil, nil
+	r.inboxMu.Unlock()
+	for _, p := range props {
+		p.finish(nil, err)
+	}
+	for _, rr := range reads {
+		rr.finish(0, err)
+	}
+	for _, p := range r.pending {
+		p.finish(nil, err)
+	}
+	r.pending = map[uint64]*proposal{}
+	r.indexed, r.stepped = nil, nil
+	for _, b := range r.reads {
+		for _, rr := range b.reads {
+			rr.finish(0, err)
+		}
+	}
+	r.reads = map[uint64]*readBatch{}
+	for _, rr := range r.waiting {
+		rr.finish(0, err)
+	}
+	r.waiting = nil
+	if r.staged != nil {
+		r.staged.discard()
+		r.staged = nil
+	}
+}
+
+// updateSoftState refreshes the cached leadership fields.
+func (r *replica) updateSoftState(ss *raft.SoftState) {
+	if ss == nil {
+		return
+	}
+	r.leader.Store(ss.Lead)
+	r.isLeader.Store(ss.RaftState == raft.StateLeader)
+	n, _ := r.nodeOf(ids.ReplicaID(ss.Lead))
+	r.leaderNode.Store(uint64(n))
+}
+
+func (r *replica) notLeader() *NotLeaderError {
+	return &NotLeaderError{
+		Group:      r.group,
+		Leader:     ids.ReplicaID(r.leader.Load()),
+		LeaderNode: ids.NodeID(r.leaderNode.Load()),
+	}
+}

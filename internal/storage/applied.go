@@ -1,0 +1,137 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+)
+
+// ReplicaDesc places one replica of a group on a node.
+type ReplicaDesc struct {
+	Replica ids.ReplicaID
+	Node    ids.NodeID
+}
+
+// AppliedState is what a group's replica has applied. It is written in the
+// same Pebble batch as the state-machine changes of the entries it covers, so
+// after a crash the state and the index agree: entries above Index are applied
+// again, entries at or below it never are.
+type AppliedState struct {
+	// Index and Term identify the last applied entry.
+	Index uint64
+	Term  uint64
+	// ConfState is the group's configuration as of Index.
+	ConfState raftpb.ConfState
+	// Replicas lists every replica in ConfState with the node hosting it.
+	Replicas []ReplicaDesc
+	// MaxReplicaID is the largest replica ID the group has ever had. A
+	// replica added later must have a larger ID: IDs are never reused.
+	MaxReplicaID ids.ReplicaID
+}
+
+// NodeOf returns the node hosting replica r, if known.
+func (s *AppliedState) NodeOf(r ids.ReplicaID) (ids.NodeID, bool) {
+	for _, d := range s.Replicas {
+		if d.Replica == r {
+			return d.Node, true
+		}
+	}
+	return 0, false
+}
+
+// Clone returns a deep copy.
+func (s *AppliedState) Clone() AppliedState {
+	c := *s
+	c.Replicas = slices.Clone(s.Replicas)
+	c.ConfState = cloneConfState(s.ConfState)
+	return c
+}
+
+func cloneConfState(cs raftpb.ConfState) raftpb.ConfState {
+	return raftpb.ConfState{
+		Voters:         slices.Clone(cs.Voters),
+		Learners:       slices.Clone(cs.Learners),
+		VotersOutgoing: slices.Clone(cs.VotersOutgoing),
+		LearnersNext:   slices.Clone(cs.LearnersNext),
+		AutoLeave:      cs.AutoLeave,
+	}
+}
+
+const appliedStateVersion = 1
+
+// maxReplicas bounds the replica list a decoder accepts.
+const maxReplicas = 1024
+
+// ErrCorrupt is wrapped by errors about stored records that fail validation.
+var ErrCorrupt = errors.New("storage: corrupt record")
+
+// EncodeAppliedState appends the stored form of s to dst.
+func EncodeAppliedState(dst []byte, s *AppliedState) ([]byte, error) {
+	dst = append(dst, appliedStateVersion)
+	dst = binary.AppendUvarint(dst, s.Index)
+	dst = binary.AppendUvarint(dst, s.Term)
+	dst = binary.AppendUvarint(dst, uint64(s.MaxReplicaID))
+	dst = binary.AppendUvarint(dst, uint64(len(s.Replicas)))
+	for _, d := range s.Replicas {
+		dst = binary.AppendUvarint(dst, uint64(d.Replica))
+		dst = binary.AppendUvarint(dst, uint64(d.Node))
+	}
+	cs, err := s.ConfState.Marshal()
+	if err != nil {
+		return nil, fmt.Errorf("encode conf state: %w", err)
+	}
+	return append(dst, cs...), nil
+}
+
+// DecodeAppliedState parses a record written by EncodeAppliedState.
+func DecodeAppliedState(b []byte) (AppliedState, error) {
+	var s AppliedState
+	if len(b) == 0 || b[0] != appliedStateVersion {
+		return s, fmt.Errorf("%w: applied state: unknown version", ErrCorrupt)
+	}
+	r := reader{b: b[1:]}
+	s.Index = r.uvarint()
+	s.Term = r.uvarint()
+	s.MaxReplicaID = ids.ReplicaID(r.uvarint())
+	n := r.uvarint()
+	if r.err == nil && (n > maxReplicas || n > uint64(len(r.b))/2) {
+		r.err = fmt.Errorf("replica count %d", n)
+	}
+	if r.err == nil && n > 0 {
+		s.Replicas = make([]ReplicaDesc, n)
+		for i := range s.Replicas {
+			s.Replicas[i] = ReplicaDesc{Replica: ids.ReplicaID(r.uvarint()), Node: ids.NodeID(r.uvarint())}
+		}
+	}
+	if r.err != nil {
+		return s, fmt.Errorf("%w: applied state: %v", ErrCorrupt, r.err)
+	}
+	if err := s.ConfState.Unmarshal(r.b); err != nil {
+		return s, fmt.Errorf("%w: applied state conf state: %v", ErrCorrupt, err)
+	}
+	return s, nil
+}
+
+// reader decodes uvarints and remembers the first error.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = errors.New("truncated or overlong varint")
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}

@@ -1,0 +1,168 @@
+// Package storage owns the node's single Pebble engine: the keyspace layout,
+// the durable Raft log of every group (an implementation of etcd raft's
+// Storage), the applied state of every group and the vShard state that state
+// machines read and write.
+//
+// One engine per node is a deliberate choice: appends from many groups that
+// become ready in the same scheduler cycle go into one batch with one fsync,
+// and a group's applied index is written in the same batch as the state it
+// covers. Both would be impossible with one engine (or one WAL) per group.
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Options configures the engine. Zero values select defaults sized for a
+// small machine; the defaults are documented on each field.
+type Options struct {
+	// Dir is the directory of the Pebble store. Created if missing.
+	Dir string
+	// CacheSize is the block cache size in bytes. Default 64 MiB.
+	CacheSize int64
+	// MemTableSize is the size of one memtable in bytes. Default 32 MiB.
+	MemTableSize uint64
+	// Logger receives Pebble's log lines. Default slog.Default().
+	Logger *slog.Logger
+	// FS overrides the filesystem (tests). Default the OS filesystem.
+	FS vfs.FS
+}
+
+// Engine is one node's Pebble store.
+type Engine struct {
+	db    *pebble.DB
+	cache interface{ Unref() }
+	fs    *syncCountingFS
+}
+
+// Open opens or creates the engine in opts.Dir.
+func Open(opts Options) (*Engine, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("storage: no directory given")
+	}
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = 64 << 20
+	}
+	if opts.MemTableSize == 0 {
+		opts.MemTableSize = 32 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.FS == nil {
+		opts.FS = vfs.Default
+	}
+	if err := opts.FS.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create store dir %s: %w", opts.Dir, err)
+	}
+	fs := &syncCountingFS{FS: opts.FS}
+	cache := pebble.NewCache(opts.CacheSize)
+	po := &pebble.Options{
+		FS:                 fs,
+		Cache:              cache,
+		MemTableSize:       opts.MemTableSize,
+		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
+		FormatMajorVersion: pebble.FormatNewest,
+	}
+	db, err := pebble.Open(opts.Dir, po)
+	if err != nil {
+		cache.Unref()
+		return nil, fmt.Errorf("open pebble at %s: %w", opts.Dir, err)
+	}
+	return &Engine{db: db, cache: cache, fs: fs}, nil
+}
+
+// DB returns the underlying Pebble database.
+func (e *Engine) DB() *pebble.DB { return e.db }
+
+// WALSyncs returns how many times the write-ahead log has been synced to disk
+// since the engine was opened. Tests use it to prove group commit: at most one
+// WAL sync per scheduler cycle, whatever the number of groups.
+func (e *Engine) WALSyncs() uint64 { return e.fs.walSyncs.Load() }
+
+// Close closes the engine. It is an error to use the engine afterwards.
+func (e *Engine) Close() error {
+	err := e.db.Close()
+	e.cache.Unref()
+	if err != nil {
+		return fmt.Errorf("close pebble: %w", err)
+	}
+	return nil
+}
+
+// pebbleLogger adapts slog to Pebble's logger. Pebble calls Fatalf on
+// unrecoverable corruption; we log and exit, as a crash would.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	p.l.Error("fatal storage error", "err", fmt.Sprintf(format, args...))
+	os.Exit(70)
+}
+
+// syncCountingFS counts syncs of write-ahead log files (Pebble names them
+// *.log). It wraps the real filesystem and changes nothing else.
+type syncCountingFS struct {
+	vfs.FS
+	walSyncs atomic.Uint64
+}
+
+func (fs *syncCountingFS) wrap(name string, f vfs.File, err error) (vfs.File, error) {
+	if err != nil || !strings.HasSuffix(name, ".log") {
+		return f, err
+	}
+	return &syncCountingFile{File: f, n: &fs.walSyncs}, nil
+}
+
+func (fs *syncCountingFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.Create(name, c)
+	return fs.wrap(name, f, err)
+}
+
+func (fs *syncCountingFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname, c)
+	return fs.wrap(newname, f, err)
+}
+
+func (fs *syncCountingFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	f, err := fs.FS.OpenReadWrite(name, c, opts...)
+	return fs.wrap(name, f, err)
+}
+
+type syncCountingFile struct {
+	vfs.File
+	n *atomic.Uint64
+}
+
+func (f *syncCountingFile) Sync() error {
+	f.n.Add(1)
+	return f.File.Sync()
+}
+
+func (f *syncCountingFile) SyncData() error {
+	f.n.Add(1)
+	return f.File.SyncData()
+}
+
+func (f *syncCountingFile) SyncTo(length int64) (bool, error) {
+	full, err := f.File.SyncTo(length)
+	if full {
+		f.n.Add(1)
+	}
+	return full, err
+}
