@@ -1,0 +1,312 @@
+// Package cluster is the embeddable nodedb-cluster node: one process's
+// storage engine and every Raft group replica it hosts, running a state
+// machine of your choice.
+//
+// A Node owns one Pebble engine in its data dir and a multi-Raft host. Groups
+// are created explicitly: BootstrapGroup on each founding member, or
+// CreateReplica followed by ChangeReplicas on the leader to add a member
+// later. Commands are proposed to a group's leader (Propose) and reads are
+// linearizable by default (Read).
+//
+// Until the metadata group lands, group placement and routing are the
+// caller's job; the built-in server and the test cluster do it statically.
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/raftstore"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/statemachine"
+)
+
+// Identifiers. See package ids for why they are distinct types.
+type (
+	NodeID    = ids.NodeID
+	GroupID   = ids.GroupID
+	ReplicaID = ids.ReplicaID
+)
+
+// Re-exported so that embedders need only this package.
+type (
+	StateMachine  = statemachine.StateMachine
+	Proposal      = raftstore.Proposal
+	GroupStatus   = raftstore.GroupStatus
+	ReplicaChange = raftstore.ReplicaChange
+	Replica       = storage.ReplicaDesc
+	Stats         = raftstore.Stats
+)
+
+// Replica change operations.
+const (
+	AddVoter      = raftstore.AddVoter
+	AddLearner    = raftstore.AddLearner
+	RemoveReplica = raftstore.RemoveReplica
+)
+
+// Errors. Match them with errors.Is / errors.As.
+var (
+	ErrStopped            = raftstore.ErrStopped
+	ErrGroupNotFound      = raftstore.ErrGroupNotFound
+	ErrProposalDropped    = raftstore.ErrProposalDropped
+	ErrOutcomeUnknown     = raftstore.ErrOutcomeUnknown
+	ErrTooLarge           = raftstore.ErrTooLarge
+	ErrStaleSequence      = raftstore.ErrStaleSequence
+	ErrConfChangeRejected = raftstore.ErrConfChangeRejected
+	ErrReplicaExists      = raftstore.ErrReplicaExists
+	ErrReplicaTombstoned  = raftstore.ErrReplicaTombstoned
+	// ErrWrongNode is returned when a data dir belongs to another node.
+	ErrWrongNode = errors.New("cluster: data dir belongs to another node")
+)
+
+// NotLeaderError names the leader a request should go to.
+type NotLeaderError = raftstore.NotLeaderError
+
+// Config configures a Node.
+type Config struct {
+	// NodeID is this node's identity; required. A data dir remembers the
+	// node it belongs to and refuses to open as another.
+	NodeID NodeID
+	// Dir is the node's data dir; required.
+	Dir string
+	// StateMachine is the replicated service; required.
+	StateMachine StateMachine
+	// Connect attaches the node to its network: given the handler for
+	// incoming traffic it returns the transport for outgoing traffic. The
+	// node closes the transport when it stops.
+	Connect func(transport.Handler) (transport.Transport, error)
+
+	// TickInterval is the Raft clock period. Default 100ms: elections after
+	// 1-2s of leader silence, heartbeats every 100ms.
+	TickInterval time.Duration
+	// ElectionTicks and HeartbeatTicks, in ticks. Defaults 10 and 1.
+	ElectionTicks, HeartbeatTicks int
+	// Workers is the Raft worker pool size. Default GOMAXPROCS.
+	Workers int
+	// LogMaxEntries is the log length that triggers truncation of applied
+	// entries; LogKeepEntries how many applied entries it keeps. Defaults
+	// 10000 and 5000.
+	LogMaxEntries, LogKeepEntries uint64
+	// MaxProposalBytes bounds one proposal. Default 8 MiB.
+	MaxProposalBytes int
+	// MaxSnapshotFrameBytes bounds one frame of an incoming snapshot stream.
+	// Default 64 MiB.
+	MaxSnapshotFrameBytes int
+	// SnapshotChunkBytes is the chunk size of outgoing snapshots. Default 1 MiB.
+	SnapshotChunkBytes int
+	// CacheBytes and MemTableBytes size Pebble. Defaults 64 MiB and 32 MiB.
+	CacheBytes    int64
+	MemTableBytes uint64
+	// Logger receives logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives metrics. Default none.
+	Registerer prometheus.Registerer
+}
+
+// Node is one running node.
+type Node struct {
+	cfg  Config
+	eng  *storage.Engine
+	host *raftstore.Host
+	tr   transport.Transport
+}
+
+// nodeIDKey is the node-local record naming the node a data dir belongs to.
+var nodeIDKey = storage.NodeKey("node-id")
+
+// Start opens the data dir and starts the node. Replicas stored in the dir
+// resume where they stopped.
+func Start(cfg Config) (*Node, error) {
+	switch {
+	case cfg.NodeID == 0:
+		return nil, errors.New("cluster: NodeID is required")
+	case cfg.Dir == "":
+		return nil, errors.New("cluster: Dir is required")
+	case cfg.StateMachine == nil:
+		return nil, errors.New("cluster: StateMachine is required")
+	case cfg.Connect == nil:
+		return nil, errors.New("cluster: Connect is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	eng, err := storage.Open(storage.Options{
+		Dir:          filepath.Join(cfg.Dir, "store"),
+		CacheSize:    cfg.CacheBytes,
+		MemTableSize: cfg.MemTableBytes,
+		Logger:       cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, eng: eng}
+	if err := n.claimDir(); err != nil {
+		_ = eng.Close()
+		return nil, err
+	}
+	host, err := raftstore.New(raftstore.Config{
+		NodeID:                cfg.NodeID,
+		Engine:                eng,
+		StateMachine:          cfg.StateMachine,
+		SnapshotDir:           filepath.Join(cfg.Dir, "snapshots"),
+		TickInterval:          cfg.TickInterval,
+		ElectionTicks:         cfg.ElectionTicks,
+		HeartbeatTicks:        cfg.HeartbeatTicks,
+		Workers:               cfg.Workers,
+		LogMaxEntries:         cfg.LogMaxEntries,
+		LogKeepEntries:        cfg.LogKeepEntries,
+		MaxProposalBytes:      cfg.MaxProposalBytes,
+		MaxSnapshotFrameBytes: cfg.MaxSnapshotFrameBytes,
+		SnapshotChunkBytes:    cfg.SnapshotChunkBytes,
+		Logger:                cfg.Logger,
+		Registerer:            cfg.Registerer,
+	})
+	if err != nil {
+		_ = eng.Close()
+		return nil, err
+	}
+	tr, err := cfg.Connect(host)
+	if err != nil {
+		_ = eng.Close()
+		return nil, fmt.Errorf("connect %s: %w", cfg.NodeID, err)
+	}
+	n.host, n.tr = host, tr
+	host.Start(tr)
+	return n, nil
+}
+
+// claimDir records the node's ID in a fresh dir, or checks it in a used one.
+func (n *Node) claimDir() error {
+	v, ok, err := storage.Get(n.eng.DB(), nodeIDKey)
+	if err != nil {
+		return err
+	}
+	if ok {
+		if len(v) != 8 {
+			return fmt.Errorf("%w: node identity record", storage.ErrCorrupt)
+		}
+		if got := NodeID(binary.BigEndian.Uint64(v)); got != n.cfg.NodeID {
+			return fmt.Errorf("%w: %s is %s, not %s", ErrWrongNode, n.cfg.Dir, got, n.cfg.NodeID)
+		}
+		return nil
+	}
+	return n.eng.DB().Set(nodeIDKey, binary.BigEndian.AppendUint64(nil, uint64(n.cfg.NodeID)), syncWrite)
+}
+
+// Stop stops the node: Raft processing first (waiters get ErrStopped), then
+// the transport, then storage.
+func (n *Node) Stop() error {
+	n.host.Stop()
+	return errors.Join(n.tr.Close(), n.eng.Close())
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() NodeID { return n.cfg.NodeID }
+
+// Err returns the fatal error that stopped the node, if any.
+func (n *Node) Err() error { return n.host.Err() }
+
+// Stats returns the node's Raft counters.
+func (n *Node) Stats() *Stats { return n.host.Stats() }
+
+// WALSyncs returns how many times the node's write-ahead log was fsynced.
+func (n *Node) WALSyncs() uint64 { return n.eng.WALSyncs() }
+
+// Groups lists the groups this node holds a replica of.
+func (n *Node) Groups() []GroupID { return n.host.Groups() }
+
+// BootstrapGroup creates this node's replica of a new group. See
+// raftstore.Host.BootstrapGroup.
+func (n *Node) BootstrapGroup(g GroupID, local ReplicaID, founders []Replica) error {
+	return n.host.BootstrapGroup(g, local, founders)
+}
+
+// CreateReplica creates an empty replica of an existing group here, to be
+// added by ChangeReplicas on the group's leader.
+func (n *Node) CreateReplica(g GroupID, local ReplicaID) error { return n.host.CreateReplica(g, local) }
+
+// DestroyReplica deletes this node's replica of g and tombstones its ID.
+func (n *Node) DestroyReplica(g GroupID) error { return n.host.DestroyReplica(g) }
+
+// Propose replicates a command through g's leader (this node must lead g).
+func (n *Node) Propose(ctx context.Context, g GroupID, p Proposal) ([]byte, error) {
+	return n.host.Propose(ctx, g, p)
+}
+
+// Read answers a query linearizably.
+func (n *Node) Read(ctx context.Context, g GroupID, vshard uint32, query []byte) ([]byte, error) {
+	return n.host.Read(ctx, g, vshard, query)
+}
+
+// ReadLocal answers a query from this replica's state, which may be stale.
+func (n *Node) ReadLocal(g GroupID, vshard uint32, query []byte) ([]byte, error) {
+	return n.host.ReadLocal(g, vshard, query)
+}
+
+// Status reports this node's replica of g.
+func (n *Node) Status(g GroupID) (GroupStatus, error) { return n.host.Status(g) }
+
+// Leader returns the leader this node knows for g.
+func (n *Node) Leader(g GroupID) (ReplicaID, NodeID, error) { return n.host.Leader(g) }
+
+// IsLeader reports whether this node leads g.
+func (n *Node) IsLeader(g GroupID) bool { return n.host.IsLeader(g) }
+
+// Campaign starts an election for g on this node.
+func (n *Node) Campaign(g GroupID) error { return n.host.Campaign(g) }
+
+// TransferLeadership moves g's leadership from this node to replica to.
+func (n *Node) TransferLeadership(ctx context.Context, g GroupID, to ReplicaID) error {
+	return n.host.TransferLeadership(ctx, g, to)
+}
+
+// ChangeReplicas changes g's membership (this node must lead g).
+func (n *Node) ChangeReplicas(ctx context.Context, g GroupID, changes []ReplicaChange) error {
+	return n.host.ChangeReplicas(ctx, g, changes)
+}
+
+// StateHash returns a digest of this replica's replicated state of g (every
+// key and value of every vShard, exactly-once records included) together with
+// the applied index it corresponds to, read from one consistent view.
+// Replicas at the same applied index must have the same hash.
+func (n *Node) StateHash(g GroupID) (applied uint64, hash [32]byte, err error) {
+	snap := n.eng.DB().NewSnapshot()
+	defer snap.Close()
+	v, ok, err := storage.Get(snap, storage.AppliedKey(g))
+	if err != nil {
+		return 0, hash, err
+	}
+	if !ok {
+		return 0, hash, ErrGroupNotFound
+	}
+	st, err := storage.DecodeAppliedState(v)
+	if err != nil {
+		return 0, hash, err
+	}
+	h := sha256.New()
+	prefix := storage.GroupStatePrefix(g)
+	var lb [binary.MaxVarintLen64]byte
+	err = storage.ScanRange(snap, prefix, storage.PrefixEnd(prefix), func(k, v []byte) error {
+		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(k)))])
+		h.Write(k)
+		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(v)))])
+		h.Write(v)
+		return nil
+	})
+	if err != nil {
+		return 0, hash, err
+	}
+	copy(hash[:], h.Sum(nil))
+	return st.Index, hash, nil
+}

@@ -1,0 +1,5 @@
+package cluster
+
+import "github.com/cockroachdb/pebble/v2"
+
+var syncWrite = pebble.Sync
