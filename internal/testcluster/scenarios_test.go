@@ -1,0 +1,376 @@
+package testcluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/nodedb/nodedb-cluster/cluster"
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/kv"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+)
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestFullClusterRestartKeepsAcknowledgedWrites stops every node and reopens
+// them from their directories: every acknowledged write must still be there.
+func TestFullClusterRestartKeepsAcknowledgedWrites(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 4})
+	ctx := testCtx(t, 60*time.Second)
+	if err := c.WaitAllLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl := c.NewClient(1)
+	acked := map[string]uint64{}
+	for i := range 200 {
+		k := fmt.Sprintf("k%03d", i%120)
+		r, err := cl.Put(ctx, []byte(k), []byte(fmt.Sprintf("v%d", i)), nil)
+		if err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+		acked[k] = r.Version
+	}
+	for _, id := range c.NodeIDs() {
+		if err := c.StopNode(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range c.NodeIDs() {
+		if err := c.StartNode(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.WaitAllLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl2 := c.NewClient(2)
+	for k, ver := range acked {
+		got, err := cl2.Get(ctx, []byte(k))
+		if err != nil {
+			t.Fatalf("get %s: %v", k, err)
+		}
+		if !got.Found || got.Version != ver {
+			t.Fatalf("after restart %s = %+v, want version %d", k, got, ver)
+		}
+	}
+	for _, g := range c.Groups() {
+		if _, err := c.WaitConverged(ctx, g.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestLaggingFollowerCatchesUpBySnapshot keeps a follower down while the
+// leader truncates its log past everything the follower has; the follower
+// must come back through a snapshot carrying the real state and end with the
+// same state hash as the others.
+func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 2, LogMaxEntries: 40, LogKeepEntries: 10})
+	ctx := testCtx(t, 60*time.Second)
+	if err := c.WaitAllLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g := ids.GroupID(1)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var down ids.NodeID
+	for _, id := range c.NodeIDs() {
+		if id != leader.ID() {
+			down = id
+			break
+		}
+	}
+	_, downLast := mustStatus(t, c.Node(down), g)
+	if err := c.StopNode(down); err != nil {
+		t.Fatal(err)
+	}
+	cl := c.NewClient(1)
+	written := 0
+	for i := 0; written < 300; i++ {
+		k := []byte(fmt.Sprintf("key-%d", i))
+		if _, kg := c.Route(k); kg != g {
+			continue
+		}
+		if _, err := cl.Put(ctx, k, bytes.Repeat([]byte{'x'}, 100), nil); err != nil {
+			t.Fatal(err)
+		}
+		written++
+	}
+	leader = c.Leader(g)
+	st, _ := mustStatus(t, leader, g)
+	if st.FirstIndex <= downLast+1 {
+		t.Fatalf("log not truncated past the follower: first index %d, follower had %d", st.FirstIndex, downLast)
+	}
+	if err := c.StartNode(down); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Node(down).Stats().SnapshotsApplied.Load(); n == 0 {
+		t.Fatal("follower converged without applying a snapshot")
+	}
+	// The caught-up replica serves the data itself.
+	q, _ := kv.EncodeScan(nil, nil, 0, kv.DefaultLimits())
+	total := 0
+	for vs := range uint32(c.Options().VShards) {
+		if c.GroupOfVShard(vs) != g {
+			continue
+		}
+		res, err := c.Node(down).ReadLocal(g, vs, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sr, err := kv.DecodeScanResponse(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += len(sr.Entries)
+	}
+	if total != written {
+		t.Fatalf("caught-up replica holds %d keys, want %d", total, written)
+	}
+}
+
+func mustStatus(t *testing.T, n *cluster.Node, g ids.GroupID) (cluster.GroupStatus, uint64) {
+	t.Helper()
+	st, err := n.Status(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, st.LastIndex
+}
+
+// TestExactlyOnceAfterLostResponse makes a write's outcome unknown to its
+// client (acknowledgements are dropped until the client gives up), lets it
+// commit, then retries it with the same client sequence: it must be applied
+// once and the retry must get the first application's result.
+func TestExactlyOnceAfterLostResponse(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1})
+	ctx := testCtx(t, 60*time.Second)
+	key := []byte("counter")
+	vs, g := c.Route(key)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(seq uint64, value string) cluster.Proposal {
+		cmd, err := kv.EncodePut(key, []byte(value), nil, kv.DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cluster.Proposal{VShard: vs, Client: 77, Seq: seq, AckedBelow: 1, Payload: cmd}
+	}
+	if _, err := leader.Propose(ctx, g, put(1, "first")); err != nil {
+		t.Fatal(err)
+	}
+	// Followers' acknowledgements never reach the leader: nothing commits.
+	var mu sync.Mutex
+	blocked := true
+	c.Net.SetHook(func(from, to ids.NodeID, m *transport.Message) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return blocked && to == leader.ID() && m.Msg.Type == raftpb.MsgAppResp
+	})
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = leader.Propose(short, g, put(2, "second"))
+	cancel()
+	if !errors.Is(err, cluster.ErrOutcomeUnknown) {
+		t.Fatalf("propose with blocked acks: %v, want ErrOutcomeUnknown", err)
+	}
+	// The same write again, before the first attempt committed: both
+	// attempts sit in the log.
+	short, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = leader.Propose(short, g, put(2, "second"))
+	cancel()
+	if !errors.Is(err, cluster.ErrOutcomeUnknown) {
+		t.Fatalf("second attempt: %v, want ErrOutcomeUnknown", err)
+	}
+	mu.Lock()
+	blocked = false
+	mu.Unlock()
+	res, err := leader.Propose(ctx, g, put(2, "second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := kv.DecodeResult(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ops[0].Version != 2 {
+		t.Fatalf("retried write reports version %d, want 2 (applied once after version 1)", r.Ops[0].Version)
+	}
+	got, err := c.NewClient(1).Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != 2 || string(got.Value) != "second" {
+		t.Fatalf("key after retries: %+v, want version 2", got)
+	}
+	// Once the client acknowledges sequence 2, its record may be dropped,
+	// and a late duplicate of it is refused rather than applied again.
+	p := put(3, "third")
+	p.AckedBelow = 3
+	if _, err := leader.Propose(ctx, g, p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.Propose(ctx, g, put(2, "second")); !errors.Is(err, cluster.ErrStaleSequence) {
+		t.Fatalf("late duplicate below the watermark: %v, want ErrStaleSequence", err)
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReplicaMoveWithJointConsensus adds a learner on a new node, waits for
+// it to catch up, promotes it while removing an old voter in one joint
+// configuration change, and checks that the new replica's state is identical
+// and the removed replica's ID can never come back.
+func TestReplicaMoveWithJointConsensus(t *testing.T) {
+	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := c.NewClient(1)
+	for i := range 100 {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("k%d", i)), []byte("v"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n4 := c.Node(4)
+	if err := n4.CreateReplica(g, 4); err != nil {
+		t.Fatal(err)
+	}
+	leader = c.Leader(g)
+	if err := leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: 4, Node: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	// Catch-up is measured from the leader's progress, not assumed.
+	for {
+		st, err := c.Leader(g).Status(g)
+		if err == nil {
+			if pr, ok := st.Progress[4]; ok && pr.Learner && pr.Match >= st.Commit {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("learner did not catch up: %+v", st.Progress)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	// Node 3 leaves. It must not lead while it is removed.
+	leader = c.Leader(g)
+	if leader.ID() == 3 {
+		if err := leader.TransferLeadership(ctx, g, 1); err != nil {
+			t.Fatal(err)
+		}
+		leader, _ = c.WaitLeader(ctx, g)
+	}
+	err = leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{
+		{Op: cluster.AddVoter, Replica: 4, Node: 4},
+		{Op: cluster.RemoveReplica, Replica: 3},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Leader(g).Status(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := st.Config.ConfState
+	if fmt.Sprint(cs.Voters) != "[1 2 4]" || len(cs.Learners) != 0 || len(cs.VotersOutgoing) != 0 {
+		t.Fatalf("configuration after the move: %+v", cs)
+	}
+	if err := c.Node(3).DestroyReplica(g); err != nil && !errors.Is(err, cluster.ErrGroupNotFound) {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("after%d", i)), []byte("w"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	_, h4, _ := c.Node(4).StateHash(g)
+	_, hl, _ := c.Leader(g).StateHash(g)
+	if h4 != hl {
+		t.Fatal("new replica's state differs from the leader's")
+	}
+	// Replica IDs are never reused: not on node 3, not in the group.
+	if err := c.Node(3).CreateReplica(g, 3); !errors.Is(err, cluster.ErrReplicaTombstoned) {
+		t.Fatalf("recreating removed replica 3: %v, want ErrReplicaTombstoned", err)
+	}
+	err = c.Leader(g).ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: 3, Node: 3}})
+	if !errors.Is(err, cluster.ErrConfChangeRejected) {
+		t.Fatalf("re-adding replica ID 3: %v, want ErrConfChangeRejected", err)
+	}
+}
+
+// TestBadInputIsRefusedAndStoresNothing checks the typed errors for oversized
+// keys, values and proposals, and that malformed command bytes that reach the
+// log are refused by every replica without writing anything.
+func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1})
+	ctx := testCtx(t, 30*time.Second)
+	lim := kv.DefaultLimits()
+	if _, err := kv.EncodePut(bytes.Repeat([]byte{'k'}, lim.MaxKeySize+1), []byte("v"), nil, lim); !kv.IsCode(err, kv.CodeTooLarge) {
+		t.Fatalf("oversized key: %v, want too_large", err)
+	}
+	if _, err := kv.EncodePut([]byte("k"), make([]byte, lim.MaxValueSize+1), nil, lim); !kv.IsCode(err, kv.CodeTooLarge) {
+		t.Fatalf("oversized value: %v, want too_large", err)
+	}
+	if _, err := kv.EncodePut(nil, []byte("v"), nil, lim); !kv.IsCode(err, kv.CodeInvalidArgument) {
+		t.Fatalf("empty key: %v, want invalid_argument", err)
+	}
+	g := ids.GroupID(1)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.Propose(ctx, g, cluster.Proposal{Payload: make([]byte, 9<<20)}); !errors.Is(err, cluster.ErrTooLarge) {
+		t.Fatalf("oversized proposal: %v, want ErrTooLarge", err)
+	}
+	_, before, err := leader.StateHash(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, garbage := range [][]byte{{0xff}, {1, 2, 3}, bytes.Repeat([]byte{0x01}, 64), {}} {
+		res, err := leader.Propose(ctx, g, cluster.Proposal{VShard: 3, Payload: garbage})
+		if err != nil {
+			t.Fatalf("propose garbage %x: %v", garbage, err)
+		}
+		if _, err := kv.DecodeResult(res); !kv.IsCode(err, kv.CodeInvalidArgument) {
+			t.Fatalf("garbage %x: result %v, want invalid_argument", garbage, err)
+		}
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Live() {
+		_, after, err := n.StateHash(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after != before {
+			t.Fatalf("%s: malformed commands changed the stored state", n.ID())
+		}
+	}
+}
