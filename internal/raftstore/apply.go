@@ -1,7 +1,6 @@
 package raftstore
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -214,74 +213,6 @@ func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, run []pendi
 		}
 	}
 	return nil
-}
-
-// Exactly-once records live in the vShard's range, so they move with it.
-//
-//	'd' client(8) seq(8) -> timestamp(8) result
-//	'w' client(8)        -> lowest sequence the client may still retry
-
-func dedupKey(g ids.GroupID, vs uint32, client, seq uint64) []byte {
-	k := storage.VShardSubPrefix(g, vs, storage.SubDedup)
-	k = binary.BigEndian.AppendUint64(k, client)
-	return binary.BigEndian.AppendUint64(k, seq)
-}
-
-func watermarkKey(g ids.GroupID, vs uint32, client uint64) []byte {
-	return binary.BigEndian.AppendUint64(storage.VShardSubPrefix(g, vs, storage.SubWatermark), client)
-}
-
-func lookupDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq uint64) (res []byte, found, stale bool, err error) {
-	wm, ok, err := storage.Get(b, watermarkKey(g, vs, client))
-	if err != nil {
-		return nil, false, false, err
-	}
-	if ok && len(wm) == 8 && seq < binary.BigEndian.Uint64(wm) {
-		return nil, false, true, nil
-	}
-	v, ok, err := storage.Get(b, dedupKey(g, vs, client, seq))
-	if err != nil || !ok {
-		return nil, false, false, err
-	}
-	if len(v) < 8 {
-		return nil, false, false, fmt.Errorf("%w: exactly-once record of client %d seq %d", storage.ErrCorrupt, client, seq)
-	}
-	return v[8:], true, false, nil
-}
-
-func recordDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq, ackedBelow uint64, ts int64, res []byte) error {
-	v := make([]byte, 8, 8+len(res))
-	binary.BigEndian.PutUint64(v, uint64(ts))
-	if err := b.Set(dedupKey(g, vs, client, seq), append(v, res...), nil); err != nil {
-		return err
-	}
-	wk := watermarkKey(g, vs, client)
-	wm, ok, err := storage.Get(b, wk)
-	if err != nil {
-		return err
-	}
-	var cur uint64
-	if ok && len(wm) == 8 {
-		cur = binary.BigEndian.Uint64(wm)
-	}
-	if ackedBelow <= cur {
-		return nil
-	}
-	// The client will never retry below ackedBelow: forget those records.
-	lo, hi := dedupKey(g, vs, client, cur), dedupKey(g, vs, client, ackedBelow)
-	var dead [][]byte
-	if err := storage.ScanRange(b, lo, hi, func(k, _ []byte) error {
-		dead = append(dead, append([]byte(nil), k...))
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, k := range dead {
-		if err := b.Delete(k, nil); err != nil {
-			return err
-		}
-	}
-	return b.Set(wk, binary.BigEndian.AppendUint64(nil, ackedBelow), nil)
 }
 
 // applyConfChange validates and applies a configuration change entry. A

@@ -113,7 +113,9 @@ func (h *Host) cycle(reps []*replica) error {
 	// Appends and heartbeats of leaders go out while the local write runs.
 	h.flush(func(w *workerState) *outbox { return &w.early })
 
-	// Group commit: one batch, at most one fsync, for every group.
+	// Group commit: one batch, at most one fsync, for every group. While
+	// the disk syncs, committed entries that were already durable here are
+	// applied and answered: they need nothing from this write.
 	batch := h.workers[0].batch
 	mustSync := h.workers[0].mustSync
 	for i := 1; i < len(h.workers); i++ {
@@ -125,14 +127,39 @@ func (h *Host) cycle(reps []*replica) error {
 			}
 		}
 	}
-	if !batch.Empty() {
+	var early []*replica
+	for i := range h.workers {
+		for _, r := range h.workers[i].readied {
+			if r.earlyApply > 0 {
+				early = append(early, r)
+			}
+		}
+	}
+	commitErr := make(chan error, 1)
+	if batch.Empty() {
+		commitErr <- nil
+	} else {
 		opt := pebble.NoSync
 		if mustSync {
 			opt = pebble.Sync
 		}
-		if err := batch.Commit(opt); err != nil {
-			return fmt.Errorf("commit raft persist batch: %w", err)
-		}
+		go func() { commitErr <- batch.Commit(opt) }()
+	}
+	var failed atomic.Pointer[error]
+	if len(early) > 0 {
+		h.parallel(len(early), func(_ *workerState, i int) {
+			if err := early[i].applyEarly(); err != nil {
+				failed.CompareAndSwap(nil, &err)
+			}
+		})
+	}
+	if err := <-commitErr; err != nil {
+		return fmt.Errorf("commit raft persist batch: %w", err)
+	}
+	if p := failed.Load(); p != nil {
+		return *p
+	}
+	if !batch.Empty() {
 		if mustSync {
 			h.stats.SyncedCommits.Add(1)
 		} else {
@@ -157,7 +184,6 @@ func (h *Host) cycle(reps []*replica) error {
 	// Votes and acknowledgements may only leave once the write is durable.
 	h.flush(func(w *workerState) *outbox { return &w.late })
 
-	var failed atomic.Pointer[error]
 	h.parallel(len(readied), func(_ *workerState, i int) {
 		if err := readied[i].finish(); err != nil {
 			failed.CompareAndSwap(nil, &err)
@@ -248,6 +274,7 @@ func (r *replica) prepare(w *workerState) {
 		r.mu.Unlock()
 		return
 	}
+	_, durableLast := r.log.Bounds()
 	rd := r.rn.Ready()
 	r.rd, r.hasRd = rd, true
 	r.updateSoftState(rd.SoftState)
@@ -270,6 +297,17 @@ func (r *replica) prepare(w *workerState) {
 		}
 	}
 	w.mustSync = w.mustSync || rd.MustSync
+	// Committed entries up to the last index persisted by earlier cycles
+	// may be applied before this cycle's write is durable.
+	r.earlyApply = 0
+	if raft.IsEmptySnap(rd.Snapshot) {
+		for _, e := range rd.CommittedEntries {
+			if e.Index > durableLast {
+				break
+			}
+			r.earlyApply++
+		}
+	}
 	leader := r.isLeader.Load()
 	for _, m := range rd.Messages {
 		if m.Type == raftpb.MsgSnap {
@@ -289,6 +327,12 @@ func (r *replica) prepare(w *workerState) {
 		}
 	}
 	w.readied = append(w.readied, r)
+}
+
+// applyEarly applies the committed entries of r's Ready that were durable
+// here before this cycle, concurrently with the cycle's fsync.
+func (r *replica) applyEarly() error {
+	return r.apply(r.rd.CommittedEntries[:r.earlyApply])
 }
 
 // finish completes r's Ready after the persist batch committed: updates the
@@ -311,11 +355,12 @@ func (r *replica) finish() error {
 	clear(r.snapOut)
 	r.snapOut = r.snapOut[:0]
 
-	if len(rd.CommittedEntries) > 0 {
-		if err := r.apply(rd.CommittedEntries); err != nil {
+	if rest := rd.CommittedEntries[r.earlyApply:]; len(rest) > 0 {
+		if err := r.apply(rest); err != nil {
 			return err
 		}
 	}
+	r.earlyApply = 0
 	r.rn.Advance(*rd)
 	var rss []readState
 	for _, rs := range rd.ReadStates {

@@ -54,10 +54,11 @@ type replica struct {
 	removed   bool // applied a configuration without this replica
 
 	// Per-cycle state, valid between prepare and finish.
-	rd      raft.Ready
-	hasRd   bool
-	snapOut []raftpb.Message
-	results []applyResult
+	rd         raft.Ready
+	hasRd      bool
+	earlyApply int // how many of rd.CommittedEntries applyEarly applies
+	snapOut    []raftpb.Message
+	results    []applyResult
 }
 
 type inboundMsg struct {

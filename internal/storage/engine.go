@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -72,6 +73,10 @@ func Open(opts Options) (*Engine, error) {
 		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
 		FormatMajorVersion: pebble.FormatNewest,
 	}
+	// Most point reads on the write path look for keys that do not exist
+	// (new keys, new exactly-once records): bloom filters answer those
+	// without reading data blocks. Lower levels inherit the policy.
+	po.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
 		cache.Unref()

@@ -95,6 +95,13 @@ func LoadRaftLog(e *Engine, g ids.GroupID) (*RaftLog, AppliedState, error) {
 		return nil, applied, fmt.Errorf("%w: group %s last index %d below truncated index %d",
 			ErrCorrupt, g, l.lastIndex, l.truncIndex)
 	}
+	// Committed entries that were already durable locally are applied while
+	// the next append is being synced (see raftstore), so the applied index
+	// can reach disk before the hard state that raised the commit index.
+	// Those entries were committed, so the commit index is raised to match.
+	if applied.Index > l.hardState.Commit {
+		l.hardState.Commit = applied.Index
+	}
 	if applied.Index > l.lastIndex || applied.Index < l.truncIndex {
 		return nil, applied, fmt.Errorf("%w: group %s applied index %d outside log [%d, %d]",
 			ErrCorrupt, g, applied.Index, l.truncIndex, l.lastIndex)
