@@ -141,6 +141,7 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	vs := cmds[0].c.vshard
 	var w storage.VShardWriter
 	w.Reset(b, r.group, vs)
+	dc := dedupCache{}
 	// Within one run the same (client, seq) can appear twice: a client that
 	// retried before its first attempt was applied. The dedup check of the
 	// second must see the record of the first, so the run is split there.
@@ -152,14 +153,14 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 		}
 		for j := start; j < i; j++ {
 			if cmds[j].c.client == c.c.client && cmds[j].c.seq == c.c.seq && !cmds[j].dup && cmds[j].err == nil {
-				if err := r.applyRun(b, &w, cmds[start:i]); err != nil {
+				if err := r.applyRun(b, &w, dc, cmds[start:i]); err != nil {
 					return err
 				}
 				start = i
 				break
 			}
 		}
-		res, found, stale, err := lookupDedup(b, r.group, vs, c.c.client, c.c.seq)
+		res, found, stale, err := dc.lookup(b, r.group, vs, c.c.client, c.c.seq)
 		if err != nil {
 			return err
 		}
@@ -170,7 +171,7 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 			c.res, c.dup = res, true
 		}
 	}
-	if err := r.applyRun(b, &w, cmds[start:]); err != nil {
+	if err := r.applyRun(b, &w, dc, cmds[start:]); err != nil {
 		return err
 	}
 	for i := range cmds {
@@ -184,7 +185,7 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 
 // applyRun hands the commands of run that are neither duplicates nor refused
 // to the state machine, then records their results for exactly-once.
-func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, run []pendingCmd) error {
+func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, dc dedupCache, run []pendingCmd) error {
 	var smCmds []statemachine.Command
 	var idx []int
 	for i := range run {
@@ -208,7 +209,7 @@ func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, run []pendi
 		if c.c.client == 0 {
 			continue
 		}
-		if err := recordDedup(b, r.group, c.c.vshard, c.c.client, c.c.seq, c.c.ackedBelow, c.c.timestamp, c.res); err != nil {
+		if err := dc.record(b, r.group, c.c.vshard, c.c.client, c.c.seq, c.c.ackedBelow, c.c.timestamp, c.res); err != nil {
 			return fmt.Errorf("group %s: record exactly-once result: %w", r.group, err)
 		}
 	}

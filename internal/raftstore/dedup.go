@@ -81,10 +81,26 @@ func storeClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64,
 	return b.Set(clientKey(g, vs, client), v, nil)
 }
 
+// dedupCache holds the client records read or written while applying one
+// run of commands of one vShard, so each is read from storage once.
+type dedupCache map[uint64]*clientRecord
+
+func (c dedupCache) get(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64) (*clientRecord, error) {
+	if rec := c[client]; rec != nil {
+		return rec, nil
+	}
+	rec, err := loadClientRecord(b, g, vs, client)
+	if err != nil {
+		return nil, err
+	}
+	c[client] = &rec
+	return &rec, nil
+}
+
 // lookupDedup reports whether (client, seq) was already applied in this
 // vShard (and its result), or is below the client's watermark.
-func lookupDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq uint64) (res []byte, found, stale bool, err error) {
-	rec, err := loadClientRecord(b, g, vs, client)
+func (c dedupCache) lookup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq uint64) (res []byte, found, stale bool, err error) {
+	rec, err := c.get(b, g, vs, client)
 	if err != nil {
 		return nil, false, false, err
 	}
@@ -104,10 +120,10 @@ func lookupDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq uint64) 
 	return v[8:], true, false, nil
 }
 
-// recordDedup remembers the result of (client, seq) and forgets records the
+// record remembers the result of (client, seq) and forgets records the
 // client will never retry.
-func recordDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq, ackedBelow uint64, ts int64, res []byte) error {
-	rec, err := loadClientRecord(b, g, vs, client)
+func (c dedupCache) record(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq, ackedBelow uint64, ts int64, res []byte) error {
+	rec, err := c.get(b, g, vs, client)
 	if err != nil {
 		return err
 	}
@@ -133,5 +149,5 @@ func recordDedup(b *pebble.Batch, g ids.GroupID, vs uint32, client, seq, ackedBe
 		}
 		rec.live = rec.live[n:]
 	}
-	return storeClientRecord(b, g, vs, client, &rec)
+	return storeClientRecord(b, g, vs, client, rec)
 }
