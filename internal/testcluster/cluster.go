@@ -24,6 +24,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
+	"github.com/nodedb/nodedb-cluster/internal/placement"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/internal/transport/memnet"
 	"github.com/nodedb/nodedb-cluster/vshard"
@@ -129,13 +130,12 @@ func New(t testing.TB, opts Options) *Cluster {
 		nodes: map[ids.NodeID]*cluster.Node{},
 	}
 	t.Cleanup(c.Close)
-	for g := 1; g <= opts.Groups; g++ {
-		grp := Group{ID: ids.GroupID(g)}
-		for i := range opts.RF {
-			node := ids.NodeID((g-1+i)%opts.Nodes + 1)
-			grp.Founders = append(grp.Founders, cluster.Replica{Replica: ids.ReplicaID(i + 1), Node: node})
-		}
-		c.groups = append(c.groups, grp)
+	layout, err := placement.Static(opts.Groups, opts.Nodes, opts.RF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for g, founders := range layout {
+		c.groups = append(c.groups, Group{ID: ids.GroupID(g + 1), Founders: founders})
 	}
 	for i := 1; i <= opts.Nodes; i++ {
 		id := ids.NodeID(i)
@@ -284,8 +284,7 @@ func (c *Cluster) Route(key []byte) (uint32, ids.GroupID) {
 // GroupOfVShard returns the group owning vs: contiguous ranges of vShards
 // per group.
 func (c *Cluster) GroupOfVShard(vs uint32) ids.GroupID {
-	per := (c.opts.VShards + c.opts.Groups - 1) / c.opts.Groups
-	return ids.GroupID(int(vs)/per + 1)
+	return placement.VShardGroup(vs, c.opts.VShards, c.opts.Groups)
 }
 
 // Leader returns the running node that leads g, or nil.

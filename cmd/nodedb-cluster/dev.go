@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodedb/nodedb-cluster/internal/devcluster"
+)
+
+func newDevCommand() *cobra.Command {
+	var (
+		shape    devcluster.Shape
+		dir      string
+		logLevel string
+		once     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local N-node cluster in one process",
+		Long: `Run a local cluster of --nodes nodes in this process, each with its own
+data dir under --dir. The first run bootstraps the cluster; running again on
+the same --dir restarts it with its data. Ctrl-C stops it cleanly.
+
+The nodes currently talk over an in-process network: the QUIC transport and
+the client API (and so the ports scripts connect to) arrive in later releases.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			shape.RF = min(3, shape.Nodes)
+			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, cmd.Flags().Changed, logLevel, once)
+		},
+	}
+	cmd.Flags().IntVar(&shape.Nodes, "nodes", 3, "number of nodes")
+	cmd.Flags().IntVar(&shape.Groups, "groups", 16, "number of data groups (first run only)")
+	cmd.Flags().IntVar(&shape.VShards, "vshards", 1024, "number of vShards, a power of two from 16 to 16384 (first run only)")
+	cmd.Flags().StringVar(&dir, "dir", ".nodedb-dev", "parent of the nodes' data dirs")
+	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
+	return cmd
+}
+
+func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Shape, changed func(string) bool, logLevel string, once bool) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	c, err := devcluster.Start(dir, shape, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := c.Stop(); err != nil {
+			log.Error("stop", "err", err)
+		}
+	}()
+	if c.Restarted {
+		for flag, v := range map[string][2]int{
+			"nodes": {shape.Nodes, c.Shape.Nodes}, "groups": {shape.Groups, c.Shape.Groups}, "vshards": {shape.VShards, c.Shape.VShards},
+		} {
+			if changed(flag) && v[0] != v[1] {
+				fmt.Fprintf(out, "warning: --%s=%d ignored: %s already holds a cluster with %s=%d\n", flag, v[0], dir, flag, v[1])
+			}
+		}
+	}
+	verb := "bootstrapped"
+	if c.Restarted {
+		verb = "restarted"
+	}
+	fmt.Fprintf(out, "nodedb-cluster dev: %s %d nodes, %d groups, %d vShards, RF %d in %s\n",
+		verb, c.Shape.Nodes, c.Shape.Groups, c.Shape.VShards, c.Shape.RF, dir)
+
+	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.WaitReady(readyCtx); err != nil {
+		return err
+	}
+	if err := c.SelfCheck(readyCtx); err != nil {
+		return fmt.Errorf("self-check: %w", err)
+	}
+	fmt.Fprintln(out, "self-check: a write replicated through Raft read back linearizably from every replica")
+	printStatus(out, c)
+	fmt.Fprintln(out, "\nNodes talk over an in-process network for now: no QUIC or API ports are open yet.")
+	if once {
+		return nil
+	}
+	fmt.Fprintln(out, "Running; press Ctrl-C to stop.")
+	<-ctx.Done()
+	fmt.Fprintln(out, "stopping")
+	return nil
+}
+
+func printStatus(out io.Writer, c *devcluster.Cluster) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nGROUP\tVSHARDS\tLEADER\tREPLICAS\tTERM\tAPPLIED")
+	for _, g := range c.Status() {
+		var reps []string
+		for _, n := range g.Replicas {
+			reps = append(reps, fmt.Sprintf("n%d", n))
+		}
+		leader := "-"
+		if g.Leader != 0 {
+			leader = fmt.Sprintf("n%d", g.Leader)
+		}
+		fmt.Fprintf(tw, "%d\t%d-%d\t%s\t%s\t%d\t%d\n", g.Group, g.VShardFrom, g.VShardTo, leader, strings.Join(reps, ","), g.Term, g.Applied)
+	}
+	tw.Flush()
+}

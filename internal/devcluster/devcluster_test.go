@@ -1,0 +1,72 @@
+package devcluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
+	dir := t.TempDir()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := Start(dir, Shape{Nodes: 3, Groups: 4, VShards: 64, RF: 3}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Restarted {
+		t.Fatal("a fresh dir reported as restarted")
+	}
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SelfCheck(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Start(dir, Shape{Nodes: 3, Groups: 8, VShards: 1024, RF: 3}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	if !c.Restarted || c.Shape.Groups != 4 || c.Shape.VShards != 64 {
+		t.Fatalf("restart: restarted=%v shape=%+v, want the stored shape", c.Restarted, c.Shape)
+	}
+	if err := c.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st := c.Status()
+	if len(st) != 4 {
+		t.Fatalf("%d groups after restart", len(st))
+	}
+	for _, g := range st {
+		if g.Leader == 0 || len(g.Replicas) != 3 {
+			t.Fatalf("group after restart: %+v", g)
+		}
+	}
+	if err := c.SelfCheck(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestShapeValidation(t *testing.T) {
+	for _, s := range []Shape{
+		{Nodes: 0, Groups: 1, VShards: 16, RF: 1},
+		{Nodes: 3, Groups: 1, VShards: 100, RF: 3},
+		{Nodes: 3, Groups: 32, VShards: 16, RF: 3},
+		{Nodes: 2, Groups: 1, VShards: 16, RF: 3},
+	} {
+		if err := s.Validate(); err == nil {
+			t.Errorf("shape %+v accepted", s)
+		}
+	}
+}
