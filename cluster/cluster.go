@@ -18,6 +18,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"time"
@@ -281,6 +282,16 @@ func (n *Node) ChangeReplicas(ctx context.Context, g GroupID, changes []ReplicaC
 // the applied index it corresponds to, read from one consistent view.
 // Replicas at the same applied index must have the same hash.
 func (n *Node) StateHash(g GroupID) (applied uint64, hash [32]byte, err error) {
+	return n.rangeHash(g, storage.GroupStatePrefix(g))
+}
+
+// VShardHash is StateHash restricted to one vShard. Keys are hashed relative
+// to the vShard, so the same vShard state in two groups hashes the same.
+func (n *Node) VShardHash(g GroupID, vshard uint32) (applied uint64, hash [32]byte, err error) {
+	return n.rangeHash(g, storage.VShardPrefix(g, vshard))
+}
+
+func (n *Node) rangeHash(g GroupID, prefix []byte) (applied uint64, hash [32]byte, err error) {
 	snap := n.eng.DB().NewSnapshot()
 	defer snap.Close()
 	v, ok, err := storage.Get(snap, storage.AppliedKey(g))
@@ -295,9 +306,9 @@ func (n *Node) StateHash(g GroupID) (applied uint64, hash [32]byte, err error) {
 		return 0, hash, err
 	}
 	h := sha256.New()
-	prefix := storage.GroupStatePrefix(g)
 	var lb [binary.MaxVarintLen64]byte
 	err = storage.ScanRange(snap, prefix, storage.PrefixEnd(prefix), func(k, v []byte) error {
+		k = k[len(prefix):]
 		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(k)))])
 		h.Write(k)
 		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(v)))])
@@ -309,4 +320,20 @@ func (n *Node) StateHash(g GroupID) (applied uint64, hash [32]byte, err error) {
 	}
 	copy(hash[:], h.Sum(nil))
 	return st.Index, hash, nil
+}
+
+// ExportVShard writes a consistent copy of one vShard's state (data and
+// exactly-once records) as held by this node's replica of g, in a
+// checksummed stream that ImportVShard reads. It returns the applied index
+// of the copy.
+func (n *Node) ExportVShard(g GroupID, vshard uint32, w io.Writer) (uint64, error) {
+	return n.host.ExportVShard(g, vshard, w)
+}
+
+// ImportVShard replaces one vShard's state in g with an exported stream,
+// through Raft, so that every replica of g holds it. Call it on g's leader.
+// The stream is verified in full before anything is proposed; an import that
+// fails half-way leaves a partial vShard, and importing again repairs it.
+func (n *Node) ImportVShard(ctx context.Context, g GroupID, vshard uint32, r io.Reader) error {
+	return n.host.ImportVShard(ctx, g, vshard, r)
 }

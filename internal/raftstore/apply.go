@@ -49,6 +49,15 @@ func (r *replica) apply(ents []raftpb.Entry) error {
 			if len(e.Data) == 0 {
 				break // a new leader's empty entry
 			}
+			if e.Data[0] == kindIngest {
+				if err := flushCmds(); err != nil {
+					return err
+				}
+				if err := r.applyIngest(b, e); err != nil {
+					return err
+				}
+				break
+			}
 			c, err := decodeCommand(e.Data)
 			if err != nil {
 				h.stats.MalformedEntries.Add(1)

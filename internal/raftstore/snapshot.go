@@ -205,24 +205,26 @@ type snapshotStream struct {
 }
 
 func newSnapshotStream(g ids.GroupID, m raftpb.Message, os *outgoingSnapshot, chunk int) *snapshotStream {
-	s := &snapshotStream{chunk: chunk}
 	payload := binary.BigEndian.AppendUint64(nil, uint64(g))
 	mb, err := m.Marshal()
 	if err != nil {
-		s.err = err
-		return s
+		return &snapshotStream{err: err}
 	}
 	payload = binary.AppendUvarint(payload, uint64(len(mb)))
 	payload = append(payload, mb...)
 	payload, err = storage.EncodeAppliedState(payload, &os.applied)
 	if err != nil {
-		s.err = err
-		return s
+		return &snapshotStream{err: err}
 	}
-	s.buf = appendFrame(s.buf[:0], frameHeader, payload)
-	prefix := storage.GroupStatePrefix(g)
-	s.pfx = len(prefix)
-	s.it, s.err = os.snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: storage.PrefixEnd(prefix)})
+	return newRangeStream(frameHeader, payload, os.snap, storage.GroupStatePrefix(g), chunk)
+}
+
+// newRangeStream streams a header frame, then every key of r under prefix
+// (relative to it) in data frames of about chunk bytes, then the trailer.
+func newRangeStream(headerType byte, header []byte, r pebble.Reader, prefix []byte, chunk int) *snapshotStream {
+	s := &snapshotStream{chunk: chunk, pfx: len(prefix)}
+	s.buf = appendFrame(nil, headerType, header)
+	s.it, s.err = r.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: storage.PrefixEnd(prefix)})
 	if s.err == nil {
 		s.it.First()
 	}
@@ -397,39 +399,8 @@ func (h *Host) receiveSnapshot(ctx context.Context, from ids.NodeID, stream io.R
 		}
 	}()
 	w := bufio.NewWriterSize(f, 256<<10)
-	var crc uint32
-	var pairs, bytes uint64
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		typ, payload, err := fr.next()
-		if err != nil {
-			return err
-		}
-		if typ == frameTrailer {
-			if len(payload) != 20 {
-				return fmt.Errorf("%w: bad trailer", ErrBadSnapshot)
-			}
-			if binary.BigEndian.Uint64(payload) != pairs || binary.BigEndian.Uint64(payload[8:]) != bytes ||
-				binary.BigEndian.Uint32(payload[16:]) != crc {
-				return fmt.Errorf("%w: trailer does not match the data received", ErrBadSnapshot)
-			}
-			break
-		}
-		if typ != frameData {
-			return fmt.Errorf("%w: unexpected frame type %d", ErrBadSnapshot, typ)
-		}
-		k, err := countPairs(payload)
-		if err != nil {
-			return err
-		}
-		pairs += k
-		bytes += uint64(len(payload))
-		crc = crc32.Update(crc, crcTable, payload)
-		if err := writeStagedChunk(w, payload); err != nil {
-			return fmt.Errorf("stage snapshot: %w", err)
-		}
+	if err := readDataFrames(ctx, fr, func(p []byte) error { return writeStagedChunk(w, p) }); err != nil {
+		return err
 	}
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("stage snapshot: %w", err)
@@ -452,20 +423,51 @@ func (h *Host) receiveSnapshot(ctx context.Context, from ids.NodeID, stream io.R
 	return nil
 }
 
+// readDataFrames reads data frames until the trailer, verifies each pair's
+// structure and the trailer's counts and checksum, and hands each verified
+// payload to sink.
+func readDataFrames(ctx context.Context, fr *frameReader, sink func([]byte) error) error {
+	var crc uint32
+	var pairs, bytes uint64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		typ, payload, err := fr.next()
+		if err != nil {
+			return err
+		}
+		if typ == frameTrailer {
+			if len(payload) != 20 {
+				return fmt.Errorf("%w: bad trailer", ErrBadSnapshot)
+			}
+			if binary.BigEndian.Uint64(payload) != pairs || binary.BigEndian.Uint64(payload[8:]) != bytes ||
+				binary.BigEndian.Uint32(payload[16:]) != crc {
+				return fmt.Errorf("%w: trailer does not match the data received", ErrBadSnapshot)
+			}
+			return nil
+		}
+		if typ != frameData {
+			return fmt.Errorf("%w: unexpected frame type %d", ErrBadSnapshot, typ)
+		}
+		k, err := countPairs(payload)
+		if err != nil {
+			return err
+		}
+		pairs += k
+		bytes += uint64(len(payload))
+		crc = crc32.Update(crc, crcTable, payload)
+		if err := sink(payload); err != nil {
+			return fmt.Errorf("stage snapshot: %w", err)
+		}
+	}
+}
+
 // countPairs validates the structure of a data payload.
 func countPairs(p []byte) (uint64, error) {
 	var n uint64
-	for len(p) > 0 {
-		for range 2 {
-			l, k := binary.Uvarint(p)
-			if k <= 0 || l > uint64(len(p)-k) {
-				return 0, fmt.Errorf("%w: malformed key/value pair", ErrBadSnapshot)
-			}
-			p = p[k+int(l):]
-		}
-		n++
-	}
-	return n, nil
+	err := forEachPair(p, func(_, _ []byte) error { n++; return nil })
+	return n, err
 }
 
 func writeStagedChunk(w io.Writer, payload []byte) error {
@@ -494,37 +496,16 @@ func (r *replica) stageInstall(b *pebble.Batch, snap *raftpb.Snapshot) error {
 		return err
 	}
 	defer f.Close()
-	br := bufio.NewReaderSize(f, 256<<10)
 	prefix := storage.GroupStatePrefix(r.group)
 	key := append([]byte(nil), prefix...)
-	var l [4]byte
-	var chunk []byte
-	for {
-		if _, err := io.ReadFull(br, l[:]); err == io.EOF {
-			break
-		} else if err != nil {
-			return err
-		}
-		n := binary.BigEndian.Uint32(l[:])
-		if cap(chunk) < int(n) {
-			chunk = make([]byte, n)
-		}
-		chunk = chunk[:n]
-		if _, err := io.ReadFull(br, chunk); err != nil {
-			return err
-		}
-		for p := chunk; len(p) > 0; {
-			kl, k := binary.Uvarint(p)
-			kb := p[k : k+int(kl)]
-			p = p[k+int(kl):]
-			vl, k := binary.Uvarint(p)
-			vb := p[k : k+int(vl)]
-			p = p[k+int(vl):]
-			key = append(key[:len(prefix)], kb...)
-			if err := b.Set(key, vb, nil); err != nil {
-				return err
-			}
-		}
+	err = forEachStagedChunk(bufio.NewReaderSize(f, 256<<10), func(p []byte) error {
+		return forEachPair(p, func(k, v []byte) error {
+			key = append(key[:len(prefix)], k...)
+			return b.Set(key, v, nil)
+		})
+	})
+	if err != nil {
+		return err
 	}
 	applied := st.applied
 	applied.ConfState = snap.Metadata.ConfState
