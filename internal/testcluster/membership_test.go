@@ -1,0 +1,157 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/cluster"
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/kv"
+)
+
+// TestLeadershipTransfer hands a group's leadership to each follower in
+// turn; writes keep working, and the old leader points clients at the new
+// one with a typed error.
+func TestLeadershipTransfer(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	cl := c.NewClient(1)
+	key := []byte("k")
+	for round := range 3 {
+		leader, err := c.WaitLeader(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := leader.Status(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var to cluster.Replica
+		for _, r := range st.Config.Replicas {
+			if r.Node != leader.ID() {
+				to = r
+				break
+			}
+		}
+		if err := leader.TransferLeadership(ctx, g, to.Replica); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		// The old leader now refuses writes and names the new leader.
+		cmd, _ := kv.EncodePut(key, []byte("x"), nil, kv.DefaultLimits())
+		_, err = leader.Propose(ctx, g, cluster.Proposal{Payload: cmd})
+		var nl *cluster.NotLeaderError
+		if !errors.As(err, &nl) || nl.Leader != to.Replica || nl.LeaderNode != to.Node {
+			t.Fatalf("round %d: propose on the old leader: %v, want NotLeaderError naming %s on %s", round, err, to.Replica, to.Node)
+		}
+		if c.Leader(g).ID() != to.Node {
+			t.Fatalf("round %d: leader is %s, want %s", round, c.Leader(g).ID(), to.Node)
+		}
+		r, err := cl.Put(ctx, key, []byte(fmt.Sprint(round)), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Version != uint64(round+1) {
+			t.Fatalf("round %d: version %d", round, r.Version)
+		}
+	}
+}
+
+// TestWipedNodeGetsNewReplicas wipes a node's data dir. Its old replicas are
+// removed from their groups and new ones, with new replica IDs, are added in
+// their place and caught up from snapshots; traffic addressed to the old
+// replica IDs is refused by the wiped node.
+func TestWipedNodeGetsNewReplicas(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 2})
+	ctx := testCtx(t, 60*time.Second)
+	if err := c.WaitAllLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cl := c.NewClient(1)
+	for i := range 100 {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("k%d", i)), []byte("v"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const wiped ids.NodeID = 3
+	if err := c.WipeNode(wiped); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartNode(wiped); err != nil {
+		t.Fatal(err)
+	}
+	n3 := c.Node(wiped)
+	if len(n3.Groups()) != 0 {
+		t.Fatalf("wiped node still holds %v", n3.Groups())
+	}
+	waitFor(ctx, t, "wiped node refusing traffic for its old replicas", func() bool {
+		return n3.Stats().MessagesDropped.Load() > 0
+	})
+	for _, grp := range c.Groups() {
+		g := grp.ID
+		leader, err := c.WaitLeader(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leader.ID() == wiped {
+			t.Fatalf("%s led by the wiped node", g)
+		}
+		st, err := leader.Status(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var old cluster.Replica
+		for _, r := range st.Config.Replicas {
+			if r.Node == wiped {
+				old = r
+			}
+		}
+		if err := leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.RemoveReplica, Replica: old.Replica}}); err != nil {
+			t.Fatal(err)
+		}
+		fresh := st.Config.MaxReplicaID + 1
+		if err := n3.CreateReplica(g, fresh); err != nil {
+			t.Fatal(err)
+		}
+		if err := leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: fresh, Node: wiped}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(ctx, t, "new learner caught up", func() bool {
+			st, err := c.Leader(g).Status(g)
+			return err == nil && st.Progress[fresh].Match >= st.Commit
+		})
+		if err := c.Leader(g).ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddVoter, Replica: fresh}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.WaitConverged(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n3.Stats().SnapshotsApplied.Load() < uint64(len(c.Groups())) {
+		t.Fatal("new replicas did not start from snapshots")
+	}
+	// The repaired node serves linearizable reads of the old data.
+	q, _ := kv.EncodeGet([]byte("k42"), kv.DefaultLimits())
+	vs, g := c.Route([]byte("k42"))
+	res, err := n3.Read(ctx, g, vs, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := kv.DecodeGetResponse(res); !got.Found {
+		t.Fatal("repaired node lacks old data")
+	}
+}
+
+func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
