@@ -72,6 +72,9 @@ var ErrCorrupt = errors.New("storage: corrupt record")
 
 // EncodeAppliedState appends the stored form of s to dst.
 func EncodeAppliedState(dst []byte, s *AppliedState) ([]byte, error) {
+	if len(s.Replicas) > maxReplicas {
+		return nil, fmt.Errorf("applied state with %d replicas exceeds %d", len(s.Replicas), maxReplicas)
+	}
 	dst = append(dst, appliedStateVersion)
 	dst = binary.AppendUvarint(dst, s.Index)
 	dst = binary.AppendUvarint(dst, s.Term)

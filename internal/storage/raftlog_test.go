@@ -64,6 +64,7 @@ func checkLog(t tb, l *RaftLog, truncIndex, truncTerm uint64, want []raftpb.Entr
 	if bf, bl := l.Bounds(); bf != first || bl != last {
 		t.Fatalf("Bounds = %d, %d; want %d, %d", bf, bl, first, last)
 	}
+	checkCache(t, l, first, want)
 	// raft compares these errors with ==, so they must not be wrapped.
 	if got, err := l.Term(truncIndex); err != nil || got != truncTerm {
 		t.Fatalf("Term(%d) = %d, %v; want truncated term %d", truncIndex, got, err, truncTerm)
@@ -107,6 +108,34 @@ func checkLog(t tb, l *RaftLog, truncIndex, truncTerm uint64, want []raftpb.Entr
 				checkEntries(t, l, first, want, lo, hi, ms)
 			}
 		}
+	}
+}
+
+// checkCache checks the cache's invariant: a contiguous run of the log's
+// entries ending at the last index, with its size accounted exactly.
+func checkCache(t tb, l *RaftLog, first uint64, want []raftpb.Entry) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.cache) == 0 {
+		if l.cacheBytes != 0 {
+			t.Fatalf("empty cache accounts for %d bytes", l.cacheBytes)
+		}
+		return
+	}
+	c0 := l.cache[0].Index
+	if c0 < first || c0+uint64(len(l.cache))-1 != l.lastIndex {
+		t.Fatalf("cache holds [%d, %d], log is [%d, %d]", c0, c0+uint64(len(l.cache))-1, first, l.lastIndex)
+	}
+	if !entsEqual(l.cache, want[c0-first:]) {
+		t.Fatalf("cache = %s, log from %d = %s", describe(l.cache), c0, describe(want[c0-first:]))
+	}
+	size := 0
+	for i := range l.cache {
+		size += l.cache[i].Size()
+	}
+	if size != l.cacheBytes {
+		t.Fatalf("cacheBytes = %d, cached entries hold %d", l.cacheBytes, size)
 	}
 }
 
@@ -520,8 +549,41 @@ func TestRaftLogDetectsMissingEntries(t *testing.T) {
 		t.Fatalf("Term of a missing entry: err %v, want ErrCorrupt", err)
 	}
 	// Reads that stop before the hole still work.
-	checkEntries(t, l, 1, mkEnts(1, 11, 1), 1, 5, noLimit)
-	checkEntries(t, l, 1, mkEnts(1, 11, 1), 6, 11, noLimit)
+	all := mkEnts(1, 11, 1)
+	checkEntries(t, l, 1, all, 1, 5, noLimit)
+	checkEntries(t, l, 1, all, 6, 11, noLimit)
+	// Whatever the size limit, a read across the hole either stops before
+	// it or fails: it never skips the missing entry.
+	for _, ms := range maxSizesFor(all) {
+		got, err := l.Entries(1, 11, ms)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Entries(1, 11, %d) across a hole: err %v, want ErrCorrupt", ms, err)
+			}
+			continue
+		}
+		if !entsEqual(got, all[:len(got)]) || len(got) >= 5 {
+			t.Fatalf("Entries(1, 11, %d) across a hole = %s", ms, describe(got))
+		}
+	}
+	sizeTo6 := uint64(0)
+	for _, e := range all[:6] {
+		sizeTo6 += uint64(e.Size())
+	}
+	if got, err := l.Entries(1, 11, sizeTo6); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Entries(1, 11, %d) with room for entries 1-4 and 6 = %s, %v; want ErrCorrupt", sizeTo6, describe(got), err)
+	}
+
+	// The last entry vanishing under a loaded log is detected too.
+	if err := e.DB().Delete(entryKey(nil, g, 10), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.Entries(6, 11, noLimit); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Entries(6, 11) with entry 10 missing = %s, %v; want ErrCorrupt", describe(got), err)
+	}
+	if _, err := l.Term(10); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Term of a missing last entry: err %v, want ErrCorrupt", err)
+	}
 }
 
 func TestRaftLogCacheBound(t *testing.T) {

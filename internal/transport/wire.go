@@ -61,8 +61,10 @@ func DecodeBatch(b []byte) ([]Message, error) {
 	if count > MaxBatchMessages || count > uint64(len(b))/2 {
 		return nil, fmt.Errorf("%w: count %d exceeds what %d bytes can hold", ErrMalformed, count, len(b))
 	}
-	msgs := make([]Message, count)
-	for i := range msgs {
+	// Grow as messages actually decode: the count is only a claim.
+	msgs := make([]Message, 0, min(count, 64))
+	for i := range int(count) {
+		msgs = append(msgs, Message{})
 		g, n := binary.Uvarint(b)
 		if n <= 0 {
 			return nil, fmt.Errorf("%w: message %d: bad group", ErrMalformed, i)
@@ -90,7 +92,7 @@ func DecodeBatch(b []byte) ([]Message, error) {
 
 // ValidateRemote refuses Raft messages that a peer must never send: local
 // message types (which would let a peer drive this node's elections or
-// storage), proposals (proposal forwarding is off: clients are routed to the
+// storage, or make it forget its leader), proposals (proposal forwarding is off: clients are routed to the
 // leader instead) and snapshots (they travel on snapshot streams, checksummed,
 // with their data).
 func ValidateRemote(m *raftpb.Message) error {
@@ -98,7 +100,7 @@ func ValidateRemote(m *raftpb.Message) error {
 	case raftpb.MsgApp, raftpb.MsgAppResp, raftpb.MsgVote, raftpb.MsgVoteResp,
 		raftpb.MsgHeartbeat, raftpb.MsgHeartbeatResp, raftpb.MsgTransferLeader,
 		raftpb.MsgTimeoutNow, raftpb.MsgReadIndex, raftpb.MsgReadIndexResp,
-		raftpb.MsgPreVote, raftpb.MsgPreVoteResp, raftpb.MsgForgetLeader:
+		raftpb.MsgPreVote, raftpb.MsgPreVoteResp:
 	default:
 		return fmt.Errorf("message type %s not accepted from the network", m.Type)
 	}
@@ -107,6 +109,9 @@ func ValidateRemote(m *raftpb.Message) error {
 	}
 	if m.Snapshot != nil {
 		return errors.New("snapshot carried outside a snapshot stream")
+	}
+	if len(m.Responses) != 0 {
+		return errors.New("local storage responses carried over the network")
 	}
 	return nil
 }

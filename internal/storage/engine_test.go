@@ -1,0 +1,150 @@
+package storage
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+)
+
+// commitDelta commits one small batch with opts and returns how many WAL
+// syncs the commit caused.
+func commitDelta(t *testing.T, e *Engine, key string, opts *pebble.WriteOptions) uint64 {
+	t.Helper()
+	b := e.DB().NewBatch()
+	defer b.Close()
+	if err := b.Set([]byte(key), []byte("v"), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := e.WALSyncs()
+	if err := b.Commit(opts); err != nil {
+		t.Fatalf("commit: %v", err)
+	}
+	return e.WALSyncs() - before
+}
+
+func TestWALSyncsCountsSyncedCommits(t *testing.T) {
+	e := newTestEngine(t)
+	for i := range 5 {
+		if d := commitDelta(t, e.Engine, "nosync", pebble.NoSync); d != 0 {
+			t.Fatalf("NoSync commit %d synced the WAL %d times, want 0", i, d)
+		}
+		if d := commitDelta(t, e.Engine, "sync", pebble.Sync); d != 1 {
+			t.Fatalf("Sync commit %d synced the WAL %d times, want 1", i, d)
+		}
+	}
+	// A synced batch holding many groups' writes is still one sync.
+	b := e.DB().NewBatch()
+	defer b.Close()
+	for g := range 100 {
+		if err := b.Set(entryKey(nil, ids.GroupID(g), 1), []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := e.WALSyncs()
+	if err := b.Commit(pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.WALSyncs() - before; d != 1 {
+		t.Fatalf("one synced batch of 100 groups' writes synced the WAL %d times, want 1", d)
+	}
+
+	// The count restarts with the engine and keeps working after a reopen
+	// (which reuses or creates WAL files).
+	e.reopen()
+	if d := commitDelta(t, e.Engine, "sync", pebble.Sync); d != 1 {
+		t.Fatalf("Sync commit after reopen synced the WAL %d times, want 1", d)
+	}
+	if d := commitDelta(t, e.Engine, "nosync", pebble.NoSync); d != 0 {
+		t.Fatalf("NoSync commit after reopen synced the WAL %d times, want 0", d)
+	}
+}
+
+func TestOpenRequiresDir(t *testing.T) {
+	if e, err := Open(Options{}); err == nil {
+		_ = e.Close()
+		t.Fatal("Open without a directory succeeded")
+	}
+}
+
+// fakeFile reports partial or full syncs as told.
+type fakeFile struct {
+	vfs.File
+	full bool
+}
+
+func (f *fakeFile) Sync() error                { return nil }
+func (f *fakeFile) SyncData() error            { return nil }
+func (f *fakeFile) SyncTo(int64) (bool, error) { return f.full, nil }
+
+func TestSyncCountingFS(t *testing.T) {
+	fs := &syncCountingFS{FS: vfs.NewMem()}
+	// Only write-ahead logs count, whichever way they are opened.
+	wal, err := fs.Create("000002.log", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := fs.Create("000003.sst", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wal.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []vfs.File{wal, other} {
+		if err := f.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.SyncData(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := fs.walSyncs.Load(); got != 2 {
+		t.Fatalf("walSyncs = %d after Sync and SyncData of a WAL and of a table, want 2", got)
+	}
+	if err := errors.Join(wal.Close(), other.Close()); err != nil {
+		t.Fatal(err)
+	}
+	reused, err := fs.ReuseForWrite("000002.log", "000004.log", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reused.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	rw, err := fs.OpenReadWrite("000004.log", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rw.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fs.walSyncs.Load(); got != 4 {
+		t.Fatalf("walSyncs = %d after syncing a reused and a reopened WAL, want 4", got)
+	}
+	_ = reused.Close()
+	_ = rw.Close()
+
+	// SyncTo counts only when it synced the whole file.
+	for _, full := range []bool{false, true, false} {
+		before := fs.walSyncs.Load()
+		f, _ := fs.wrap("000005.log", &fakeFile{full: full}, nil)
+		if got, err := f.SyncTo(10); err != nil || got != full {
+			t.Fatalf("SyncTo = %v, %v; want %v", got, err, full)
+		}
+		want := before
+		if full {
+			want++
+		}
+		if got := fs.walSyncs.Load(); got != want {
+			t.Fatalf("walSyncs = %d after SyncTo reporting full=%v, want %d", got, full, want)
+		}
+	}
+	// Errors pass through unwrapped.
+	if f, err := fs.Create("missing/dir/000006.log", vfs.WriteCategoryUnspecified); err == nil {
+		t.Fatalf("Create in a missing directory succeeded: %v", f)
+	}
+}
