@@ -1,12 +1,9 @@
 package raftstore
 
 import (
-	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 
-	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -20,11 +17,9 @@ const maxTicksPerCycle = 3
 
 // workerState is what one worker accumulates during a cycle.
 type workerState struct {
-	batch    *pebble.Batch
-	mustSync bool
-	early    outbox // sent before the persist batch commits
-	late     outbox // sent after it commits
-	readied  []*replica
+	out  outbox
+	jobs []*appendJob
+	err  error
 }
 
 // outbox batches outgoing messages per destination node.
@@ -100,98 +95,29 @@ func (h *Host) parallel(n int, fn func(w *workerState, i int)) {
 	wg.Wait()
 }
 
-// cycle runs one scheduler cycle over reps (see the package comment).
+// cycle runs one scheduler cycle over reps (see the package comment): each
+// replica is stepped and its Ready handled on the worker pool, then the
+// cycle's messages leave (batched per node) and its log writes go to the
+// appender, which makes them durable with one fsync for every group.
 func (h *Host) cycle(reps []*replica) error {
-	for i := range h.workers {
-		w := &h.workers[i]
-		if w.batch == nil {
-			w.batch = h.eng.DB().NewBatch()
-		}
-	}
-	h.parallel(len(reps), func(w *workerState, i int) { reps[i].prepare(w) })
-
-	// Appends and heartbeats of leaders go out while the local write runs.
-	h.flush(func(w *workerState) *outbox { return &w.early })
-
-	// Group commit: one batch, at most one fsync, for every group. While
-	// the disk syncs, committed entries that were already durable here are
-	// applied and answered: they need nothing from this write.
-	batch := h.workers[0].batch
-	mustSync := h.workers[0].mustSync
-	for i := 1; i < len(h.workers); i++ {
-		w := &h.workers[i]
-		mustSync = mustSync || w.mustSync
-		if !w.batch.Empty() {
-			if err := batch.Apply(w.batch, nil); err != nil {
-				return fmt.Errorf("merge persist batches: %w", err)
-			}
-		}
-	}
-	var early []*replica
-	for i := range h.workers {
-		for _, r := range h.workers[i].readied {
-			if r.earlyApply > 0 {
-				early = append(early, r)
-			}
-		}
-	}
-	commitErr := make(chan error, 1)
-	if batch.Empty() {
-		commitErr <- nil
-	} else {
-		opt := pebble.NoSync
-		if mustSync {
-			opt = pebble.Sync
-		}
-		go func() { commitErr <- batch.Commit(opt) }()
-	}
-	var failed atomic.Pointer[error]
-	if len(early) > 0 {
-		h.parallel(len(early), func(_ *workerState, i int) {
-			if err := early[i].applyEarly(); err != nil {
-				failed.CompareAndSwap(nil, &err)
-			}
-		})
-	}
-	if err := <-commitErr; err != nil {
-		return fmt.Errorf("commit raft persist batch: %w", err)
-	}
-	if p := failed.Load(); p != nil {
-		return *p
-	}
-	if !batch.Empty() {
-		if mustSync {
-			h.stats.SyncedCommits.Add(1)
-		} else {
-			h.stats.UnsyncedCommits.Add(1)
-		}
-	}
-	var readied []*replica
-	for i := range h.workers {
-		w := &h.workers[i]
-		w.batch.Reset()
-		w.mustSync = false
-		readied = append(readied, w.readied...)
-		clear(w.readied)
-		w.readied = w.readied[:0]
-	}
-	h.stats.Cycles.Add(1)
-	if len(readied) == 0 {
-		return nil
-	}
-	h.stats.ReadiesProcessed.Add(uint64(len(readied)))
-
-	// Votes and acknowledgements may only leave once the write is durable.
-	h.flush(func(w *workerState) *outbox { return &w.late })
-
-	h.parallel(len(readied), func(_ *workerState, i int) {
-		if err := readied[i].finish(); err != nil {
-			failed.CompareAndSwap(nil, &err)
+	h.parallel(len(reps), func(w *workerState, i int) {
+		if err := reps[i].process(w); err != nil && w.err == nil {
+			w.err = err
 		}
 	})
-	if p := failed.Load(); p != nil {
-		return *p
+	var jobs []*appendJob
+	for i := range h.workers {
+		w := &h.workers[i]
+		if w.err != nil {
+			return w.err
+		}
+		jobs = append(jobs, w.jobs...)
+		clear(w.jobs)
+		w.jobs = w.jobs[:0]
 	}
+	h.flush(func(w *workerState) *outbox { return &w.out })
+	h.appender.submit(jobs)
+	h.stats.Cycles.Add(1)
 	return nil
 }
 
@@ -213,7 +139,11 @@ func (h *Host) flush(sel func(*workerState) *outbox) {
 		}
 		clear(*o)
 	}
-	for to, msgs := range merged {
+	h.send(merged)
+}
+
+func (h *Host) send(o outbox) {
+	for to, msgs := range o {
 		h.stats.MessagesSent.Add(uint64(len(msgs)))
 		if err := h.tr.Send(to, msgs); err != nil {
 			h.reportUnreachable(to, msgs)
@@ -238,14 +168,15 @@ func (h *Host) reportUnreachable(to ids.NodeID, msgs []transport.Message) {
 	}
 }
 
-// prepare steps r's pending input into Raft and, if Raft has a Ready,
-// stages its writes and messages into w. Runs on a pool worker. If it
-// produces a Ready it leaves r.mu locked until finish.
-func (r *replica) prepare(w *workerState) {
+// process steps r's pending input into Raft and handles its Ready: log
+// writes become an append job, committed entries (already durable here: Raft
+// hands out only stable entries with asynchronous storage writes) are applied
+// now, messages are routed. Runs on a pool worker.
+func (r *replica) process(w *workerState) error {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.destroyed {
-		r.mu.Unlock()
-		return
+		return nil
 	}
 	r.inboxMu.Lock()
 	msgs, props, reads, ctrl := r.inMsgs, r.inProps, r.inReads, r.inCtrl
@@ -261,8 +192,10 @@ func (r *replica) prepare(w *workerState) {
 	}
 	for i := range msgs {
 		m := &msgs[i]
-		if _, known := r.applied.NodeOf(ids.ReplicaID(m.msg.From)); !known {
-			r.peers[ids.ReplicaID(m.msg.From)] = m.from
+		if !m.local {
+			if _, known := r.applied.NodeOf(ids.ReplicaID(m.msg.From)); !known {
+				r.peers[ids.ReplicaID(m.msg.From)] = m.from
+			}
 		}
 		// Errors here are messages Raft ignores (from removed peers, say).
 		_ = r.rn.Step(m.msg)
@@ -271,104 +204,36 @@ func (r *replica) prepare(w *workerState) {
 	r.issueReads(reads, ticks)
 
 	if r.destroyed || !r.rn.HasReady() {
-		r.mu.Unlock()
-		return
+		return nil
 	}
-	_, durableLast := r.log.Bounds()
 	rd := r.rn.Ready()
-	r.rd, r.hasRd = rd, true
+	r.h.stats.ReadiesProcessed.Add(1)
 	r.updateSoftState(rd.SoftState)
 	r.trackAppended(rd.Entries)
-
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		if err := r.stageInstall(w.batch, &rd.Snapshot); err != nil {
-			// The snapshot was verified on receipt; failing now means the
-			// staging file vanished or storage failed. Crash rather than
-			// acknowledge a state we do not have.
-			panic(fmt.Sprintf("group %s: install snapshot: %v", r.group, err))
-		}
-	}
-	if err := r.log.WriteAppend(w.batch, rd.Entries); err != nil {
-		panic(fmt.Sprintf("group %s: stage append: %v", r.group, err))
-	}
-	if !raft.IsEmptyHardState(rd.HardState) {
-		if err := r.log.WriteHardState(w.batch, rd.HardState); err != nil {
-			panic(fmt.Sprintf("group %s: stage hard state: %v", r.group, err))
-		}
-	}
-	w.mustSync = w.mustSync || rd.MustSync
-	// Committed entries up to the last index persisted by earlier cycles
-	// may be applied before this cycle's write is durable.
-	r.earlyApply = 0
-	if raft.IsEmptySnap(rd.Snapshot) {
-		for _, e := range rd.CommittedEntries {
-			if e.Index > durableLast {
-				break
-			}
-			r.earlyApply++
-		}
-	}
-	leader := r.isLeader.Load()
+	var applies []raftpb.Message
 	for _, m := range rd.Messages {
-		if m.Type == raftpb.MsgSnap {
-			r.snapOut = append(r.snapOut, m)
-			continue
-		}
-		to, ok := r.nodeOf(ids.ReplicaID(m.To))
-		if !ok {
-			r.h.stats.MessagesDropped.Add(1)
-			continue
-		}
-		tm := transport.Message{Group: r.group, Msg: m}
-		if leader && (m.Type == raftpb.MsgApp || m.Type == raftpb.MsgHeartbeat) {
-			w.early.add(to, tm)
-		} else {
-			w.late.add(to, tm)
+		switch {
+		case m.To == raft.LocalAppendThread:
+			w.jobs = append(w.jobs, r.newAppendJob(m))
+		case m.To == raft.LocalApplyThread:
+			applies = append(applies, m)
+		case m.Type == raftpb.MsgSnap:
+			r.h.sendSnapshot(r, m)
+		default:
+			r.route(&w.out, m)
 		}
 	}
-	w.readied = append(w.readied, r)
-}
-
-// applyEarly applies the committed entries of r's Ready that were durable
-// here before this cycle, concurrently with the cycle's fsync.
-func (r *replica) applyEarly() error {
-	return r.apply(r.rd.CommittedEntries[:r.earlyApply])
-}
-
-// finish completes r's Ready after the persist batch committed: updates the
-// log's in-memory view, applies committed entries, advances Raft, answers
-// waiters. Unlocks r.mu.
-func (r *replica) finish() error {
-	defer r.mu.Unlock()
-	rd := &r.rd
-	r.hasRd = false
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		r.didInstall(&rd.Snapshot)
-	}
-	r.log.DidAppend(rd.Entries)
-	if !raft.IsEmptyHardState(rd.HardState) {
-		r.log.DidWriteHardState(rd.HardState)
-	}
-	for _, m := range r.snapOut {
-		r.h.sendSnapshot(r, m)
-	}
-	clear(r.snapOut)
-	r.snapOut = r.snapOut[:0]
-
-	if rest := rd.CommittedEntries[r.earlyApply:]; len(rest) > 0 {
-		if err := r.apply(rest); err != nil {
-			return err
+	for _, m := range applies {
+		if len(m.Entries) > 0 {
+			if err := r.apply(m.Entries); err != nil {
+				return err
+			}
+		}
+		for _, resp := range m.Responses {
+			_ = r.rn.Step(resp)
 		}
 	}
-	r.earlyApply = 0
-	r.rn.Advance(*rd)
-	var rss []readState
-	for _, rs := range rd.ReadStates {
-		rss = append(rss, readState{index: rs.Index, ctx: rs.RequestCtx})
-	}
-	r.completeReads(rss)
-	*rd = raft.Ready{}
-
+	r.completeReads(rd.ReadStates)
 	if r.removed {
 		return r.h.destroyLocked(r)
 	}
@@ -378,4 +243,32 @@ func (r *replica) finish() error {
 	return nil
 }
 
-var _ = slices.Clone[[]int]
+// route adds m to the outbox of the node hosting its recipient.
+func (r *replica) route(o *outbox, m raftpb.Message) {
+	to, ok := r.nodeOf(ids.ReplicaID(m.To))
+	if !ok {
+		r.h.stats.MessagesDropped.Add(1)
+		return
+	}
+	o.add(to, transport.Message{Group: r.group, Msg: m})
+}
+
+// newAppendJob turns a MsgStorageAppend into work for the appender. Anything
+// the appender needs from the replica's locked state is resolved here: the
+// staged snapshot and the nodes of remote responses.
+func (r *replica) newAppendJob(m raftpb.Message) *appendJob {
+	j := &appendJob{r: r, msg: m}
+	if m.Snapshot != nil {
+		j.staged = r.staged
+		r.staged = nil
+	}
+	for _, resp := range m.Responses {
+		if resp.To == uint64(r.id) {
+			j.local = append(j.local, resp)
+			continue
+		}
+		r.route(&j.remote, resp)
+	}
+	return j
+}
+

@@ -40,6 +40,7 @@ type Host struct {
 	nextRead     atomic.Uint64
 	snapshots    outgoingSnapshots
 	snapSem      chan struct{}
+	appender     appender
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -80,6 +81,7 @@ func New(cfg Config) (*Host, error) {
 		stopc:    make(chan struct{}),
 	}
 	h.snapshots.init()
+	h.appender = appender{h: h, signal: make(chan struct{}, 1)}
 	// Proposal IDs only need to be unique per node incarnation among entries
 	// that may still be applied; starting from the clock keeps them unique
 	// across restarts too.
@@ -109,9 +111,10 @@ func (h *Host) Start(t transport.Transport) {
 		h.wg.Add(1)
 		go h.worker()
 	}
-	h.wg.Add(2)
+	h.wg.Add(3)
 	go h.drive()
 	go h.tick()
+	go h.appender.run()
 	h.mu.RLock()
 	for _, r := range h.replicas {
 		h.markReady(r)
@@ -301,6 +304,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		CheckQuorum:               true,
 		PreVote:                   true,
 		StepDownOnRemoval:         true,
+		AsyncStorageWrites:        true,
 		ReadOnlyOption:            raft.ReadOnlySafe,
 		DisableProposalForwarding: true,
 		Logger:                    raftLogger{h.log.With("group", uint64(g), "replica", uint64(id))},
@@ -326,20 +330,14 @@ func (h *Host) DestroyReplica(g ids.GroupID) error {
 	return h.destroyLocked(r)
 }
 
-// destroyLocked removes r; the caller holds r.mu.
+// destroyLocked removes r; the caller holds r.mu. The deletion goes through
+// the appender, after any log write of r still queued there, and is waited
+// for, so a replica created later for the same group never races with it.
 func (h *Host) destroyLocked(r *replica) error {
 	if r.destroyed {
 		return nil
 	}
 	r.gone.Store(true)
-	b := h.eng.DB().NewBatch()
-	defer b.Close()
-	if err := storage.WriteReplicaDestroy(b, r.group, r.id+1); err != nil {
-		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
-	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
-	}
 	r.destroyed = true
 	h.mu.Lock()
 	if h.replicas[r.group] == r {
@@ -347,6 +345,17 @@ func (h *Host) destroyLocked(r *replica) error {
 	}
 	h.mu.Unlock()
 	r.failAll(ErrGroupNotFound)
+	done := make(chan error, 1)
+	h.appender.submit([]*appendJob{{r: r, destroy: true, done: done}})
+	var err error
+	select {
+	case err = <-done:
+	case <-h.stopc:
+		err = ErrStopped
+	}
+	if err != nil {
+		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
+	}
 	h.log.Info("replica destroyed", "group", uint64(r.group), "replica", uint64(r.id))
 	return nil
 }

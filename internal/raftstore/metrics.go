@@ -10,7 +10,8 @@ import (
 // are exported as Prometheus metrics when a Registerer is configured.
 type Stats struct {
 	Cycles            atomic.Uint64 // scheduler cycles that processed at least one replica
-	SyncedCommits     atomic.Uint64 // persist batches committed with fsync
+	AppendBatches     atomic.Uint64 // batches of log writes the appender committed
+	SyncedCommits     atomic.Uint64 // log write batches committed with fsync
 	UnsyncedCommits   atomic.Uint64 // persist batches that needed no fsync
 	ReadiesProcessed  atomic.Uint64 // Ready structs handled
 	ProposalsOK       atomic.Uint64
@@ -40,7 +41,8 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 	s := &h.stats
 	cs := []prometheus.Collector{
 		counter("cycles_total", "Scheduler cycles that processed at least one replica.", &s.Cycles),
-		counter("synced_commits_total", "Persist batches committed with one fsync (group commit).", &s.SyncedCommits),
+		counter("append_batches_total", "Batches of Raft log writes committed, each covering every group with writes queued.", &s.AppendBatches),
+		counter("synced_commits_total", "Raft log write batches committed with one fsync (group commit).", &s.SyncedCommits),
 		counter("unsynced_commits_total", "Persist batches that needed no fsync.", &s.UnsyncedCommits),
 		counter("readies_total", "Raft Ready structs processed.", &s.ReadiesProcessed),
 		counter("proposals_ok_total", "Proposals applied and answered.", &s.ProposalsOK),

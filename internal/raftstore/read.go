@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"sync/atomic"
 
+	"go.etcd.io/raft/v3"
+
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
 )
@@ -100,20 +102,20 @@ func (r *replica) issueReads(reads []*readRequest, ticks int) {
 
 // completeReads hands read indexes to waiting reads and releases those whose
 // index has been applied. Caller holds r.mu.
-func (r *replica) completeReads(readStates []readState) {
+func (r *replica) completeReads(readStates []raft.ReadState) {
 	applied := r.applied.Index
 	for _, rs := range readStates {
-		if len(rs.ctx) != 8 {
+		if len(rs.RequestCtx) != 8 {
 			continue
 		}
-		id := binary.BigEndian.Uint64(rs.ctx)
+		id := binary.BigEndian.Uint64(rs.RequestCtx)
 		b := r.reads[id]
 		if b == nil {
 			continue
 		}
 		delete(r.reads, id)
 		for _, rr := range b.reads {
-			rr.index = rs.index
+			rr.index = rs.Index
 			r.waiting = append(r.waiting, rr)
 		}
 	}
@@ -132,9 +134,3 @@ func (r *replica) completeReads(readStates []readState) {
 	r.waiting = keep
 }
 
-type readState struct {
-	index uint64
-	ctx   []byte
-}
-
-var _ = context.Background

@@ -13,11 +13,11 @@ import (
 
 // replica is this node's member of one group.
 //
-// Locking: mu guards the RawNode and everything below it; the scheduler holds
-// it from the moment it starts a replica's Ready until that Ready has been
-// advanced, so a cycle's view of a replica is never interleaved with another.
-// The inbox has its own small lock so that senders (transport, proposers)
-// never wait for a cycle.
+// Locking: mu guards the RawNode and everything below it; a cycle holds it
+// while it steps the replica and handles its Ready. The appender never takes
+// it: what it needs is resolved into its job, and what it reports back goes
+// through the inbox, which has its own small lock so that senders
+// (transport, proposers, the appender) never wait for a cycle.
 type replica struct {
 	h     *Host
 	group ids.GroupID
@@ -62,8 +62,9 @@ type replica struct {
 }
 
 type inboundMsg struct {
-	from ids.NodeID
-	msg  raftpb.Message
+	from  ids.NodeID
+	msg   raftpb.Message
+	local bool // a response from this node's own storage
 }
 
 // nodeOf returns the node hosting replica id of this group.

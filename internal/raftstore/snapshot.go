@@ -482,9 +482,8 @@ func writeStagedChunk(w io.Writer, payload []byte) error {
 
 // stageInstall writes a received snapshot into batch b: the group's state is
 // replaced by the snapshot's, the applied state and the truncated log follow.
-// Caller holds r.mu.
-func (r *replica) stageInstall(b *pebble.Batch, snap *raftpb.Snapshot) error {
-	st := r.staged
+// It runs on the appender and touches no locked replica state.
+func (r *replica) stageInstall(b *pebble.Batch, st *stagedSnapshot, snap *raftpb.Snapshot) error {
 	if st == nil || st.index != snap.Metadata.Index {
 		return fmt.Errorf("no staged state for snapshot at %d", snap.Metadata.Index)
 	}
@@ -515,13 +514,10 @@ func (r *replica) stageInstall(b *pebble.Batch, snap *raftpb.Snapshot) error {
 	return r.log.WriteSnapshotInstall(b, snap.Metadata.Index, snap.Metadata.Term)
 }
 
-// didInstall updates memory once the batch holding stageInstall committed.
-// Proposals this node made at or below the snapshot's index have an unknown
-// outcome: they may be inside the snapshot. Caller holds r.mu.
-func (r *replica) didInstall(snap *raftpb.Snapshot) {
-	st := r.staged
-	r.staged = nil
-	r.log.DidInstallSnapshot(snap.Metadata.Index, snap.Metadata.Term)
+// didInstall updates the replica once the batch holding stageInstall has
+// committed. Proposals this node made at or below the snapshot's index have
+// an unknown outcome: they may be inside the snapshot. Caller holds r.mu.
+func (r *replica) didInstall(snap *raftpb.Snapshot, st *stagedSnapshot) {
 	r.applied = st.applied
 	r.applied.ConfState = snap.Metadata.ConfState
 	r.appliedIndex.Store(r.applied.Index)

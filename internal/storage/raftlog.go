@@ -39,6 +39,7 @@ type RaftLog struct {
 	truncIndex uint64           // entries <= truncIndex are compacted away
 	truncTerm  uint64
 	lastIndex  uint64
+	stagedLast uint64         // last index once every staged write has committed
 	cache      []raftpb.Entry // a contiguous suffix of the log, ending at lastIndex
 	cacheBytes int
 
@@ -102,6 +103,7 @@ func LoadRaftLog(e *Engine, g ids.GroupID) (*RaftLog, AppliedState, error) {
 	if applied.Index > l.hardState.Commit {
 		l.hardState.Commit = applied.Index
 	}
+	l.stagedLast = l.lastIndex
 	if applied.Index > l.lastIndex || applied.Index < l.truncIndex {
 		return nil, applied, fmt.Errorf("%w: group %s applied index %d outside log [%d, %d]",
 			ErrCorrupt, g, applied.Index, l.truncIndex, l.lastIndex)
@@ -265,13 +267,16 @@ func (l *RaftLog) HardState() raftpb.HardState {
 }
 
 // WriteAppend stages ents (contiguous, as raft hands them out) into b,
-// replacing any conflicting suffix of the stored log.
+// replacing any conflicting suffix of the stored log — including a suffix
+// staged by an earlier WriteAppend whose batch has not committed yet, so
+// several appends of one group can share a batch.
 func (l *RaftLog) WriteAppend(b *pebble.Batch, ents []raftpb.Entry) error {
 	if len(ents) == 0 {
 		return nil
 	}
 	l.mu.Lock()
-	last := l.lastIndex
+	last := l.stagedLast
+	l.stagedLast = ents[len(ents)-1].Index
 	l.mu.Unlock()
 	var key [18]byte
 	for i := range ents {
@@ -395,6 +400,9 @@ func (l *RaftLog) DidTruncate(index, term uint64) {
 // WriteSnapshotInstall stages the replacement of the whole log by a snapshot
 // at (index, term): every entry goes, the log restarts after index.
 func (l *RaftLog) WriteSnapshotInstall(b *pebble.Batch, index, term uint64) error {
+	l.mu.Lock()
+	l.stagedLast = index
+	l.mu.Unlock()
 	if err := b.DeleteRange(entryKey(nil, l.group, 0), entryKey(nil, l.group, ^uint64(0)), nil); err != nil {
 		return fmt.Errorf("group %s: clear log for snapshot: %w", l.group, err)
 	}
