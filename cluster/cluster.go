@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
@@ -202,7 +203,7 @@ func (n *Node) claimDir() error {
 		}
 		return nil
 	}
-	return n.eng.DB().Set(nodeIDKey, binary.BigEndian.AppendUint64(nil, uint64(n.cfg.NodeID)), syncWrite)
+	return n.eng.DB().Set(nodeIDKey, binary.BigEndian.AppendUint64(nil, uint64(n.cfg.NodeID)), pebble.Sync)
 }
 
 // Stop stops the node: Raft processing first (waiters get ErrStopped), then
@@ -292,34 +293,38 @@ func (n *Node) VShardHash(g GroupID, vshard uint32) (applied uint64, hash [32]by
 }
 
 func (n *Node) rangeHash(g GroupID, prefix []byte) (applied uint64, hash [32]byte, err error) {
-	snap := n.eng.DB().NewSnapshot()
-	defer snap.Close()
-	v, ok, err := storage.Get(snap, storage.AppliedKey(g))
-	if err != nil {
-		return 0, hash, err
-	}
-	if !ok {
-		return 0, hash, ErrGroupNotFound
-	}
-	st, err := storage.DecodeAppliedState(v)
-	if err != nil {
-		return 0, hash, err
-	}
-	h := sha256.New()
-	var lb [binary.MaxVarintLen64]byte
-	err = storage.ScanRange(snap, prefix, storage.PrefixEnd(prefix), func(k, v []byte) error {
-		k = k[len(prefix):]
-		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(k)))])
-		h.Write(k)
-		h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(v)))])
-		h.Write(v)
+	err = n.host.UseEngine(func(db *pebble.DB) error {
+		snap := db.NewSnapshot()
+		defer snap.Close()
+		v, ok, err := storage.Get(snap, storage.AppliedKey(g))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrGroupNotFound
+		}
+		st, err := storage.DecodeAppliedState(v)
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		var lb [binary.MaxVarintLen64]byte
+		err = storage.ScanRange(snap, prefix, storage.PrefixEnd(prefix), func(k, v []byte) error {
+			k = k[len(prefix):]
+			h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(k)))])
+			h.Write(k)
+			h.Write(lb[:binary.PutUvarint(lb[:], uint64(len(v)))])
+			h.Write(v)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		copy(hash[:], h.Sum(nil))
+		applied = st.Index
 		return nil
 	})
-	if err != nil {
-		return 0, hash, err
-	}
-	copy(hash[:], h.Sum(nil))
-	return st.Index, hash, nil
+	return applied, hash, err
 }
 
 // ExportVShard writes a consistent copy of one vShard's state (data and

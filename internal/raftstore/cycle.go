@@ -1,8 +1,6 @@
 package raftstore
 
 import (
-	"sync"
-	"sync/atomic"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -15,11 +13,11 @@ import (
 // long pause (GC, a stalled disk) does not fire every election at once.
 const maxTicksPerCycle = 3
 
-// workerState is what one worker accumulates during a cycle.
+// workerState is what one worker accumulates while processing a handful of
+// replicas.
 type workerState struct {
 	out  outbox
 	jobs []*appendJob
-	err  error
 }
 
 // outbox batches outgoing messages per destination node.
@@ -32,114 +30,106 @@ func (o *outbox) add(to ids.NodeID, m transport.Message) {
 	(*o)[to] = append((*o)[to], m)
 }
 
-// drive runs cycles until the host stops.
-func (h *Host) drive() {
+// Replica scheduling states. A replica is in the ready list or being
+// processed by exactly one worker while its state is not idle, so it is never
+// processed concurrently, and its messages leave before it can be processed
+// again (which keeps each replica's traffic to a node in order).
+const (
+	schedIdle  int32 = iota
+	schedQueued      // in the ready list, or being processed
+	schedDirty       // being processed, and new input arrived meanwhile
+)
+
+// markReady queues r for processing.
+func (h *Host) markReady(r *replica) {
+	for {
+		switch r.sched.Load() {
+		case schedIdle:
+			if !r.sched.CompareAndSwap(schedIdle, schedQueued) {
+				continue
+			}
+			h.push(r)
+			return
+		case schedQueued:
+			if r.sched.CompareAndSwap(schedQueued, schedDirty) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
+
+func (h *Host) push(r *replica) {
+	h.readyMu.Lock()
+	h.ready = append(h.ready, r)
+	h.readyMu.Unlock()
+	h.readyCond.Signal()
+}
+
+// release ends r's processing, queueing it again if input arrived meanwhile.
+func (h *Host) release(r *replica) {
+	for {
+		if r.sched.CompareAndSwap(schedQueued, schedIdle) {
+			return
+		}
+		if r.sched.CompareAndSwap(schedDirty, schedQueued) {
+			h.push(r)
+			return
+		}
+	}
+}
+
+// take waits for ready replicas and takes a fair share of them (so that all
+// workers get work when many groups are ready at once). It returns nil when
+// the host stops.
+func (h *Host) take(dst []*replica) []*replica {
+	h.readyMu.Lock()
+	defer h.readyMu.Unlock()
+	for len(h.ready) == 0 && !h.stopping.Load() {
+		h.readyCond.Wait()
+	}
+	if h.stopping.Load() {
+		return nil
+	}
+	n := (len(h.ready) + len(h.workers) - 1) / len(h.workers)
+	dst = append(dst, h.ready[:n]...)
+	rest := copy(h.ready, h.ready[n:])
+	clear(h.ready[rest:])
+	h.ready = h.ready[:rest]
+	if rest > 0 {
+		h.readyCond.Signal()
+	}
+	return dst
+}
+
+// work is one pool worker: it processes ready replicas a handful at a time,
+// sends their messages batched per destination node, and hands their log
+// writes to the appender. Workers never wait for each other.
+func (h *Host) work(w *workerState) {
 	defer h.wg.Done()
 	var reps []*replica
 	for {
-		select {
-		case <-h.stopc:
+		reps = h.take(reps[:0])
+		if reps == nil {
 			return
-		case <-h.readyc:
 		}
-		h.readyMu.Lock()
-		reps, h.ready = h.ready, reps[:0]
-		h.readyMu.Unlock()
-		if len(reps) == 0 {
-			continue
-		}
-		// Clear the flags before draining inboxes: input that arrives while
-		// the cycle runs queues the replica again.
 		for _, r := range reps {
-			r.queued.Store(false)
-		}
-		if err := h.cycle(reps); err != nil {
-			h.fatal(err)
-			return
-		}
-		clear(reps)
-	}
-}
-
-// parallel calls fn(worker, i) for i in [0, n) on up to cfg.Workers
-// goroutines, the caller's included.
-func (h *Host) parallel(n int, fn func(w *workerState, i int)) {
-	k := min(n, len(h.workers))
-	if k <= 1 {
-		for i := range n {
-			fn(&h.workers[0], i)
-		}
-		return
-	}
-	var next atomic.Int64
-	run := func(w *workerState) {
-		for {
-			i := int(next.Add(1) - 1)
-			if i >= n {
-				return
+			if err := r.process(w); err != nil {
+				h.fatal(err)
 			}
-			fn(w, i)
 		}
-	}
-	var wg sync.WaitGroup
-	for j := 1; j < k; j++ {
-		wg.Add(1)
-		w := &h.workers[j]
-		select {
-		case h.workc <- func() { defer wg.Done(); run(w) }:
-		case <-h.stopc:
-			wg.Done()
-		}
-	}
-	run(&h.workers[0])
-	wg.Wait()
-}
-
-// cycle runs one scheduler cycle over reps (see the package comment): each
-// replica is stepped and its Ready handled on the worker pool, then the
-// cycle's messages leave (batched per node) and its log writes go to the
-// appender, which makes them durable with one fsync for every group.
-func (h *Host) cycle(reps []*replica) error {
-	h.parallel(len(reps), func(w *workerState, i int) {
-		if err := reps[i].process(w); err != nil && w.err == nil {
-			w.err = err
-		}
-	})
-	var jobs []*appendJob
-	for i := range h.workers {
-		w := &h.workers[i]
-		if w.err != nil {
-			return w.err
-		}
-		jobs = append(jobs, w.jobs...)
+		h.send(w.out)
+		clear(w.out)
+		h.appender.submit(w.jobs)
 		clear(w.jobs)
 		w.jobs = w.jobs[:0]
+		for _, r := range reps {
+			h.release(r)
+		}
+		clear(reps)
+		h.stats.Cycles.Add(1)
 	}
-	h.flush(func(w *workerState) *outbox { return &w.out })
-	h.appender.submit(jobs)
-	h.stats.Cycles.Add(1)
-	return nil
-}
-
-// flush sends every worker's outbox selected by sel, one batch per node.
-func (h *Host) flush(sel func(*workerState) *outbox) {
-	var merged outbox
-	for i := range h.workers {
-		o := sel(&h.workers[i])
-		if len(*o) == 0 {
-			continue
-		}
-		if merged == nil {
-			merged = *o
-			*o = nil
-			continue
-		}
-		for to, msgs := range *o {
-			merged[to] = append(merged[to], msgs...)
-		}
-		clear(*o)
-	}
-	h.send(merged)
 }
 
 func (h *Host) send(o outbox) {

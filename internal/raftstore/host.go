@@ -29,12 +29,11 @@ type Host struct {
 	mu       sync.RWMutex
 	replicas map[ids.GroupID]*replica
 
-	// Scheduler: replicas with pending input, and the signal to run a cycle.
-	readyMu sync.Mutex
-	ready   []*replica
-	readyc  chan struct{}
-	workc   chan func()
-	workers []workerState
+	// Scheduler: replicas with pending input, taken by the workers.
+	readyMu   sync.Mutex
+	readyCond *sync.Cond
+	ready     []*replica
+	workers   []workerState
 
 	nextProposal atomic.Uint64
 	nextRead     atomic.Uint64
@@ -44,6 +43,10 @@ type Host struct {
 
 	started  atomic.Bool
 	stopping atomic.Bool
+	// engineUse is held for reading by every read of the engine that is not
+	// part of Raft processing (client reads, exports, hashes); Stop takes it
+	// for writing, so that the caller may close the engine once Stop returns.
+	engineUse sync.RWMutex
 	stopc    chan struct{}
 	wg       sync.WaitGroup // driver, ticker, workers, snapshot senders
 	failed   atomic.Pointer[error]
@@ -74,12 +77,11 @@ func New(cfg Config) (*Host, error) {
 		log:      cfg.Logger.With("node", uint64(cfg.NodeID)),
 		eng:      cfg.Engine,
 		replicas: make(map[ids.GroupID]*replica),
-		readyc:   make(chan struct{}, 1),
-		workc:    make(chan func()),
 		workers:  make([]workerState, cfg.Workers),
 		snapSem:  make(chan struct{}, cfg.ConcurrentSnapshots),
 		stopc:    make(chan struct{}),
 	}
+	h.readyCond = sync.NewCond(&h.readyMu)
 	h.snapshots.init()
 	h.appender = appender{h: h, signal: make(chan struct{}, 1)}
 	// Proposal IDs only need to be unique per node incarnation among entries
@@ -107,12 +109,11 @@ func (h *Host) Start(t transport.Transport) {
 	h.tr = t
 	h.cfg.Transport = t
 	h.started.Store(true)
-	for i := 1; i < h.cfg.Workers; i++ {
+	for i := range h.workers {
 		h.wg.Add(1)
-		go h.worker()
+		go h.work(&h.workers[i])
 	}
-	h.wg.Add(3)
-	go h.drive()
+	h.wg.Add(2)
 	go h.tick()
 	go h.appender.run()
 	h.mu.RLock()
@@ -129,6 +130,11 @@ func (h *Host) Stop() {
 		return
 	}
 	close(h.stopc)
+	h.engineUse.Lock()
+	defer h.engineUse.Unlock()
+	h.readyMu.Lock()
+	h.readyCond.Broadcast()
+	h.readyMu.Unlock()
 	h.wg.Wait()
 	h.mu.Lock()
 	reps := h.replicas
@@ -148,6 +154,17 @@ func (h *Host) Err() error {
 		return *p
 	}
 	return nil
+}
+
+// UseEngine runs fn with the engine's database unless the host is stopping;
+// Stop waits for fn to return.
+func (h *Host) UseEngine(fn func(db *pebble.DB) error) error {
+	h.engineUse.RLock()
+	defer h.engineUse.RUnlock()
+	if h.stopping.Load() {
+		return ErrStopped
+	}
+	return fn(h.eng.DB())
 }
 
 // NodeID returns the node this host runs on.
@@ -392,20 +409,6 @@ func (h *Host) HandleRaft(from ids.NodeID, msgs []transport.Message) {
 	}
 }
 
-// markReady queues r for the next cycle.
-func (h *Host) markReady(r *replica) {
-	if !r.queued.CompareAndSwap(false, true) {
-		return
-	}
-	h.readyMu.Lock()
-	h.ready = append(h.ready, r)
-	h.readyMu.Unlock()
-	select {
-	case h.readyc <- struct{}{}:
-	default:
-	}
-}
-
 // tick advances every replica's logical clock.
 func (h *Host) tick() {
 	defer h.wg.Done()
@@ -424,18 +427,6 @@ func (h *Host) tick() {
 		}
 		h.mu.RUnlock()
 		h.snapshots.expire(time.Now().Add(-snapshotIdleTimeout))
-	}
-}
-
-func (h *Host) worker() {
-	defer h.wg.Done()
-	for {
-		select {
-		case <-h.stopc:
-			return
-		case f := <-h.workc:
-			f()
-		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"sync/atomic"
 
+	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
@@ -68,9 +69,14 @@ func (h *Host) ReadLocal(g ids.GroupID, vshard uint32, query []byte) ([]byte, er
 }
 
 func (h *Host) readLocal(r *replica, vshard uint32, query []byte) ([]byte, error) {
-	var v storage.VShardReader
-	v.Reset(h.eng.DB(), r.group, vshard)
-	res, err := h.cfg.StateMachine.Read(&v, vshard, query)
+	var res []byte
+	err := h.UseEngine(func(db *pebble.DB) error {
+		var v storage.VShardReader
+		v.Reset(db, r.group, vshard)
+		var err error
+		res, err = h.cfg.StateMachine.Read(&v, vshard, query)
+		return err
+	})
 	// A replica destroyed while we read may have shown us an empty range.
 	if r.gone.Load() {
 		return nil, ErrGroupNotFound

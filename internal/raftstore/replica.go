@@ -24,7 +24,7 @@ type replica struct {
 	id    ids.ReplicaID
 	log   *storage.RaftLog
 
-	queued atomic.Bool   // in the scheduler's ready list
+	sched  atomic.Int32  // schedIdle, schedQueued or schedDirty
 	ticks  atomic.Uint32 // ticks not yet delivered to the RawNode
 
 	// Cached status, readable without mu.

@@ -48,28 +48,36 @@ func (h *Host) ExportVShard(g ids.GroupID, vs uint32, w io.Writer) (uint64, erro
 	if h.replica(g) == nil {
 		return 0, ErrGroupNotFound
 	}
-	snap := h.eng.DB().NewSnapshot()
-	defer snap.Close()
-	st, ok, err := loadAppliedState(snap, g)
-	if err != nil {
-		return 0, err
-	}
-	if !ok {
-		return 0, ErrGroupNotFound
-	}
-	hdr := binary.BigEndian.AppendUint32(nil, vs)
-	hdr = binary.BigEndian.AppendUint64(hdr, st.Index)
-	s := newRangeStream(frameVShardHeader, hdr, snap, storage.VShardPrefix(g, vs), h.cfg.SnapshotChunkBytes)
-	if _, err := io.Copy(w, s); err != nil {
-		if s.it != nil {
-			_ = s.it.Close()
+	var applied uint64
+	err := h.UseEngine(func(db *pebble.DB) error {
+		snap := db.NewSnapshot()
+		defer snap.Close()
+		st, ok, err := loadAppliedState(snap, g)
+		if err != nil {
+			return err
 		}
+		if !ok {
+			return ErrGroupNotFound
+		}
+		hdr := binary.BigEndian.AppendUint32(nil, vs)
+		hdr = binary.BigEndian.AppendUint64(hdr, st.Index)
+		s := newRangeStream(frameVShardHeader, hdr, snap, storage.VShardPrefix(g, vs), h.cfg.SnapshotChunkBytes)
+		if _, err := io.Copy(w, s); err != nil {
+			if s.it != nil {
+				_ = s.it.Close()
+			}
+			return err
+		}
+		if s.err != nil {
+			return s.err
+		}
+		applied = st.Index
+		return nil
+	})
+	if err != nil {
 		return 0, fmt.Errorf("export vShard %d of %s: %w", vs, g, err)
 	}
-	if s.err != nil {
-		return 0, fmt.Errorf("export vShard %d of %s: %w", vs, g, s.err)
-	}
-	return st.Index, nil
+	return applied, nil
 }
 
 // ImportVShard replaces the state of vShard vs in group g with the exported

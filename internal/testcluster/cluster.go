@@ -44,6 +44,10 @@ type Options struct {
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
 	// cluster package when zero).
 	LogMaxEntries, LogKeepEntries uint64
+	// CacheBytes and MemTableBytes size each node's Pebble; defaults 8 MiB
+	// and 4 MiB, small for tests. Benchmarks use the production defaults.
+	CacheBytes    int64
+	MemTableBytes uint64
 	// Dir is the parent of the node directories; default a test temp dir.
 	Dir string
 	// Logger defaults to discarding unless NODEDB_TEST_LOG is set
@@ -72,6 +76,12 @@ func (o *Options) setDefaults(t testing.TB) {
 	}
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
+	}
+	if o.CacheBytes == 0 {
+		o.CacheBytes = 8 << 20
+	}
+	if o.MemTableBytes == 0 {
+		o.MemTableBytes = 4 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = testLogger()
@@ -215,8 +225,8 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		HeartbeatTicks: 1,
 		LogMaxEntries:  c.opts.LogMaxEntries,
 		LogKeepEntries: c.opts.LogKeepEntries,
-		CacheBytes:     8 << 20,
-		MemTableBytes:  4 << 20,
+		CacheBytes:     c.opts.CacheBytes,
+		MemTableBytes:  c.opts.MemTableBytes,
 		Logger:         c.opts.Logger.With("node", uint64(id)),
 	})
 	if err != nil {
