@@ -23,9 +23,9 @@ import (
 type appendJob struct {
 	r      *replica
 	msg    raftpb.Message
-	staged *stagedSnapshot   // data of msg.Snapshot
-	local  []raftpb.Message  // responses to the replica itself
-	remote outbox            // responses to other nodes, routed
+	staged *stagedSnapshot  // data of msg.Snapshot
+	local  []raftpb.Message // responses to the replica itself
+	remote outbox           // responses to other nodes, routed
 	// destroy, when set, replaces msg: delete the replica's data and
 	// tombstone its ID, then signal done.
 	destroy bool

@@ -25,14 +25,16 @@ type applyResult struct {
 // one call; longer runs are split.
 const maxDedupRun = 64
 
-// apply applies committed entries: state-machine writes, exactly-once
-// records, configuration changes and the new applied state all go into one
-// batch, so they become durable together. Caller holds r.mu.
-func (r *replica) apply(ents []raftpb.Entry) error {
+// applyInto applies committed entries into b: state-machine writes,
+// exactly-once records, configuration changes and the new applied state go
+// into one batch, so they become durable together. b is shared by the
+// replicas a worker processes in one pass and committed once for all of them
+// (it is indexed, so reads see earlier writes; the replicas' key ranges are
+// disjoint). What must wait for that commit — answering proposals and reads,
+// telling Raft the entries are applied, destroying a removed replica — is
+// done by afterApply. Caller holds r.mu.
+func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 	h := r.h
-	b := h.eng.DB().NewIndexedBatch()
-	defer b.Close()
-	r.results = r.results[:0]
 	var cmds []pendingCmd
 	flushCmds := func() error {
 		if len(cmds) == 0 {
@@ -87,17 +89,22 @@ func (r *replica) apply(ents []raftpb.Entry) error {
 	if err := storage.WriteAppliedState(b, r.group, &r.applied); err != nil {
 		return err
 	}
-	truncIndex, truncTerm, truncate := r.truncationPoint()
-	if truncate {
-		if err := r.log.WriteTruncate(b, truncIndex, truncTerm); err != nil {
+	if index, term, ok := r.truncationPoint(); ok {
+		if err := r.log.WriteTruncate(b, index, term); err != nil {
 			return err
 		}
+		r.truncIndex, r.truncTerm = index, term
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("group %s: commit apply batch: %w", r.group, err)
-	}
-	if truncate {
-		r.log.DidTruncate(truncIndex, truncTerm)
+	return nil
+}
+
+// afterApply completes applyInto once its batch has committed. Caller holds
+// r.mu.
+func (r *replica) afterApply() error {
+	h := r.h
+	if r.truncIndex != 0 {
+		r.log.DidTruncate(r.truncIndex, r.truncTerm)
+		r.truncIndex, r.truncTerm = 0, 0
 		h.stats.LogTruncations.Add(1)
 	}
 	r.appliedIndex.Store(r.applied.Index)
@@ -113,7 +120,20 @@ func (r *replica) apply(ents []raftpb.Entry) error {
 		}
 	}
 	clear(r.results)
+	r.results = r.results[:0]
 	r.sweepLost(r.applied.Index, ErrProposalDropped)
+	for _, resp := range r.applyResps {
+		_ = r.rn.Step(resp)
+	}
+	clear(r.applyResps)
+	r.applyResps = r.applyResps[:0]
+	r.completeReads(nil)
+	if r.removed {
+		return h.destroyLocked(r)
+	}
+	if r.rn.HasReady() {
+		h.markReady(r)
+	}
 	return nil
 }
 

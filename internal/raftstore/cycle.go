@@ -1,7 +1,9 @@
 package raftstore
 
 import (
+	"fmt"
 
+	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
@@ -16,8 +18,10 @@ const maxTicksPerCycle = 3
 // workerState is what one worker accumulates while processing a handful of
 // replicas.
 type workerState struct {
-	out  outbox
-	jobs []*appendJob
+	out     outbox
+	jobs    []*appendJob
+	apply   *pebble.Batch // committed entries of every replica of the pass
+	applied []*replica    // replicas waiting for apply to commit
 }
 
 // outbox batches outgoing messages per destination node.
@@ -35,9 +39,9 @@ func (o *outbox) add(to ids.NodeID, m transport.Message) {
 // processed concurrently, and its messages leave before it can be processed
 // again (which keeps each replica's traffic to a node in order).
 const (
-	schedIdle  int32 = iota
-	schedQueued      // in the ready list, or being processed
-	schedDirty       // being processed, and new input arrived meanwhile
+	schedIdle   int32 = iota
+	schedQueued       // in the ready list, or being processed
+	schedDirty        // being processed, and new input arrived meanwhile
 )
 
 // markReady queues r for processing.
@@ -124,6 +128,9 @@ func (h *Host) work(w *workerState) {
 		h.appender.submit(w.jobs)
 		clear(w.jobs)
 		w.jobs = w.jobs[:0]
+		if err := h.commitApplies(w); err != nil {
+			h.fatal(err)
+		}
 		for _, r := range reps {
 			h.release(r)
 		}
@@ -215,22 +222,49 @@ func (r *replica) process(w *workerState) error {
 	}
 	for _, m := range applies {
 		if len(m.Entries) > 0 {
-			if err := r.apply(m.Entries); err != nil {
+			if w.apply == nil {
+				w.apply = r.h.eng.DB().NewIndexedBatch()
+			}
+			if err := r.applyInto(w.apply, m.Entries); err != nil {
 				return err
 			}
 		}
-		for _, resp := range m.Responses {
-			_ = r.rn.Step(resp)
-		}
+		r.applyResps = append(r.applyResps, m.Responses...)
 	}
 	r.completeReads(rd.ReadStates)
-	if r.removed {
-		return r.h.destroyLocked(r)
+	if len(applies) > 0 {
+		// afterApply finishes the job once the pass's batch commits.
+		w.applied = append(w.applied, r)
+		return nil
 	}
 	if r.rn.HasReady() {
 		r.h.markReady(r)
 	}
 	return nil
+}
+
+// commitApplies commits the pass's apply batch (no fsync: the entries are
+// durable in the log, and the WAL keeps batches in order) and completes the
+// applies it holds.
+func (h *Host) commitApplies(w *workerState) error {
+	if len(w.applied) == 0 {
+		return nil
+	}
+	if err := w.apply.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("commit apply batch: %w", err)
+	}
+	w.apply.Reset()
+	var first error
+	for _, r := range w.applied {
+		r.mu.Lock()
+		if err := r.afterApply(); err != nil && first == nil {
+			first = err
+		}
+		r.mu.Unlock()
+	}
+	clear(w.applied)
+	w.applied = w.applied[:0]
+	return first
 }
 
 // route adds m to the outbox of the node hosting its recipient.
@@ -261,4 +295,3 @@ func (r *replica) newAppendJob(m raftpb.Message) *appendJob {
 	}
 	return j
 }
-

@@ -47,9 +47,9 @@ type Host struct {
 	// part of Raft processing (client reads, exports, hashes); Stop takes it
 	// for writing, so that the caller may close the engine once Stop returns.
 	engineUse sync.RWMutex
-	stopc    chan struct{}
-	wg       sync.WaitGroup // driver, ticker, workers, snapshot senders
-	failed   atomic.Pointer[error]
+	stopc     chan struct{}
+	wg        sync.WaitGroup // driver, ticker, workers, snapshot senders
+	failed    atomic.Pointer[error]
 
 	stats Stats
 }

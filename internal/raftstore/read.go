@@ -109,7 +109,9 @@ func (r *replica) issueReads(reads []*readRequest, ticks int) {
 // completeReads hands read indexes to waiting reads and releases those whose
 // index has been applied. Caller holds r.mu.
 func (r *replica) completeReads(readStates []raft.ReadState) {
-	applied := r.applied.Index
+	// The durable applied index: reads go to the engine, so state applied
+	// into a batch that has not committed yet does not count.
+	applied := r.appliedIndex.Load()
 	for _, rs := range readStates {
 		if len(rs.RequestCtx) != 8 {
 			continue
@@ -139,4 +141,3 @@ func (r *replica) completeReads(readStates []raft.ReadState) {
 	clear(r.waiting[len(keep):])
 	r.waiting = keep
 }
-

@@ -24,8 +24,8 @@ type replica struct {
 	id    ids.ReplicaID
 	log   *storage.RaftLog
 
-	sched  atomic.Int32  // schedIdle, schedQueued or schedDirty
-	ticks  atomic.Uint32 // ticks not yet delivered to the RawNode
+	sched atomic.Int32  // schedIdle, schedQueued or schedDirty
+	ticks atomic.Uint32 // ticks not yet delivered to the RawNode
 
 	// Cached status, readable without mu.
 	leader       atomic.Uint64 // replica ID of the known leader, 0 if none
@@ -53,12 +53,11 @@ type replica struct {
 	destroyed bool
 	removed   bool // applied a configuration without this replica
 
-	// Per-cycle state, valid between prepare and finish.
-	rd         raft.Ready
-	hasRd      bool
-	earlyApply int // how many of rd.CommittedEntries applyEarly applies
-	snapOut    []raftpb.Message
+	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult
+	applyResps []raftpb.Message
+	truncIndex uint64
+	truncTerm  uint64
 }
 
 type inboundMsg struct {

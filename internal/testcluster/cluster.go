@@ -44,6 +44,8 @@ type Options struct {
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
 	// cluster package when zero).
 	LogMaxEntries, LogKeepEntries uint64
+	// Workers is each node's Raft worker pool size (default GOMAXPROCS).
+	Workers int
 	// CacheBytes and MemTableBytes size each node's Pebble; defaults 8 MiB
 	// and 4 MiB, small for tests. Benchmarks use the production defaults.
 	CacheBytes    int64
@@ -223,6 +225,7 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		TickInterval:   c.opts.TickInterval,
 		ElectionTicks:  c.opts.ElectionTicks,
 		HeartbeatTicks: 1,
+		Workers:        c.opts.Workers,
 		LogMaxEntries:  c.opts.LogMaxEntries,
 		LogKeepEntries: c.opts.LogKeepEntries,
 		CacheBytes:     c.opts.CacheBytes,
