@@ -1,27 +1,16 @@
 // Package raftstore hosts many Raft groups on one node on top of etcd raft's
-// RawNode and the node's single Pebble engine.
+// RawNode (with asynchronous storage writes) and the node's single Pebble
+// engine.
 //
-// # Cycles
-//
-// All Raft work happens in scheduler cycles. A cycle takes every replica that
-// has pending input (messages, proposals, ticks, reads), and:
-//
-//  1. on a bounded worker pool, steps the input into each replica's RawNode
-//     and stages everything its Ready must persist (entries, hard state,
-//     snapshot) into per-worker batches; a leader's appends and heartbeats
-//     go out to followers now, in parallel with the local write (Raft thesis
-//     §10.2.1);
-//  2. commits all staged writes of all groups as one Pebble batch with one
-//     fsync: group commit, whatever the number of groups;
-//  3. sends the remaining messages, which may depend on that write being
-//     durable (votes, append acknowledgements), batched per destination node;
-//  4. on the worker pool again, applies committed entries (state-machine
-//     writes and the applied index in one batch per group), calls Advance,
-//     and hands results to waiting proposers and readers.
-//
-// Nothing is acknowledged to a client before step 2 of some cycle has made it
-// durable on this node, and Raft only commits an entry once a quorum has made
-// it durable.
+// Workers take ready replicas and handle their Ready: messages leave batched
+// per destination node (a leader's appends go out in parallel with its own
+// log write), log writes become jobs for the appender, and committed entries
+// — handed out by Raft only once durable here — are applied, one Pebble batch
+// per worker pass. The appender commits every queued log write of every group
+// in one batch with at most one fsync, then releases the responses that
+// depended on it (acknowledgements, votes, and Raft's own notice that the
+// entries are stable). Nothing is acknowledged to a client before its entry is
+// durable on this node and committed by a quorum that made it durable.
 package raftstore
 
 import (
