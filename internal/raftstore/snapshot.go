@@ -59,7 +59,6 @@ type outgoingSnapshot struct {
 	snap    *pebble.Snapshot
 	applied storage.AppliedState
 	created time.Time
-	taken   bool
 }
 
 // outgoingSnapshots holds engine snapshots between Raft asking for them and

@@ -243,8 +243,7 @@ func TestReplicaMoveWithJointConsensus(t *testing.T) {
 	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3})
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
-	leader, err := c.WaitLeader(ctx, g)
-	if err != nil {
+	if _, err := c.WaitLeader(ctx, g); err != nil {
 		t.Fatal(err)
 	}
 	cl := c.NewClient(1)
@@ -257,7 +256,7 @@ func TestReplicaMoveWithJointConsensus(t *testing.T) {
 	if err := n4.CreateReplica(g, 4); err != nil {
 		t.Fatal(err)
 	}
-	leader = c.Leader(g)
+	leader := c.Leader(g)
 	if err := leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: 4, Node: 4}}); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +282,7 @@ func TestReplicaMoveWithJointConsensus(t *testing.T) {
 		}
 		leader, _ = c.WaitLeader(ctx, g)
 	}
-	err = leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{
+	err := leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{
 		{Op: cluster.AddVoter, Replica: 4, Node: 4},
 		{Op: cluster.RemoveReplica, Replica: 3},
 	})
