@@ -121,12 +121,19 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 			sync = true
 		}
 		if hs := hardStateOf(m); !raft.IsEmptyHardState(hs) {
-			if err := r.log.WriteHardState(b, hs); err != nil {
-				return err
+			// A new term or vote must be durable before votes are sent. A
+			// commit index alone is not written at all unless other writes
+			// of the group go into this batch: Raft's safety does not rest on
+			// it, and at load it is raised to the applied index. Skipping it
+			// spares followers a write for every commit notice.
+			prev := r.log.HardState()
+			termOrVote := hs.Term != prev.Term || hs.Vote != prev.Vote
+			if termOrVote || len(m.Entries) > 0 || m.Snapshot != nil {
+				if err := r.log.WriteHardState(b, hs); err != nil {
+					return err
+				}
 			}
-			// A new term or vote must be durable before votes are sent; a
-			// commit index alone need not be.
-			if prev := r.log.HardState(); hs.Term != prev.Term || hs.Vote != prev.Vote {
+			if termOrVote {
 				sync = true
 			}
 		}
@@ -156,6 +163,7 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 		m := &j.msg
 		if m.Snapshot != nil {
 			r.log.DidInstallSnapshot(m.Snapshot.Metadata.Index, m.Snapshot.Metadata.Term)
+			h.stats.SnapshotsApplied.Add(1)
 			snap, staged := *m.Snapshot, j.staged
 			r.enqueueCtrl(func() { r.didInstall(&snap, staged) })
 		}

@@ -521,6 +521,5 @@ func (r *replica) didInstall(snap *raftpb.Snapshot, st *stagedSnapshot) {
 	r.applied.ConfState = snap.Metadata.ConfState
 	r.appliedIndex.Store(r.applied.Index)
 	st.discard()
-	r.h.stats.SnapshotsApplied.Add(1)
 	r.sweepLost(snap.Metadata.Index, ErrOutcomeUnknown)
 }
