@@ -46,20 +46,27 @@ const (
 
 // markReady queues r for processing.
 func (h *Host) markReady(r *replica) {
+	if h.claim(r) {
+		h.push(r)
+	}
+}
+
+// claim moves r towards the ready list and reports whether the caller must
+// push it there (false: it is already queued, or being processed and now
+// marked dirty).
+func (h *Host) claim(r *replica) bool {
 	for {
 		switch r.sched.Load() {
 		case schedIdle:
-			if !r.sched.CompareAndSwap(schedIdle, schedQueued) {
-				continue
+			if r.sched.CompareAndSwap(schedIdle, schedQueued) {
+				return true
 			}
-			h.push(r)
-			return
 		case schedQueued:
 			if r.sched.CompareAndSwap(schedQueued, schedDirty) {
-				return
+				return false
 			}
 		default:
-			return
+			return false
 		}
 	}
 }
@@ -69,6 +76,28 @@ func (h *Host) push(r *replica) {
 	h.ready = append(h.ready, r)
 	h.readyMu.Unlock()
 	h.readyCond.Signal()
+}
+
+// markAllReady queues many replicas with one lock and one wake-up.
+func (h *Host) markAllReady(rs []*replica) {
+	n := 0
+	for _, r := range rs {
+		if h.claim(r) {
+			rs[n] = r
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	h.readyMu.Lock()
+	h.ready = append(h.ready, rs[:n]...)
+	h.readyMu.Unlock()
+	if n == 1 {
+		h.readyCond.Signal()
+	} else {
+		h.readyCond.Broadcast()
+	}
 }
 
 // release ends r's processing, queueing it again if input arrived meanwhile.

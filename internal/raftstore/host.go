@@ -383,6 +383,7 @@ func (h *Host) HandleRaft(from ids.NodeID, msgs []transport.Message) {
 		return
 	}
 	h.stats.MessagesReceived.Add(uint64(len(msgs)))
+	var touched []*replica
 	var last *replica
 	for i := range msgs {
 		m := &msgs[i]
@@ -396,17 +397,15 @@ func (h *Host) HandleRaft(from ids.NodeID, msgs []transport.Message) {
 			h.stats.MessagesDropped.Add(1)
 			continue
 		}
-		if r != last && last != nil {
-			h.markReady(last)
+		if r != last {
+			touched = append(touched, r)
 		}
 		last = r
 		r.inboxMu.Lock()
 		r.inMsgs = append(r.inMsgs, inboundMsg{from: from, msg: m.Msg})
 		r.inboxMu.Unlock()
 	}
-	if last != nil {
-		h.markReady(last)
-	}
+	h.markAllReady(touched)
 }
 
 // tick advances every replica's logical clock.
@@ -421,11 +420,13 @@ func (h *Host) tick() {
 		case <-t.C:
 		}
 		h.mu.RLock()
+		all := make([]*replica, 0, len(h.replicas))
 		for _, r := range h.replicas {
 			r.ticks.Add(1)
-			h.markReady(r)
+			all = append(all, r)
 		}
 		h.mu.RUnlock()
+		h.markAllReady(all)
 		h.snapshots.expire(time.Now().Add(-snapshotIdleTimeout))
 	}
 }
