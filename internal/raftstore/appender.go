@@ -8,7 +8,9 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
 // The appender makes Raft log writes durable. It runs beside the scheduler:
@@ -25,7 +27,7 @@ type appendJob struct {
 	msg    raftpb.Message
 	staged *stagedSnapshot  // data of msg.Snapshot
 	local  []raftpb.Message // responses to the replica itself
-	remote outbox           // responses to other nodes, routed
+	remote []routedMessage  // responses to other nodes
 	// destroy, when set, replaces msg: delete the replica's data and
 	// tombstone its ID, then signal done.
 	destroy bool
@@ -179,14 +181,18 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 			r.inboxMu.Unlock()
 			h.markReady(r)
 		}
-		for to, msgs := range j.remote {
-			for _, msg := range msgs {
-				out.add(to, msg)
-			}
+		for _, rm := range j.remote {
+			out.add(rm.to, rm.msg)
 		}
 	}
 	h.send(out)
 	return nil
+}
+
+// routedMessage is a message whose destination node is resolved.
+type routedMessage struct {
+	to  ids.NodeID
+	msg transport.Message
 }
 
 func hardStateOf(m *raftpb.Message) raftpb.HardState {

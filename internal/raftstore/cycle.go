@@ -34,6 +34,15 @@ func (o *outbox) add(to ids.NodeID, m transport.Message) {
 	(*o)[to] = append((*o)[to], m)
 }
 
+// reset empties o but keeps its per-node slices for reuse (the transport does
+// not retain them after Send).
+func (o outbox) reset() {
+	for to, msgs := range o {
+		clear(msgs)
+		o[to] = msgs[:0]
+	}
+}
+
 // Replica scheduling states. A replica is in the ready list or being
 // processed by exactly one worker while its state is not idle, so it is never
 // processed concurrently, and its messages leave before it can be processed
@@ -153,7 +162,7 @@ func (h *Host) work(w *workerState) {
 			}
 		}
 		h.send(w.out)
-		clear(w.out)
+		w.out.reset()
 		h.appender.submit(w.jobs)
 		clear(w.jobs)
 		w.jobs = w.jobs[:0]
@@ -170,6 +179,9 @@ func (h *Host) work(w *workerState) {
 
 func (h *Host) send(o outbox) {
 	for to, msgs := range o {
+		if len(msgs) == 0 {
+			continue
+		}
 		h.stats.MessagesSent.Add(uint64(len(msgs)))
 		if err := h.tr.Send(to, msgs); err != nil {
 			h.reportUnreachable(to, msgs)
@@ -206,8 +218,17 @@ func (r *replica) process(w *workerState) error {
 	}
 	r.inboxMu.Lock()
 	msgs, props, reads, ctrl := r.inMsgs, r.inProps, r.inReads, r.inCtrl
-	r.inMsgs, r.inProps, r.inReads, r.inCtrl = nil, nil, nil, nil
+	r.inMsgs, r.inProps, r.inReads, r.inCtrl = r.spare[:0], nil, nil, nil
+	r.spare = nil
 	r.inboxMu.Unlock()
+	defer func() {
+		// Hand the drained message slice back for the next swap; Raft has
+		// copied what it keeps.
+		clear(msgs)
+		r.inboxMu.Lock()
+		r.spare = msgs[:0]
+		r.inboxMu.Unlock()
+	}()
 
 	for _, f := range ctrl {
 		f()
@@ -320,7 +341,12 @@ func (r *replica) newAppendJob(m raftpb.Message) *appendJob {
 			j.local = append(j.local, resp)
 			continue
 		}
-		r.route(&j.remote, resp)
+		to, ok := r.nodeOf(ids.ReplicaID(resp.To))
+		if !ok {
+			r.h.stats.MessagesDropped.Add(1)
+			continue
+		}
+		j.remote = append(j.remote, routedMessage{to: to, msg: transport.Message{Group: r.group, Msg: resp}})
 	}
 	return j
 }

@@ -36,6 +36,7 @@ type replica struct {
 
 	inboxMu sync.Mutex
 	inMsgs  []inboundMsg
+	spare   []inboundMsg // the previous inMsgs, reused (see process)
 	inProps []*proposal
 	inReads []*readRequest
 	inCtrl  []func()
