@@ -71,7 +71,7 @@ func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
 		}
 		return nil
 	}
-	buf, err := transport.EncodeBatch(nil, msgs)
+	buf, err := transport.EncodeBatch(getBuf(), msgs)
 	if err != nil {
 		return fmt.Errorf("memnet: send to %s: %w", to, err)
 	}

@@ -201,6 +201,9 @@ func (l *link) deliver(it *item) {
 		return
 	}
 	msgs, err := transport.DecodeBatch(it.buf)
+	// DecodeBatch copied everything out: the buffer can serve another Send.
+	putBuf(it.buf)
+	it.buf = nil
 	if err != nil {
 		l.stats.decodeErrors.Add(1)
 		return
@@ -245,4 +248,22 @@ func (l *link) deliver(it *item) {
 	}()
 	l.stats.delivered.Add(1)
 	l.stats.deliveredMsgs.Add(uint64(nmsgs))
+}
+
+// bufPool recycles encoded batch buffers between Send and delivery.
+var bufPool sync.Pool
+
+func getBuf() []byte {
+	if b, ok := bufPool.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
+	return nil
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 1<<20 {
+		return // keep the pool from pinning rare huge batches
+	}
+	b = b[:0]
+	bufPool.Put(&b)
 }
