@@ -170,7 +170,10 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	vs := cmds[0].c.vshard
 	var w storage.VShardWriter
 	w.Reset(b, r.group, vs)
-	dc := dedupCache{}
+	if r.clients == nil {
+		r.clients = dedupCache{}
+	}
+	dc := r.clients
 	// Within one run the same (client, seq) can appear twice: a client that
 	// retried before its first attempt was applied. The dedup check of the
 	// second must see the record of the first, so the run is split there.

@@ -34,13 +34,14 @@ type clientRecord struct {
 }
 
 func dedupKey(g ids.GroupID, vs uint32, client, seq uint64) []byte {
-	k := storage.VShardSubPrefix(g, vs, storage.SubDedup)
+	k := storage.AppendVShardSubPrefix(make([]byte, 0, 30), g, vs, storage.SubDedup)
 	k = binary.BigEndian.AppendUint64(k, client)
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
 func clientKey(g ids.GroupID, vs uint32, client uint64) []byte {
-	return binary.BigEndian.AppendUint64(storage.VShardSubPrefix(g, vs, storage.SubWatermark), client)
+	k := storage.AppendVShardSubPrefix(make([]byte, 0, 22), g, vs, storage.SubWatermark)
+	return binary.BigEndian.AppendUint64(k, client)
 }
 
 func loadClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64) (clientRecord, error) {
@@ -81,19 +82,35 @@ func storeClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64,
 	return b.Set(clientKey(g, vs, client), v, nil)
 }
 
-// dedupCache holds the client records read or written while applying one
-// run of commands of one vShard, so each is read from storage once.
-type dedupCache map[uint64]*clientRecord
+// maxCachedClients bounds a replica's cache of client records; past it the
+// cache starts over.
+const maxCachedClients = 1024
+
+type clientID struct {
+	vshard uint32
+	client uint64
+}
+
+// dedupCache mirrors, write-through, the client records a replica has read or
+// written, so the common write reads none from storage. It holds exactly what
+// storage holds: it is only updated together with the apply batch, and it is
+// dropped whenever the vShard ranges change behind it (snapshot install,
+// vShard import). Owned by the replica, guarded by its mutex.
+type dedupCache map[clientID]*clientRecord
 
 func (c dedupCache) get(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64) (*clientRecord, error) {
-	if rec := c[client]; rec != nil {
+	id := clientID{vs, client}
+	if rec := c[id]; rec != nil {
 		return rec, nil
 	}
 	rec, err := loadClientRecord(b, g, vs, client)
 	if err != nil {
 		return nil, err
 	}
-	c[client] = &rec
+	if len(c) >= maxCachedClients {
+		clear(c)
+	}
+	c[id] = &rec
 	return &rec, nil
 }
 

@@ -51,6 +51,7 @@ type replica struct {
 	reads     map[uint64]*readBatch        // ReadIndex requests in flight, by request ID
 	waiting   []*readRequest               // reads with a read index, waiting for apply
 	staged    *stagedSnapshot              // received snapshot not yet installed
+	clients   dedupCache                   // exactly-once client records, see dedupCache
 	destroyed bool
 	removed   bool // applied a configuration without this replica
 

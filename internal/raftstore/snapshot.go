@@ -517,6 +517,7 @@ func (r *replica) stageInstall(b *pebble.Batch, st *stagedSnapshot, snap *raftpb
 // committed. Proposals this node made at or below the snapshot's index have
 // an unknown outcome: they may be inside the snapshot. Caller holds r.mu.
 func (r *replica) didInstall(snap *raftpb.Snapshot, st *stagedSnapshot) {
+	clear(r.clients)
 	r.applied = st.applied
 	r.applied.ConfState = snap.Metadata.ConfState
 	r.appliedIndex.Store(r.applied.Index)

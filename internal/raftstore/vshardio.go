@@ -178,6 +178,8 @@ func (r *replica) applyIngest(b *pebble.Batch, e *raftpb.Entry) error {
 		answer(fmt.Errorf("%w: ingest entry: %v", errMalformedEntry, err))
 		return nil
 	}
+	// The vShard's exactly-once records may change under the cache.
+	clear(r.clients)
 	prefix := storage.VShardPrefix(r.group, vs)
 	if flags&ingestClear != 0 {
 		if err := b.DeleteRange(prefix, storage.PrefixEnd(prefix), nil); err != nil {

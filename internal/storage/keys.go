@@ -87,18 +87,30 @@ func NodeKey(name string) []byte { return append([]byte{prefixNode}, name...) }
 
 // GroupStatePrefix is the prefix of all replicated state of group g.
 func GroupStatePrefix(g ids.GroupID) []byte {
-	return binary.BigEndian.AppendUint64([]byte{prefixState}, uint64(g))
+	return AppendGroupStatePrefix(make([]byte, 0, 9), g)
+}
+
+// AppendGroupStatePrefix appends GroupStatePrefix(g) to dst.
+func AppendGroupStatePrefix(dst []byte, g ids.GroupID) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, prefixState), uint64(g))
 }
 
 // VShardPrefix is the prefix of all state of one vShard in group g.
 func VShardPrefix(g ids.GroupID, vshard uint32) []byte {
-	return binary.BigEndian.AppendUint32(GroupStatePrefix(g), vshard)
+	return binary.BigEndian.AppendUint32(AppendGroupStatePrefix(make([]byte, 0, 13), g), vshard)
 }
 
 // VShardSubPrefix is the prefix of one sub-area (SubUser, SubDedup,
 // SubWatermark) of a vShard.
 func VShardSubPrefix(g ids.GroupID, vshard uint32, sub byte) []byte {
-	return append(VShardPrefix(g, vshard), sub)
+	return AppendVShardSubPrefix(make([]byte, 0, 14), g, vshard, sub)
+}
+
+// AppendVShardSubPrefix appends VShardSubPrefix(g, vshard, sub) to dst: hot
+// paths build keys in reused buffers with it.
+func AppendVShardSubPrefix(dst []byte, g ids.GroupID, vshard uint32, sub byte) []byte {
+	dst = binary.BigEndian.AppendUint32(AppendGroupStatePrefix(dst, g), vshard)
+	return append(dst, sub)
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix p.

@@ -23,7 +23,7 @@ var _ statemachine.Reader = (*VShardReader)(nil)
 // Reset points v at the user area of vshard in group g, read through r.
 func (v *VShardReader) Reset(r pebble.Reader, g ids.GroupID, vshard uint32) {
 	v.r = r
-	v.prefix = append(VShardPrefix(g, vshard)[:0:0], VShardSubPrefix(g, vshard, SubUser)...)
+	v.prefix = AppendVShardSubPrefix(v.prefix[:0], g, vshard, SubUser)
 }
 
 func (v *VShardReader) key(k []byte) []byte {
