@@ -90,9 +90,9 @@ type Config struct {
 	Connect func(transport.Handler) (transport.Transport, error)
 
 	// TickInterval is the Raft clock period. Default 100ms: elections after
-	// 1-2s of leader silence, heartbeats every 100ms.
+	// 1-2s of leader silence, heartbeats every 200ms.
 	TickInterval time.Duration
-	// ElectionTicks and HeartbeatTicks, in ticks. Defaults 10 and 1.
+	// ElectionTicks and HeartbeatTicks, in ticks. Defaults 10 and 2.
 	ElectionTicks, HeartbeatTicks int
 	// Workers is the Raft worker pool size. Default GOMAXPROCS.
 	Workers int

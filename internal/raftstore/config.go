@@ -46,7 +46,10 @@ type Config struct {
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks. Default 10.
 	ElectionTicks int
-	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 2: with
+	// many groups per node, heartbeats are a large share of the CPU an idle
+	// or lightly loaded node spends, and five heartbeats per election
+	// timeout are plenty for CheckQuorum.
 	HeartbeatTicks int
 	// Workers is the size of the worker pool. Default GOMAXPROCS.
 	Workers int
@@ -104,7 +107,7 @@ func (c *Config) setDefaults() {
 		c.ElectionTicks = 10
 	}
 	if c.HeartbeatTicks <= 0 {
-		c.HeartbeatTicks = 1
+		c.HeartbeatTicks = 2
 	}
 	if c.Workers <= 0 {
 		c.Workers = runtime.GOMAXPROCS(0)

@@ -30,7 +30,7 @@ func BenchmarkProposals(b *testing.B) {
 }
 
 func benchProposals(b *testing.B, groups, proposers int) {
-	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond,
+	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
 		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()

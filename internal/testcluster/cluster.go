@@ -41,6 +41,8 @@ type Options struct {
 	// 100-200ms of silence, fast enough for tests, slow enough for 2 cores.
 	TickInterval  time.Duration
 	ElectionTicks int
+	// HeartbeatTicks defaults to 1 here (the cluster default is 2).
+	HeartbeatTicks int
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
 	// cluster package when zero).
 	LogMaxEntries, LogKeepEntries uint64
@@ -75,6 +77,9 @@ func (o *Options) setDefaults(t testing.TB) {
 	}
 	if o.ElectionTicks <= 0 {
 		o.ElectionTicks = 10
+	}
+	if o.HeartbeatTicks <= 0 {
+		o.HeartbeatTicks = 1
 	}
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
@@ -224,7 +229,7 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		Connect:        func(h transport.Handler) (transport.Transport, error) { return c.Net.Endpoint(id, h), nil },
 		TickInterval:   c.opts.TickInterval,
 		ElectionTicks:  c.opts.ElectionTicks,
-		HeartbeatTicks: 1,
+		HeartbeatTicks: c.opts.HeartbeatTicks,
 		Workers:        c.opts.Workers,
 		LogMaxEntries:  c.opts.LogMaxEntries,
 		LogKeepEntries: c.opts.LogKeepEntries,
