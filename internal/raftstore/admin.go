@@ -43,7 +43,7 @@ type PeerProgress struct {
 }
 
 // Status returns the status of this node's replica of g. It waits for the
-// replica's current cycle, if any, to finish.
+// replica's current processing, if any, to finish.
 func (h *Host) Status(g ids.GroupID) (GroupStatus, error) {
 	r := h.replica(g)
 	if r == nil {

@@ -14,7 +14,7 @@ import (
 )
 
 // The appender makes Raft log writes durable. It runs beside the scheduler:
-// while one batch of appends is being synced, cycles keep stepping messages,
+// while one batch of appends is being synced, workers keep stepping messages,
 // applying committed entries and queueing the next appends, which the
 // appender then writes together — one batch and at most one fsync for every
 // group whose appends were queued (group commit). Only after that commit are

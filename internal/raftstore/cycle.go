@@ -11,7 +11,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
-// maxTicksPerCycle bounds how many missed ticks one cycle delivers, so that a
+// maxTicksPerCycle bounds how many missed ticks one processing delivers, so that a
 // long pause (GC, a stalled disk) does not fire every election at once.
 const maxTicksPerCycle = 3
 

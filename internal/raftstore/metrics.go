@@ -9,7 +9,7 @@ import (
 // Stats are the host's counters. Tests read them directly; the same values
 // are exported as Prometheus metrics when a Registerer is configured.
 type Stats struct {
-	Cycles            atomic.Uint64 // scheduler cycles that processed at least one replica
+	Cycles            atomic.Uint64 // worker passes (each processes a handful of ready replicas)
 	AppendBatches     atomic.Uint64 // batches of log writes the appender committed
 	SyncedCommits     atomic.Uint64 // log write batches committed with fsync
 	UnsyncedCommits   atomic.Uint64 // persist batches that needed no fsync
@@ -40,7 +40,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 	}
 	s := &h.stats
 	cs := []prometheus.Collector{
-		counter("cycles_total", "Scheduler cycles that processed at least one replica.", &s.Cycles),
+		counter("worker_passes_total", "Worker passes, each processing a handful of ready replicas.", &s.Cycles),
 		counter("append_batches_total", "Batches of Raft log writes committed, each covering every group with writes queued.", &s.AppendBatches),
 		counter("synced_commits_total", "Raft log write batches committed with one fsync (group commit).", &s.SyncedCommits),
 		counter("unsynced_commits_total", "Persist batches that needed no fsync.", &s.UnsyncedCommits),

@@ -149,7 +149,7 @@ func (r *replica) stepConfChange(p *proposal) {
 }
 
 // trackAppended notes the log index of this node's proposals in the entries
-// Raft is about to persist, and fails every proposal stepped this cycle that
+// Raft is about to persist, and fails every proposal stepped just now that
 // Raft silently replaced (it turns a configuration change it refuses into an
 // empty entry). Caller holds r.mu.
 func (r *replica) trackAppended(ents []raftpb.Entry) {

@@ -13,11 +13,11 @@ import (
 
 // replica is this node's member of one group.
 //
-// Locking: mu guards the RawNode and everything below it; a cycle holds it
+// Locking: mu guards the RawNode and everything below it; a worker holds it
 // while it steps the replica and handles its Ready. The appender never takes
 // it: what it needs is resolved into its job, and what it reports back goes
 // through the inbox, which has its own small lock so that senders
-// (transport, proposers, the appender) never wait for a cycle.
+// (transport, proposers, the appender) never wait for a worker.
 type replica struct {
 	h     *Host
 	group ids.GroupID
@@ -47,7 +47,7 @@ type replica struct {
 	peers     map[ids.ReplicaID]ids.NodeID // learned from traffic, beyond applied.Replicas
 	pending   map[uint64]*proposal         // by proposal ID, until answered
 	indexed   []*proposal                  // proposals with a known log index, in append order
-	stepped   []*proposal                  // proposals stepped in the current cycle
+	stepped   []*proposal                  // proposals stepped in the current processing
 	reads     map[uint64]*readBatch        // ReadIndex requests in flight, by request ID
 	waiting   []*readRequest               // reads with a read index, waiting for apply
 	staged    *stagedSnapshot              // received snapshot not yet installed

@@ -36,7 +36,7 @@ import (
 // The receiver verifies every frame and the trailer, stages the pairs in a
 // file, and only then hands the MsgSnap to Raft. When Raft's Ready contains
 // the snapshot, the staged state, the applied state and the log reset are
-// written in one batch with the rest of that cycle's writes.
+// written by the appender in one batch with the other queued log writes.
 const (
 	frameHeader  byte = 1
 	frameData    byte = 2
@@ -103,7 +103,8 @@ func (o *outgoingSnapshots) expire(before time.Time) {
 func (o *outgoingSnapshots) releaseAll() { o.expire(time.Now().Add(time.Hour)) }
 
 // buildSnapshot is the raft.Storage Snapshot hook. Raft calls it (under r.mu,
-// during a cycle, so no apply batch is half-way) when a follower needs state
+// while a worker processes the replica, so none of its applies is half-way)
+// when a follower needs state
 // the log no longer has.
 func (r *replica) buildSnapshot() (raftpb.Snapshot, error) {
 	snap := r.h.eng.DB().NewSnapshot()

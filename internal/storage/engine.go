@@ -4,7 +4,7 @@
 // machines read and write.
 //
 // One engine per node is a deliberate choice: appends from many groups that
-// become ready in the same scheduler cycle go into one batch with one fsync,
+// are queued together go into one batch with one fsync,
 // and a group's applied index is written in the same batch as the state it
 // covers. Both would be impossible with one engine (or one WAL) per group.
 package storage
@@ -90,7 +90,7 @@ func (e *Engine) DB() *pebble.DB { return e.db }
 
 // WALSyncs returns how many times the write-ahead log has been synced to disk
 // since the engine was opened. Tests use it to prove group commit: at most one
-// WAL sync per scheduler cycle, whatever the number of groups.
+// WAL sync per batch of log writes, whatever the number of groups.
 func (e *Engine) WALSyncs() uint64 { return e.fs.walSyncs.Load() }
 
 // Close closes the engine. It is an error to use the engine afterwards.
