@@ -102,10 +102,12 @@ func (o *outgoingSnapshots) expire(before time.Time) {
 
 func (o *outgoingSnapshots) releaseAll() { o.expire(time.Now().Add(time.Hour)) }
 
-// buildSnapshot is the raft.Storage Snapshot hook. Raft calls it (under r.mu,
-// while a worker processes the replica, so none of its applies is half-way)
-// when a follower needs state
-// the log no longer has.
+// buildSnapshot is the raft.Storage Snapshot hook. Raft calls it when a
+// follower needs state the log no longer has, under r.mu while a worker
+// processes the replica and before that worker stages the replica's next
+// applies, so the engine holds every apply of the replica committed and none
+// half-way: the applied state read from the engine snapshot matches its
+// data.
 func (r *replica) buildSnapshot() (raftpb.Snapshot, error) {
 	snap := r.h.eng.DB().NewSnapshot()
 	st, ok, err := loadAppliedState(snap, r.group)
