@@ -233,6 +233,9 @@ func (r *replica) process(w *workerState) error {
 	for _, f := range ctrl {
 		f()
 	}
+	if r.destroyed {
+		return nil // a control operation destroyed the replica
+	}
 	ticks := int(r.ticks.Swap(0))
 	for i := 0; i < min(ticks, maxTicksPerCycle); i++ {
 		r.rn.Tick()

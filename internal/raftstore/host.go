@@ -337,14 +337,32 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 // DestroyReplica removes this node's replica of g and everything it stores,
 // and tombstones its replica ID so that it can never come back. Use it for a
 // replica that has been removed from its group's configuration.
+//
+// The destruction runs on a worker, at the start of the replica's next
+// processing: then no worker holds uncommitted apply writes of the replica
+// that could land after its data is deleted.
 func (h *Host) DestroyReplica(g ids.GroupID) error {
 	r := h.replica(g)
 	if r == nil {
 		return ErrGroupNotFound
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return h.destroyLocked(r)
+	done := make(chan error, 1)
+	r.enqueueCtrl(func() { done <- h.destroyLocked(r) })
+	t := time.NewTicker(h.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-h.stopc:
+			return ErrStopped
+		case <-t.C:
+			// Destroyed by someone else first: our request was dropped.
+			if r.gone.Load() {
+				return nil
+			}
+		}
+	}
 }
 
 // destroyLocked removes r; the caller holds r.mu. The deletion goes through
