@@ -11,9 +11,9 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
-// maxTicksPerCycle bounds how many missed ticks one processing delivers, so that a
-// long pause (GC, a stalled disk) does not fire every election at once.
-const maxTicksPerCycle = 3
+// maxTicksPerProcess bounds how many missed ticks one processing delivers, so
+// that a long pause (GC, a stalled disk) does not fire every election at once.
+const maxTicksPerProcess = 3
 
 // workerState is what one worker accumulates while processing a handful of
 // replicas.
@@ -237,7 +237,7 @@ func (r *replica) process(w *workerState) error {
 		return nil // a control operation destroyed the replica
 	}
 	ticks := int(r.ticks.Swap(0))
-	for i := 0; i < min(ticks, maxTicksPerCycle); i++ {
+	for i := 0; i < min(ticks, maxTicksPerProcess); i++ {
 		r.rn.Tick()
 	}
 	for i := range msgs {
