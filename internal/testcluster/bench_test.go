@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"os"
 	"fmt"
 	"slices"
 	"sync"
@@ -31,7 +32,7 @@ func BenchmarkProposals(b *testing.B) {
 
 func benchProposals(b *testing.B, groups, proposers int) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1})
+		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1, Dir: benchDir(b)})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
@@ -109,4 +110,19 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchDir is where benchmark nodes keep their data: a test temp dir, or
+// NODEDB_BENCH_DIR (for instance a tmpfs, to take the disk out of a CPU
+// comparison).
+func benchDir(b *testing.B) string {
+	if d := os.Getenv("NODEDB_BENCH_DIR"); d != "" {
+		dir, err := os.MkdirTemp(d, "bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+		return dir
+	}
+	return b.TempDir()
 }
