@@ -2,8 +2,8 @@ package testcluster
 
 import (
 	"context"
-	"os"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
