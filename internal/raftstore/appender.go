@@ -39,6 +39,42 @@ type appender struct {
 	mu     sync.Mutex
 	queue  []*appendJob
 	signal chan struct{}
+	acks   map[ackKey]int // see addResponse; reused by each write
+}
+
+// ackKey identifies the acknowledgements of one follower replica to one
+// leader term.
+type ackKey struct {
+	node  ids.NodeID
+	group ids.GroupID
+	to    uint64
+	term  uint64
+}
+
+// addResponse queues a released response, keeping only the highest of a
+// replica's acknowledgements (non-rejecting MsgAppResp) to the same leader
+// and term in one batch: an acknowledgement of index i says the follower's log
+// matches the leader's up to i, so it implies every lower one, and the leader
+// gains nothing from the others but the work of stepping them. A follower
+// that received several appends (or an append and commit notices) since its
+// last write sends one acknowledgement instead of several.
+func (a *appender) addResponse(out *outbox, rm routedMessage) {
+	m := &rm.msg.Msg
+	if m.Type != raftpb.MsgAppResp || m.Reject {
+		out.add(rm.to, rm.msg)
+		return
+	}
+	k := ackKey{node: rm.to, group: rm.msg.Group, to: m.To, term: m.Term}
+	if i, ok := a.acks[k]; ok {
+		prev := &(*out)[rm.to][i]
+		if m.Index > prev.Msg.Index {
+			*prev = rm.msg
+		}
+		a.h.stats.AcksCoalesced.Add(1)
+		return
+	}
+	out.add(rm.to, rm.msg)
+	a.acks[k] = len((*out)[rm.to]) - 1
 }
 
 func (a *appender) submit(jobs []*appendJob) {
@@ -182,9 +218,10 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 			h.markReady(r)
 		}
 		for _, rm := range j.remote {
-			out.add(rm.to, rm.msg)
+			a.addResponse(&out, rm)
 		}
 	}
+	clear(a.acks)
 	h.send(out)
 	return nil
 }

@@ -83,7 +83,7 @@ func New(cfg Config) (*Host, error) {
 	}
 	h.readyCond = sync.NewCond(&h.readyMu)
 	h.snapshots.init()
-	h.appender = appender{h: h, signal: make(chan struct{}, 1)}
+	h.appender = appender{h: h, signal: make(chan struct{}, 1), acks: map[ackKey]int{}}
 	// Proposal IDs only need to be unique per node incarnation among entries
 	// that may still be applied; starting from the clock keeps them unique
 	// across restarts too.

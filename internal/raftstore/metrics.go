@@ -9,24 +9,26 @@ import (
 // Stats are the host's counters. Tests read them directly; the same values
 // are exported as Prometheus metrics when a Registerer is configured.
 type Stats struct {
-	Cycles            atomic.Uint64 // worker passes (each processes a handful of ready replicas)
-	AppendBatches     atomic.Uint64 // batches of log writes the appender committed
-	SyncedCommits     atomic.Uint64 // log write batches committed with fsync
-	UnsyncedCommits   atomic.Uint64 // persist batches that needed no fsync
-	ReadiesProcessed  atomic.Uint64 // Ready structs handled
-	ProposalsOK       atomic.Uint64
-	ProposalsFailed   atomic.Uint64
-	MessagesSent      atomic.Uint64
-	MessagesReceived  atomic.Uint64
-	MessagesDropped   atomic.Uint64 // for unknown groups, stale replica IDs, unroutable peers
-	SnapshotsSent     atomic.Uint64
-	SnapshotsFailed   atomic.Uint64
-	SnapshotsReceived atomic.Uint64
-	SnapshotsRejected atomic.Uint64
-	SnapshotsApplied  atomic.Uint64
-	LogTruncations    atomic.Uint64
-	ReadIndexBatches  atomic.Uint64
-	MalformedEntries  atomic.Uint64
+	Cycles                 atomic.Uint64 // worker passes (each processes a handful of ready replicas)
+	AppendBatches          atomic.Uint64 // batches of log writes the appender committed
+	SyncedCommits          atomic.Uint64 // log write batches committed with fsync
+	UnsyncedCommits        atomic.Uint64 // persist batches that needed no fsync
+	ReadiesProcessed       atomic.Uint64 // Ready structs handled
+	ProposalsOK            atomic.Uint64
+	ProposalsFailed        atomic.Uint64
+	MessagesSent           atomic.Uint64
+	MessagesReceived       atomic.Uint64
+	MessagesDropped        atomic.Uint64 // for unknown groups, stale replica IDs, unroutable peers
+	CommitNoticesCoalesced atomic.Uint64 // empty appends covered by a later append in the same Ready
+	AcksCoalesced          atomic.Uint64 // acknowledgements covered by a higher one in the same append batch
+	SnapshotsSent          atomic.Uint64
+	SnapshotsFailed        atomic.Uint64
+	SnapshotsReceived      atomic.Uint64
+	SnapshotsRejected      atomic.Uint64
+	SnapshotsApplied       atomic.Uint64
+	LogTruncations         atomic.Uint64
+	ReadIndexBatches       atomic.Uint64
+	MalformedEntries       atomic.Uint64
 }
 
 func (h *Host) registerMetrics(reg prometheus.Registerer) {
@@ -49,6 +51,8 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("proposals_failed_total", "Proposals answered with an error.", &s.ProposalsFailed),
 		counter("messages_sent_total", "Raft messages handed to the transport.", &s.MessagesSent),
 		counter("messages_received_total", "Raft messages received.", &s.MessagesReceived),
+		counter("commit_notices_coalesced_total", "Empty appends not sent because a later append to the same peer in the same Ready carried the same commit index.", &s.CommitNoticesCoalesced),
+		counter("acks_coalesced_total", "Append acknowledgements not sent because a higher one from the same replica to the same leader term left in the same batch.", &s.AcksCoalesced),
 		counter("messages_dropped_total", "Raft messages dropped (unknown group, stale replica, unroutable).", &s.MessagesDropped),
 		counter("snapshots_sent_total", "Snapshots streamed to followers.", &s.SnapshotsSent),
 		counter("snapshots_failed_total", "Outgoing snapshot streams that failed.", &s.SnapshotsFailed),

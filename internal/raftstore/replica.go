@@ -52,6 +52,7 @@ type replica struct {
 	waiting   []*readRequest               // reads with a read index, waiting for apply
 	staged    *stagedSnapshot              // received snapshot not yet installed
 	clients   dedupCache                   // exactly-once client records, see dedupCache
+	coalesce  []raftpb.Message             // scratch of supersededCommitNotices
 	destroyed bool
 	removed   bool // applied a configuration without this replica
 
