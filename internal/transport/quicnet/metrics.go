@@ -10,17 +10,17 @@ import (
 // Stats are the endpoint's counters. Tests read them directly; the same
 // values are exported as Prometheus metrics when a Registerer is configured.
 type Stats struct {
-	ConnsDialed      atomic.Uint64 // connections this node opened and completed the hello on
-	ConnsAccepted    atomic.Uint64 // connections peers opened and this node accepted
-	ConnsReplaced    atomic.Uint64 // duplicate connections closed in favour of another
-	DialFailures     atomic.Uint64
-	BatchesSent      atomic.Uint64
-	BatchesReceived  atomic.Uint64
-	BatchesDropped   atomic.Uint64 // queue full, peer unreachable, or filtered
-	FrameErrors      atomic.Uint64 // malformed, oversized or corrupt frames received
-	RPCsServed       atomic.Uint64
-	RPCsCalled       atomic.Uint64
-	SnapshotsSent    atomic.Uint64
+	ConnsDialed       atomic.Uint64 // connections this node opened and completed the hello on
+	ConnsAccepted     atomic.Uint64 // connections peers opened and this node accepted
+	ConnsReplaced     atomic.Uint64 // duplicate connections closed in favour of another
+	DialFailures      atomic.Uint64
+	BatchesSent       atomic.Uint64
+	BatchesReceived   atomic.Uint64
+	BatchesDropped    atomic.Uint64 // queue full, peer unreachable, or filtered
+	FrameErrors       atomic.Uint64 // malformed, oversized or corrupt frames received
+	RPCsServed        atomic.Uint64
+	RPCsCalled        atomic.Uint64
+	SnapshotsSent     atomic.Uint64
 	SnapshotsReceived atomic.Uint64
 
 	mu       sync.Mutex
