@@ -1,7 +1,8 @@
-// Package testcluster runs several nodes in one process over memnet, the
-// fault-injecting in-memory network, each node on its own Pebble directory,
-// with the built-in key-value state machine. Nodes can be stopped, restarted
-// from their directory (as a process restart would) and wiped.
+// Package testcluster runs several nodes in one process, each node on its own
+// Pebble directory, with the built-in key-value state machine, over memnet
+// (the fault-injecting in-memory network) or over real QUIC sockets on
+// 127.0.0.1 with mutual TLS. Nodes can be stopped, restarted from their
+// directory (as a process restart would) and wiped; links can be cut.
 //
 // Group placement and routing are static here: group g's founding replicas
 // are on RF consecutive nodes, and vShards are spread over groups in
@@ -57,6 +58,11 @@ type Options struct {
 	// Logger defaults to discarding unless NODEDB_TEST_LOG is set
 	// (to debug, info, warn or error).
 	Logger *slog.Logger
+	// QUIC runs the nodes over real QUIC sockets on 127.0.0.1 with mutual
+	// TLS (a test CA issues each node's certificate) instead of memnet. Cuts
+	// (Isolate, Partition) then drop traffic at the endpoints; memnet's link
+	// faults (loss, delay, duplication) are not available.
+	QUIC bool
 }
 
 func (o *Options) setDefaults(t testing.TB) {
@@ -129,6 +135,8 @@ type Cluster struct {
 	nodes  map[ids.NodeID]*cluster.Node // nil while stopped
 	groups []Group
 	closed bool
+
+	quic *quicNet // nil over memnet
 }
 
 // New starts a cluster and bootstraps its groups. It is closed by t.Cleanup.
@@ -147,6 +155,9 @@ func New(t testing.TB, opts Options) *Cluster {
 		nodes: map[ids.NodeID]*cluster.Node{},
 	}
 	t.Cleanup(c.Close)
+	if opts.QUIC {
+		c.quic = newQUICNet(t, opts.Nodes)
+	}
 	layout, err := placement.Static(opts.Groups, opts.Nodes, opts.RF)
 	if err != nil {
 		t.Fatal(err)
@@ -226,7 +237,7 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		NodeID:         id,
 		Dir:            c.Dir(id),
 		StateMachine:   c.SM,
-		Connect:        func(h transport.Handler) (transport.Transport, error) { return c.Net.Endpoint(id, h), nil },
+		Connect:        c.connector(id),
 		TickInterval:   c.opts.TickInterval,
 		ElectionTicks:  c.opts.ElectionTicks,
 		HeartbeatTicks: c.opts.HeartbeatTicks,
@@ -242,6 +253,42 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 	}
 	c.nodes[id] = n
 	return nil
+}
+
+func (c *Cluster) connector(id ids.NodeID) func(transport.Handler) (transport.Transport, error) {
+	if c.quic != nil {
+		return func(h transport.Handler) (transport.Transport, error) { return c.quic.listen(id, h, c.opts.Logger) }
+	}
+	return func(h transport.Handler) (transport.Transport, error) { return c.Net.Endpoint(id, h), nil }
+}
+
+// Isolate cuts node id off from every other node, both directions.
+func (c *Cluster) Isolate(id ids.NodeID) {
+	if c.quic != nil {
+		c.quic.cut(func(a, b ids.NodeID) bool { return a == id || b == id })
+		return
+	}
+	c.Net.Isolate(id)
+}
+
+// Partition cuts every link between a node of a and a node of b.
+func (c *Cluster) Partition(a, b []ids.NodeID) {
+	if c.quic != nil {
+		c.quic.cut(func(x, y ids.NodeID) bool {
+			return slices.Contains(a, x) && slices.Contains(b, y) || slices.Contains(b, x) && slices.Contains(a, y)
+		})
+		return
+	}
+	c.Net.Partition(a, b)
+}
+
+// Heal restores every cut link.
+func (c *Cluster) Heal() {
+	if c.quic != nil {
+		c.quic.cut(nil)
+		return
+	}
+	c.Net.Heal()
 }
 
 // StopNode stops node id, like a process exit; its directory stays.

@@ -36,13 +36,29 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	for s := range seeds {
 		seed := int64(s + 1)
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runLinearizability(t, seed, *linDuration)
+			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed}, *linDuration)
 		})
 	}
 }
 
-func runLinearizability(t *testing.T, seed int64, dur time.Duration) {
-	c := New(t, Options{Nodes: 3, Groups: 4, Seed: seed})
+// TestLinearizableOverQUIC runs the same workload and nemesis (without
+// memnet's lossy links) over real QUIC sockets with mutual TLS.
+func TestLinearizableOverQUIC(t *testing.T) {
+	seeds := *linSeeds
+	if testing.Short() {
+		seeds = 1
+	}
+	for s := range min(seeds, 2) {
+		seed := int64(s + 1)
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed, QUIC: true}, *linDuration)
+		})
+	}
+}
+
+func runLinearizability(t *testing.T, opts Options, dur time.Duration) {
+	seed := opts.Seed
+	c := New(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), dur+60*time.Second)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
@@ -68,7 +84,7 @@ func runLinearizability(t *testing.T, seed int64, dur time.Duration) {
 	time.Sleep(dur)
 	close(stop)
 	wg.Wait()
-	c.Net.Heal()
+	c.Heal()
 	c.Net.ClearFaults()
 	for _, id := range c.NodeIDs() {
 		if c.Node(id) == nil {
@@ -171,17 +187,17 @@ func runNemesis(ctx context.Context, t *testing.T, c *Cluster, seed int64, stop 
 		case 0: // isolate the leader of a random group
 			g := c.Groups()[rng.IntN(len(c.Groups()))].ID
 			if l := c.Leader(g); l != nil {
-				c.Net.Isolate(l.ID())
+				c.Isolate(l.ID())
 				sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
-				c.Net.Heal()
+				c.Heal()
 			}
 		case 1: // cut one node pair
 			a := nodes[rng.IntN(len(nodes))]
 			b := nodes[rng.IntN(len(nodes))]
 			if a != b {
-				c.Net.Partition([]ids.NodeID{a}, []ids.NodeID{b})
+				c.Partition([]ids.NodeID{a}, []ids.NodeID{b})
 				sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
-				c.Net.Heal()
+				c.Heal()
 			}
 		case 2: // restart a node from its directory
 			n := nodes[rng.IntN(len(nodes))]
@@ -195,6 +211,9 @@ func runNemesis(ctx context.Context, t *testing.T, c *Cluster, seed int64, stop 
 				return
 			}
 		case 3: // a lossy, slow, duplicating, reordering network for a while
+			if c.Options().QUIC {
+				continue // QUIC itself retransmits; loss is memnet's business
+			}
 			c.Net.SetAllLinks(memnet.LinkFaults{
 				DropRate: 0.05, DuplicateRate: 0.02, ReorderRate: 0.05,
 				MinDelay: 0, MaxDelay: 3 * time.Millisecond,

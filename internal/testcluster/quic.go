@@ -1,0 +1,91 @@
+package testcluster
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/pki"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
+)
+
+// quicNet is the real-socket network of a QUIC test cluster: a test CA, one
+// certificate and one fixed 127.0.0.1 port per node (kept across restarts, as
+// a real node keeps its address), and the set of cut links that every
+// endpoint's filter consults.
+type quicNet struct {
+	verifier *pki.Verifier
+	ids      map[ids.NodeID]*pki.Identity
+	addrs    map[ids.NodeID]string
+
+	mu  sync.RWMutex
+	cutf func(a, b ids.NodeID) bool
+}
+
+func newQUICNet(t testing.TB, nodes int) *quicNet {
+	ca, err := pki.NewCA("testcluster", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := &quicNet{verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
+	for i := 1; i <= nodes; i++ {
+		id := ids.NodeID(i)
+		key, err := pki.NewNodeKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := ca.IssueNode(key.Public(), id, []string{"127.0.0.1"}, time.Now(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.ids[id], err = pki.NewIdentity(cert, nil, key); err != nil {
+			t.Fatal(err)
+		}
+		// Reserve a port: bind, note it, release it for the node to take.
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		q.addrs[id] = pc.LocalAddr().String()
+		pc.Close()
+	}
+	return q
+}
+
+func (q *quicNet) listen(id ids.NodeID, h transport.Handler, log *slog.Logger) (transport.Transport, error) {
+	peers := map[ids.NodeID]string{}
+	for n, a := range q.addrs {
+		if n != id {
+			peers[n] = a
+		}
+	}
+	return quicnet.Listen(quicnet.Config{
+		Identity:    q.ids[id],
+		Verifier:    q.verifier,
+		Listen:      q.addrs[id],
+		Peers:       peers,
+		IdleTimeout: 3 * time.Second,
+		DialTimeout: time.Second,
+		MinBackoff:  10 * time.Millisecond,
+		MaxBackoff:  200 * time.Millisecond,
+		Logger:      log.With("node", uint64(id), "component", "quicnet"),
+		Filter:      q.allowed,
+	}, h)
+}
+
+func (q *quicNet) allowed(from, to ids.NodeID) bool {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.cutf == nil || !q.cutf(from, to)
+}
+
+// cut replaces the set of cut links (nil heals every link).
+func (q *quicNet) cut(f func(a, b ids.NodeID) bool) {
+	q.mu.Lock()
+	q.cutf = f
+	q.mu.Unlock()
+}
