@@ -168,7 +168,8 @@ func (e *Endpoint) handler(method string) transport.RPCHandler {
 func (e *Endpoint) peerLocked(id ids.NodeID) *peer {
 	p := e.peers[id]
 	if p == nil {
-		p = &peer{e: e, id: id, wake: make(chan struct{}, 1)}
+		p = &peer{e: e, id: id, queue: transport.NewSendQueue(e.cfg.MaxQueuedBytes),
+			backoff: transport.Backoff{Min: e.cfg.MinBackoff, Max: e.cfg.MaxBackoff}}
 		e.peers[id] = p
 		if !e.closed {
 			e.wg.Add(1)

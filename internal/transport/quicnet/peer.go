@@ -2,7 +2,6 @@ package quicnet
 
 import (
 	"context"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -22,10 +21,8 @@ type peer struct {
 	dialing  chan struct{}
 	dialErr  error
 	nextDial time.Time // no dial before this (backoff after a failure)
-	backoff  time.Duration
-	queue    [][]byte // encoded frames waiting for the send loop
-	queued   int      // bytes in queue
-	wake     chan struct{}
+	backoff  transport.Backoff
+	queue    *transport.SendQueue // encoded frames waiting for the send loop
 }
 
 // current returns the session in use, or nil.
@@ -48,19 +45,11 @@ func (p *peer) enqueue(frame []byte) error {
 		p.mu.Unlock()
 		return transport.ErrUnreachable
 	}
-	if p.queued+len(frame) > p.e.cfg.MaxQueuedBytes {
-		p.mu.Unlock()
-		p.e.stats.BatchesDropped.Add(1)
-		return nil // dropped like a lost packet; Raft retries
-	}
-	p.queue = append(p.queue, frame)
-	p.queued += len(frame)
 	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
+	if !p.queue.Push(frame) {
+		p.e.stats.BatchesDropped.Add(1)
 	}
-	return nil
+	return nil // when dropped, dropped like a lost packet; Raft retries
 }
 
 // Send queues a batch of Raft messages for node to.
@@ -73,12 +62,7 @@ func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
 	if p == nil {
 		return transport.ErrUnreachable
 	}
-	b, off := transport.BeginFrame(make([]byte, 0, 256))
-	b, err := transport.EncodeBatch(b, msgs)
-	if err != nil {
-		return err
-	}
-	b, err = transport.FinishFrame(b, off, transport.FrameRaftBatch)
+	b, err := transport.EncodeBatchFrame(msgs)
 	if err != nil {
 		return err
 	}
@@ -98,31 +82,25 @@ func (p *peer) sendLoop() {
 		select {
 		case <-p.e.ctx.Done():
 			return
-		case <-p.wake:
+		case <-p.queue.Ready():
 		}
-		p.mu.Lock()
-		q := p.queue
-		p.queue, p.queued = nil, 0
-		p.mu.Unlock()
-		if len(q) == 0 {
+		// One write for everything queued: fewer syscalls and packets.
+		var n int
+		buf, n = p.queue.Take(buf[:0])
+		if n == 0 {
 			continue
 		}
 		s, err := p.session(p.e.ctx)
 		if err != nil {
-			p.e.stats.BatchesDropped.Add(uint64(len(q)))
+			p.e.stats.BatchesDropped.Add(uint64(n))
 			continue
 		}
-		// One write for everything queued: fewer syscalls and packets.
-		buf = buf[:0]
-		for _, f := range q {
-			buf = append(buf, f...)
-		}
 		if err := s.writeRaft(buf); err != nil {
-			p.e.stats.BatchesDropped.Add(uint64(len(q)))
+			p.e.stats.BatchesDropped.Add(uint64(n))
 			p.drop(s, err)
 			continue
 		}
-		p.e.stats.BatchesSent.Add(uint64(len(q)))
+		p.e.stats.BatchesSent.Add(uint64(n))
 		if cap(buf) > 4<<20 {
 			buf = nil // do not pin a burst's buffer
 		}
@@ -173,10 +151,7 @@ func (p *peer) session(ctx context.Context) (*session, error) {
 		p.dialing = nil
 		if err != nil {
 			p.e.stats.DialFailures.Add(1)
-			p.backoff = min(max(2*p.backoff, p.e.cfg.MinBackoff), p.e.cfg.MaxBackoff)
-			// Full jitter: peers that lost each other at once do not redial
-			// in lockstep.
-			p.nextDial = time.Now().Add(time.Duration(rand.Int64N(int64(p.backoff)) + 1))
+			p.nextDial = time.Now().Add(p.backoff.Fail())
 			p.dialErr = err
 			p.mu.Unlock()
 			close(ch)
@@ -207,7 +182,7 @@ func (p *peer) register(s *session) {
 	}
 	p.sess = keep
 	if keep == s {
-		p.backoff = 0
+		p.backoff.Reset()
 		p.nextDial = time.Time{}
 	}
 	p.mu.Unlock()
@@ -224,10 +199,7 @@ func (p *peer) register(s *session) {
 		s.start()
 		s.close(codeDuplicate, "another connection to this peer is in use")
 	}
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.queue.Wake()
 }
 
 // better reports whether connection a should replace b.
