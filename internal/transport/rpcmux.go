@@ -64,8 +64,9 @@ func (c *RPCClient) Err() error {
 }
 
 // Call sends one request and waits for its response or ctx. Errors: an
-// *RPCError from the remote side, ctx's error, or an error wrapping
-// ErrUnreachable when the stream broke before the response came.
+// *RPCError from the remote side, ctx's error, an error wrapping
+// ErrUnreachable when the request could not be sent, or ErrRequestLost when
+// the stream broke after it was sent and before the response came.
 func (c *RPCClient) Call(ctx context.Context, method string, body []byte) ([]byte, error) {
 	ch := make(chan rpcResult, 1)
 	c.mu.Lock()
@@ -137,7 +138,8 @@ func (c *RPCClient) Fail(err error) {
 	c.pending = map[uint64]chan rpcResult{}
 	c.mu.Unlock()
 	for _, ch := range pending {
-		ch <- rpcResult{err: fmt.Errorf("rpc to node %s: %w", c.peer, ErrUnreachable)}
+		// These requests were sent: the peer may have served them.
+		ch <- rpcResult{err: fmt.Errorf("rpc to node %s: %w", c.peer, ErrRequestLost)}
 	}
 	if c.abort != nil {
 		c.abort()

@@ -26,6 +26,10 @@ import (
 // probes them instead of streaming appends.
 var ErrUnreachable = errors.New("transport: node unreachable")
 
+// ErrRequestLost is returned by Caller.Call when the connection failed after
+// the request was sent: the peer may or may not have served it.
+var ErrRequestLost = errors.New("transport: connection lost with the request in flight")
+
 // ErrClosed is returned by a transport that has been closed.
 var ErrClosed = errors.New("transport: closed")
 
