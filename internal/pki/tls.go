@@ -24,7 +24,7 @@ import (
 // itself cannot parse fail before the callback and are not reported.
 //
 // The caller still has to compare the node ID the client claims in the
-// transport's hello with PeerNode (CheckClaim).
+// transport's hello with PeerNode (CheckClaim). id and v must not be nil.
 func ServerTLS(id *Identity, v *Verifier, alpn []string, onRefuse func(*RefusalError)) *tls.Config {
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
@@ -50,7 +50,8 @@ func ServerTLS(id *Identity, v *Verifier, alpn []string, onRefuse func(*RefusalE
 // InsecureSkipVerify only turns off crypto/tls's host name based verification,
 // which does not apply to node identities; VerifyPeerCertificate does the full
 // chain verification in its place, so no server is accepted unverified.
-// Session tickets are disabled: every connection is fully verified.
+// Session tickets are disabled: every connection is fully verified. id and v
+// must not be nil.
 func ClientTLS(id *Identity, v *Verifier, alpn []string, expect ids.NodeID, onRefuse func(*RefusalError)) *tls.Config {
 	return &tls.Config{
 		MinVersion:             tls.VersionTLS13,
