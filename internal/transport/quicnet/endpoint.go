@@ -262,10 +262,16 @@ func (e *Endpoint) acceptLoop() {
 func (e *Endpoint) acceptConn(conn *quic.Conn) {
 	certNode, err := pki.PeerNode(conn.ConnectionState().TLS, e.cfg.Verifier)
 	if err != nil {
-		// The TLS handshake verified the chain; a leaf without a node ID is
-		// refused here.
-		e.refuse("no_node_id")
-		conn.CloseWithError(codeRefused, "certificate without node identity")
+		// The handshake verified the chain and the identity already; this
+		// second verification fails only in corner cases (the certificate
+		// expired in between, say).
+		reason := "malformed"
+		var re *pki.RefusalError
+		if errors.As(err, &re) {
+			reason = string(re.Reason)
+		}
+		e.refuse(reason)
+		conn.CloseWithError(codeRefused, reason)
 		return
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.cfg.DialTimeout)
@@ -285,35 +291,21 @@ func (e *Endpoint) acceptConn(conn *quic.Conn) {
 		return
 	}
 	hello, err := transport.DecodeHello(payload)
-	refuse := func(reason, msg string) {
-		e.refuse(reason)
-		e.cfg.Logger.Warn("refused peer connection", "peer", hello.Node, "cert_node", certNode, "reason", reason, "msg", msg)
-		r := transport.Refusal{Reason: reason, Message: msg}
+	refuse := func(r *transport.Refusal) {
+		e.refuse(r.Reason)
+		e.cfg.Logger.Warn("refused peer connection", "peer", hello.Node, "cert_node", certNode, "reason", r.Reason, "msg", r.Message)
 		transport.WriteFrame(st, transport.FrameRefuse, r.Encode(nil))
 		st.Close()
 		// Let the refusal reach the dialer before the connection goes.
-		time.AfterFunc(100*time.Millisecond, func() { conn.CloseWithError(codeRefused, reason) })
+		time.AfterFunc(100*time.Millisecond, func() { conn.CloseWithError(codeRefused, r.Reason) })
 	}
 	if err != nil {
-		refuse("malformed", err.Error())
+		refuse(&transport.Refusal{Reason: "malformed", Message: err.Error()})
 		return
 	}
-	if err := pki.CheckClaim(certNode, hello.Node); err != nil {
-		refuse("node_id_mismatch", fmt.Sprintf("claims node %s, certificate is for node %s", hello.Node, certNode))
-		return
-	}
-	if hello.Node == e.node {
-		refuse("node_id_mismatch", "a peer claims this node's own ID")
-		return
-	}
-	if hello.ClusterID != e.cfg.ClusterID && hello.ClusterID != "" && e.cfg.ClusterID != "" {
-		refuse("cluster_mismatch", fmt.Sprintf("cluster %q, this node is in %q", hello.ClusterID, e.cfg.ClusterID))
-		return
-	}
-	version, ok := transport.NegotiateVersion(hello.MinVersion, hello.MaxVersion)
-	if !ok {
-		refuse("version", fmt.Sprintf("speaks %d..%d, this node %d..%d", hello.MinVersion, hello.MaxVersion,
-			transport.MinProtocolVersion, transport.ProtocolVersion))
+	version, r := transport.CheckHello(hello, certNode, e.node, e.cfg.ClusterID)
+	if r != nil {
+		refuse(r)
 		return
 	}
 	ok2 := transport.HelloOK{Version: version, Node: e.node, Incarnation: e.incarnation}
@@ -363,29 +355,14 @@ func (e *Endpoint) dial(ctx context.Context, id ids.NodeID, addr string) (*sessi
 	if err := transport.WriteFrame(st, transport.FrameHello, hello.Encode(nil)); err != nil {
 		return fail(fmt.Errorf("send hello to node %s: %w", id, err))
 	}
-	fr := transport.NewFrameReader(st, 8192)
-	t, payload, err := fr.Next()
+	ok, err := transport.ReadHelloAnswer(transport.NewFrameReader(st, 8192), id)
 	if err != nil {
-		return fail(fmt.Errorf("hello with node %s: %w", id, err))
-	}
-	switch t {
-	case transport.FrameRefuse:
-		r, err := transport.DecodeRefusal(payload)
-		if err != nil {
-			return fail(fmt.Errorf("hello with node %s: %w", id, err))
+		var r *transport.Refusal
+		if errors.As(err, &r) {
+			e.refuse(r.Reason)
+			return fail(fmt.Errorf("node %s: %w", id, err))
 		}
-		e.refuse(r.Reason)
-		return fail(fmt.Errorf("node %s: %w", id, &r))
-	case transport.FrameHelloOK:
-	default:
-		return fail(fmt.Errorf("hello with node %s: unexpected %s frame", id, t))
-	}
-	ok, err := transport.DecodeHelloOK(payload)
-	if err != nil {
 		return fail(fmt.Errorf("hello with node %s: %w", id, err))
-	}
-	if ok.Node != id || ok.Version > transport.ProtocolVersion || ok.Version < transport.MinProtocolVersion {
-		return fail(fmt.Errorf("hello with node %s: answered as node %s with version %d", id, ok.Node, ok.Version))
 	}
 	st.Close()
 	e.stats.ConnsDialed.Add(1)
