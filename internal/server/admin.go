@@ -1,0 +1,260 @@
+package server
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nodedb/nodedb-cluster/cluster"
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/kv"
+)
+
+// The admin endpoint is HTTP over a Unix socket in the data dir, created
+// with mode 0600 inside a 0700 dir: whoever can use it owns the node's data
+// anyway. It serves operators and tests until the public API exists:
+//
+//	GET    /v1/status          this node's view of its groups (JSON)
+//	GET    /v1/hash/{group}    the group's applied index and state hash here
+//	PUT    /v1/kv/{key}        body = value; linearizable write via the leader
+//	GET    /v1/kv/{key}        linearizable read via the leader
+//	DELETE /v1/kv/{key}
+//	GET    /metrics            Prometheus metrics of this node
+type adminServer struct {
+	srv  *http.Server
+	ln   net.Listener
+	done chan struct{}
+}
+
+// maxAdminValue bounds a request body before it is read.
+const maxAdminValue = 1 << 20
+
+func startAdmin(s *Server) (*adminServer, error) {
+	path := AdminSocket(s.cfg.Dir)
+	// A socket left by a killed process is in the way; nothing else should
+	// be at this path.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /v1/hash/{group}", s.handleHash)
+	mux.HandleFunc("PUT /v1/kv/{key}", s.handlePut)
+	mux.HandleFunc("GET /v1/kv/{key}", s.handleGet)
+	mux.HandleFunc("DELETE /v1/kv/{key}", s.handleDelete)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	a := &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln: ln, done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		a.srv.Serve(ln)
+	}()
+	return a, nil
+}
+
+func (a *adminServer) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := a.srv.Shutdown(ctx)
+	<-a.done
+	return err
+}
+
+// GroupStatus is one group in the status answer.
+type GroupStatus struct {
+	Group      uint64   `json:"group"`
+	IsLeader   bool     `json:"is_leader"`
+	LeaderNode uint64   `json:"leader_node"`
+	Term       uint64   `json:"term"`
+	Commit     uint64   `json:"commit"`
+	Applied    uint64   `json:"applied"`
+	Voters     []uint64 `json:"voters"`
+}
+
+// Status is a node's view of itself and its groups.
+type Status struct {
+	Node   uint64        `json:"node"`
+	Listen string        `json:"listen"`
+	Layout Layout        `json:"layout"`
+	Groups []GroupStatus `json:"groups"`
+}
+
+// Status reports this node's groups.
+func (s *Server) Status() Status {
+	st := Status{Node: uint64(s.id), Listen: s.ep.Addr().String(), Layout: s.layout}
+	for _, g := range s.node.Groups() {
+		gs, err := s.node.Status(g)
+		if err != nil {
+			continue
+		}
+		line := GroupStatus{Group: uint64(g), IsLeader: s.node.IsLeader(g), Term: gs.Term, Commit: gs.Commit, Applied: gs.Applied}
+		if _, n, err := s.node.Leader(g); err == nil {
+			line.LeaderNode = uint64(n)
+		}
+		for _, r := range gs.Config.Replicas {
+			if slices.Contains(gs.Config.ConfState.Voters, uint64(r.Replica)) {
+				line.Voters = append(line.Voters, uint64(r.Node))
+			}
+		}
+		st.Groups = append(st.Groups, line)
+	}
+	return st
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Status())
+}
+
+// HashAnswer is a group's state hash on one node.
+type HashAnswer struct {
+	Applied uint64 `json:"applied"`
+	Hash    string `json:"hash"`
+}
+
+func (s *Server) handleHash(w http.ResponseWriter, r *http.Request) {
+	g, err := strconv.ParseUint(r.PathValue("group"), 10, 64)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", "bad group")
+		return
+	}
+	applied, h, err := s.node.StateHash(ids.GroupID(g))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, HashAnswer{Applied: applied, Hash: hex.EncodeToString(h[:])})
+}
+
+// WriteAnswer is the answer to a successful put or delete.
+type WriteAnswer struct {
+	Version uint64 `json:"version"`
+	VShard  uint32 `json:"vshard"`
+}
+
+// ReadAnswer is the answer to a get.
+type ReadAnswer struct {
+	Found   bool   `json:"found"`
+	Value   string `json:"value"`
+	Version uint64 `json:"version"`
+}
+
+func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
+	key := []byte(r.PathValue("key"))
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminValue))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+		return
+	}
+	cmd, err := kv.EncodePut(key, value, nil, kv.DefaultLimits())
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	s.write(w, r, key, cmd)
+}
+
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
+	key := []byte(r.PathValue("key"))
+	cmd, err := kv.EncodeDelete(key, nil, kv.DefaultLimits())
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	s.write(w, r, key, cmd)
+}
+
+func (s *Server) write(w http.ResponseWriter, r *http.Request, key, cmd []byte) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	out, err := s.Propose(ctx, key, cmd)
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	res, err := kv.DecodeResult(out)
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	vs, _ := s.Route(key)
+	var v uint64
+	if len(res.Ops) > 0 {
+		v = res.Ops[0].Version
+	}
+	writeJSON(w, http.StatusOK, WriteAnswer{Version: v, VShard: vs})
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	key := []byte(r.PathValue("key"))
+	q, err := kv.EncodeGet(key, kv.DefaultLimits())
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	out, err := s.Read(ctx, key, q)
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	g, err := kv.DecodeGetResponse(out)
+	if err != nil {
+		s.writeKVError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, ReadAnswer{Found: g.Found, Value: string(g.Value), Version: g.Version})
+}
+
+func (s *Server) writeKVError(w http.ResponseWriter, err error) {
+	var ke *kv.Error
+	switch {
+	case errors.As(err, &ke):
+		status := http.StatusBadRequest
+		switch ke.Code {
+		case kv.CodeConflict:
+			status = http.StatusConflict
+		case kv.CodeNotFound:
+			status = http.StatusNotFound
+		case kv.CodeTooLarge:
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, string(ke.Code), ke.Message)
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "outcome_unknown", err.Error())
+	case errors.Is(err, ErrUnavailable):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, "internal", err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]string{"code": code, "message": msg})
+}

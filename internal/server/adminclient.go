@@ -1,0 +1,95 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// AdminClient talks to a node's admin socket.
+type AdminClient struct {
+	c *http.Client
+}
+
+// AdminError is an error answer of the admin endpoint.
+type AdminError struct {
+	Status  int
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *AdminError) Error() string {
+	return fmt.Sprintf("admin: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// NewAdminClient returns a client of the node whose data dir is dir.
+func NewAdminClient(dir string) *AdminClient {
+	sock := AdminSocket(dir)
+	return &AdminClient{c: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}}}
+}
+
+func (a *AdminClient) do(ctx context.Context, method, path string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://admin"+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	resp, err := a.c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := &AdminError{Status: resp.StatusCode}
+		if json.Unmarshal(b, e) != nil {
+			e.Message = string(b)
+		}
+		return e
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Status returns the node's status.
+func (a *AdminClient) Status(ctx context.Context) (Status, error) {
+	var st Status
+	return st, a.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+}
+
+// Put writes key.
+func (a *AdminClient) Put(ctx context.Context, key string, value []byte) (WriteAnswer, error) {
+	var w WriteAnswer
+	return w, a.do(ctx, http.MethodPut, "/v1/kv/"+url.PathEscape(key), value, &w)
+}
+
+// Get reads key linearizably.
+func (a *AdminClient) Get(ctx context.Context, key string) (ReadAnswer, error) {
+	var r ReadAnswer
+	return r, a.do(ctx, http.MethodGet, "/v1/kv/"+url.PathEscape(key), nil, &r)
+}
+
+// Delete deletes key.
+func (a *AdminClient) Delete(ctx context.Context, key string) (WriteAnswer, error) {
+	var w WriteAnswer
+	return w, a.do(ctx, http.MethodDelete, "/v1/kv/"+url.PathEscape(key), nil, &w)
+}
+
+// Hash returns group g's applied index and state hash on the node.
+func (a *AdminClient) Hash(ctx context.Context, g uint64) (HashAnswer, error) {
+	var h HashAnswer
+	return h, a.do(ctx, http.MethodGet, "/v1/hash/"+strconv.FormatUint(g, 10), nil, &h)
+}

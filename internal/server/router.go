@@ -1,0 +1,219 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/cluster"
+	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/placement"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/vshard"
+)
+
+// RPC methods between nodes. A request is served by the node that leads the
+// group; a node that receives one it cannot serve answers not_leader with
+// the leader it knows, and never forwards it again (one hop at most).
+const (
+	rpcPropose = "raft.propose"
+	rpcRead    = "raft.read"
+)
+
+// Error codes of forwarded requests.
+const (
+	codeNotLeader      = "not_leader"
+	codeUnavailable    = "unavailable"
+	codeOutcomeUnknown = "outcome_unknown"
+	codeTooLarge       = "too_large"
+	codeInvalid        = "invalid_argument"
+)
+
+// ErrUnavailable is returned when no leader could be reached before the
+// deadline; the request had no effect.
+var ErrUnavailable = errors.New("server: group unavailable")
+
+// request is a forwarded proposal or read.
+type request struct {
+	group  ids.GroupID
+	vshard uint32
+	client uint64
+	seq    uint64
+	body   []byte
+}
+
+func (r *request) encode() []byte {
+	b := binary.AppendUvarint(nil, uint64(r.group))
+	b = binary.AppendUvarint(b, uint64(r.vshard))
+	b = binary.AppendUvarint(b, r.client)
+	b = binary.AppendUvarint(b, r.seq)
+	return append(b, r.body...)
+}
+
+func decodeRequest(b []byte, vshards int) (request, error) {
+	var r request
+	var vals [4]uint64
+	for i := range vals {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return r, &transport.RPCError{Code: codeInvalid, Message: "malformed request"}
+		}
+		vals[i], b = v, b[n:]
+	}
+	if vals[1] >= uint64(vshards) {
+		return r, &transport.RPCError{Code: codeInvalid, Message: fmt.Sprintf("vshard %d out of range", vals[1])}
+	}
+	return request{group: ids.GroupID(vals[0]), vshard: uint32(vals[1]), client: vals[2], seq: vals[3], body: b}, nil
+}
+
+func (s *Server) registerRPCs() {
+	s.ep.Handle(rpcPropose, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
+		r, err := decodeRequest(b, s.layout.VShards)
+		if err != nil {
+			return nil, err
+		}
+		out, err := s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
+		return out, toRPCError(err)
+	})
+	s.ep.Handle(rpcRead, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
+		r, err := decodeRequest(b, s.layout.VShards)
+		if err != nil {
+			return nil, err
+		}
+		out, err := s.node.Read(ctx, r.group, r.vshard, r.body)
+		return out, toRPCError(err)
+	})
+}
+
+// toRPCError turns a local error into one a peer can act on.
+func toRPCError(err error) error {
+	var nl *cluster.NotLeaderError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &nl):
+		return &transport.RPCError{Code: codeNotLeader, Message: strconv.FormatUint(uint64(nl.LeaderNode), 10)}
+	case errors.Is(err, cluster.ErrGroupNotFound):
+		return &transport.RPCError{Code: codeNotLeader, Message: "0"}
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}
+	case errors.Is(err, cluster.ErrTooLarge):
+		return &transport.RPCError{Code: codeTooLarge, Message: err.Error()}
+	case errors.Is(err, cluster.ErrProposalDropped), errors.Is(err, cluster.ErrStopped):
+		return &transport.RPCError{Code: codeUnavailable, Message: err.Error()}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}
+	}
+	return err
+}
+
+// Route returns the vShard and group of key.
+func (s *Server) Route(key []byte) (uint32, ids.GroupID) {
+	vs := vshard.ForKey(key, s.layout.VShards)
+	return vs, placement.VShardGroup(vs, s.layout.VShards, s.layout.Groups)
+}
+
+// Propose applies a command to key's vShard through its group's leader,
+// here or on the node that leads it. Errors: ErrUnavailable (no effect),
+// cluster.ErrOutcomeUnknown (the command may or may not have applied), or
+// the state machine's result error inside the returned bytes.
+func (s *Server) Propose(ctx context.Context, key []byte, cmd []byte) ([]byte, error) {
+	vs, g := s.Route(key)
+	return s.do(ctx, true, &request{group: g, vshard: vs, body: cmd})
+}
+
+// Read runs a linearizable query on key's vShard at its group's leader.
+func (s *Server) Read(ctx context.Context, key []byte, query []byte) ([]byte, error) {
+	vs, g := s.Route(key)
+	return s.do(ctx, false, &request{group: g, vshard: vs, body: query})
+}
+
+// do sends r to the group's leader, following leader hints and retrying
+// while that is safe: until the request may have reached a leader's log,
+// every failure is retried; after that, a write's failure is reported as
+// cluster.ErrOutcomeUnknown.
+func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error) {
+	backoff := 5 * time.Millisecond
+	var hint ids.NodeID
+	var last error
+	for {
+		target := hint
+		if target == 0 {
+			if _, n, err := s.node.Leader(r.group); err == nil {
+				target = n
+			}
+		}
+		if target == 0 {
+			target = s.anyReplica(r.group)
+		}
+		var out []byte
+		var err error
+		if target == s.id || target == 0 {
+			if write {
+				out, err = s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
+			} else {
+				out, err = s.node.Read(ctx, r.group, r.vshard, r.body)
+			}
+			err = toRPCError(err)
+		} else {
+			method := rpcRead
+			if write {
+				method = rpcPropose
+			}
+			out, err = s.ep.Call(ctx, target, method, r.encode())
+		}
+		if err == nil {
+			return out, nil
+		}
+		hint = 0
+		var re *transport.RPCError
+		switch {
+		case errors.As(err, &re) && re.Code == codeNotLeader:
+			if n, perr := strconv.ParseUint(re.Message, 10, 64); perr == nil && ids.NodeID(n) != target {
+				hint = ids.NodeID(n)
+			}
+		case errors.As(err, &re) && re.Code == codeUnavailable:
+		case errors.As(err, &re) && re.Code == codeOutcomeUnknown:
+			if write {
+				return nil, fmt.Errorf("%w: %s", cluster.ErrOutcomeUnknown, re.Message)
+			}
+		case errors.As(err, &re):
+			return nil, err
+		case errors.Is(err, transport.ErrRequestLost):
+			if write {
+				return nil, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, err)
+			}
+		case errors.Is(err, transport.ErrUnreachable):
+		case ctx.Err() != nil:
+			if write {
+				// The request may be in a leader's log.
+				return nil, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, ctx.Err())
+			}
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+		default:
+			return nil, err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %v (last error: %v)", ErrUnavailable, ctx.Err(), last)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+// anyReplica picks a node holding group g other than this one, for when no
+// leader is known: it will answer with its own leader hint.
+func (s *Server) anyReplica(g ids.GroupID) ids.NodeID {
+	layout, err := placement.Static(s.layout.Groups, len(s.peers), s.layout.RF)
+	if err != nil || int(g) < 1 || int(g) > len(layout) {
+		return 0
+	}
+	founders := layout[g-1]
+	f := founders[time.Now().UnixNano()%int64(len(founders))]
+	return f.Node
+}
