@@ -22,7 +22,7 @@ type quicNet struct {
 	ids      map[ids.NodeID]*pki.Identity
 	addrs    map[ids.NodeID]string
 
-	mu  sync.RWMutex
+	mu   sync.RWMutex
 	cutf func(a, b ids.NodeID) bool
 }
 
