@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -23,20 +23,24 @@ func newDevCommand() *cobra.Command {
 		dir      string
 		logLevel string
 		once     bool
+		portBase int
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local N-node cluster in one process",
 		Long: `Run a local cluster of --nodes nodes in this process, each with its own
-data dir under --dir. The first run bootstraps the cluster; running again on
-the same --dir restarts it with its data. Ctrl-C stops it cleanly.
+data dir under --dir and its own QUIC listener: node i on 127.0.0.1:(7400+i)
+(--port-base shifts the ports), mutual TLS with a CA kept in DIR/ca. The
+endpoints are written one per line to DIR/endpoints. The first run bootstraps
+the cluster; running again on the same --dir restarts it with its data.
+Ctrl-C stops it cleanly.
 
-The nodes currently talk over an in-process network: the QUIC transport and
-the client API (and so the ports scripts connect to) arrive in later releases.`,
+Each node has an admin socket, DIR/nodeI/admin.sock. The client API (HTTP and
+gRPC on 127.0.0.1:(8400+i)) arrives in a later release.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
-			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, cmd.Flags().Changed, logLevel, once)
+			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, portBase, cmd.Flags().Changed, logLevel, once)
 		},
 	}
 	cmd.Flags().IntVar(&shape.Nodes, "nodes", 3, "number of nodes")
@@ -45,22 +49,22 @@ the client API (and so the ports scripts connect to) arrive in later releases.`,
 	cmd.Flags().StringVar(&dir, "dir", ".nodedb-dev", "parent of the nodes' data dirs")
 	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
+	cmd.Flags().IntVar(&portBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i); 0 picks free ports")
 	return cmd
 }
 
-func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Shape, changed func(string) bool, logLevel string, once bool) error {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Shape, portBase int, changed func(string) bool, logLevel string, once bool) error {
+	log, err := newLogger(logLevel)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	c, err := devcluster.Start(dir, shape, log)
+	c, err := devcluster.Start(dir, shape, portBase, log)
 	if err != nil {
 		return err
 	}
@@ -93,9 +97,15 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	if err := c.SelfCheck(readyCtx); err != nil {
 		return fmt.Errorf("self-check: %w", err)
 	}
-	fmt.Fprintln(out, "self-check: a write replicated through Raft read back linearizably from every replica")
+	fmt.Fprintln(out, "self-check: a write forwarded over QUIC to its group leader read back linearizably through every node")
 	printStatus(out, c)
-	fmt.Fprintln(out, "\nNodes talk over an in-process network for now: no QUIC or API ports are open yet.")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nNODE\tQUIC (mutual TLS)\tADMIN SOCKET")
+	for i, e := range c.Endpoints {
+		fmt.Fprintf(tw, "n%d\t%s\t%s\n", i+1, e, c.AdminSockets()[i])
+	}
+	tw.Flush()
+	fmt.Fprintf(out, "Endpoints written to %s. The client API arrives in a later release.\n", filepath.Join(dir, "endpoints"))
 	if once {
 		return nil
 	}

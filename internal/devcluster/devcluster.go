@@ -1,10 +1,8 @@
 // Package devcluster runs a local development cluster: N nodes in one
-// process, each with its own data dir, bootstrapped once and restarted from
-// their dirs on later runs.
-//
-// Nodes talk over the in-process network (memnet) for now: the QUIC
-// transport, the client API and their listeners come with later issues, so a
-// dev cluster has no ports yet and says so.
+// process, each with its own data dir, its own QUIC listener on 127.0.0.1
+// (mutual TLS with a CA kept in the dir) and its admin socket, bootstrapped
+// once and restarted from their dirs on later runs. It is N copies of what
+// `nodedb-cluster start` runs, sharing a process.
 package devcluster
 
 import (
@@ -12,19 +10,25 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
-	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
+	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/placement"
-	"github.com/nodedb/nodedb-cluster/internal/transport"
-	"github.com/nodedb/nodedb-cluster/internal/transport/memnet"
+	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
+
+// DefaultPortBase places node i's QUIC listener on 127.0.0.1:(7400+i) and,
+// once the API exists, its API on 127.0.0.1:(8400+i).
+const DefaultPortBase = 7400
 
 // Shape is the cluster's fixed layout, decided at the first run and stored
 // in the dir; later runs use the stored shape.
@@ -52,7 +56,10 @@ func (s Shape) Validate() error {
 	return nil
 }
 
-const shapeFile = "cluster.json"
+const (
+	shapeFile     = "cluster.json"
+	endpointsFile = "endpoints"
+)
 
 // Cluster is a running dev cluster.
 type Cluster struct {
@@ -60,15 +67,20 @@ type Cluster struct {
 	Shape Shape
 	// Restarted is true when the dir already held a cluster.
 	Restarted bool
+	// Endpoints are the nodes' QUIC addresses, node 1 first.
+	Endpoints []string
 
-	net   *memnet.Network
-	nodes []*cluster.Node
+	servers []*server.Server
 }
+
+// NodeDir is node i's data dir.
+func NodeDir(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("node%d", i)) }
 
 // Start starts the cluster in dir. If dir holds a cluster, it is restarted
 // with its stored shape and want is ignored (compare Shape to tell the
-// user); otherwise a cluster of shape want is bootstrapped.
-func Start(dir string, want Shape, log *slog.Logger) (*Cluster, error) {
+// user); otherwise a cluster of shape want is bootstrapped. Node i listens
+// on 127.0.0.1:(portBase+i); portBase 0 picks free ports (tests).
+func Start(dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, error) {
 	c := &Cluster{Dir: dir, Shape: want}
 	b, err := os.ReadFile(filepath.Join(dir, shapeFile))
 	switch {
@@ -84,30 +96,58 @@ func Start(dir string, want Shape, log *slog.Logger) (*Cluster, error) {
 	if err := c.Shape.Validate(); err != nil {
 		return nil, err
 	}
-	sm, err := kv.New(c.Shape.VShards)
-	if err != nil {
+	if portBase < 0 || portBase+c.Shape.Nodes > 65535 {
+		return nil, fmt.Errorf("port base %d out of range", portBase)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	c.net = memnet.New(time.Now().UnixNano())
+	caDir := filepath.Join(dir, "ca")
+	if !c.Restarted {
+		if err := ensureCA(caDir); err != nil {
+			return nil, err
+		}
+	}
+	peers := map[ids.NodeID]string{}
 	for i := 1; i <= c.Shape.Nodes; i++ {
-		id := ids.NodeID(i)
-		n, err := cluster.Start(cluster.Config{
-			NodeID:       id,
-			Dir:          filepath.Join(dir, fmt.Sprintf("node%d", i)),
-			StateMachine: sm,
-			Connect: func(h transport.Handler) (transport.Transport, error) {
-				return c.net.Endpoint(id, h), nil
-			},
+		addr := fmt.Sprintf("127.0.0.1:%d", portBase+i)
+		if portBase == 0 {
+			if addr, err = freeUDPAddr(); err != nil {
+				return nil, err
+			}
+		}
+		peers[ids.NodeID(i)] = addr
+		c.Endpoints = append(c.Endpoints, addr)
+	}
+	for i := 1; i <= c.Shape.Nodes; i++ {
+		s, err := server.Start(server.Config{
+			Dir:    NodeDir(dir, i),
+			NodeID: ids.NodeID(i),
+			Listen: peers[ids.NodeID(i)],
+			Peers:  peers,
+			Layout: server.Layout{Groups: c.Shape.Groups, VShards: c.Shape.VShards, RF: c.Shape.RF},
+			CADir:  caDir,
 			Logger: log.With("node", i),
 		})
 		if err != nil {
 			_ = c.Stop()
-			return nil, err
+			return nil, fmt.Errorf("node %d: %w", i, err)
 		}
-		c.nodes = append(c.nodes, n)
+		c.servers = append(c.servers, s)
+	}
+	if err := os.WriteFile(filepath.Join(dir, endpointsFile), []byte(strings.Join(c.Endpoints, "\n")+"\n"), 0o644); err != nil {
+		_ = c.Stop()
+		return nil, err
 	}
 	if !c.Restarted {
-		if err := c.bootstrap(); err != nil {
+		// The shape file is written last: a dir without it is not a
+		// cluster yet.
+		b, err := json.MarshalIndent(c.Shape, "", "  ")
+		if err != nil {
+			_ = c.Stop()
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, shapeFile), append(b, '\n'), 0o600); err != nil {
 			_ = c.Stop()
 			return nil, err
 		}
@@ -115,36 +155,46 @@ func Start(dir string, want Shape, log *slog.Logger) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) bootstrap() error {
-	layout, err := placement.Static(c.Shape.Groups, c.Shape.Nodes, c.Shape.RF)
+// ensureCA creates the dev cluster's CA unless a previous, interrupted first
+// run already did.
+func ensureCA(dir string) error {
+	if _, err := pki.LoadCA(dir); err == nil {
+		return nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("dev CA in %s: %w", dir, err)
+	}
+	ca, err := pki.NewCA("nodedb-dev", time.Now())
 	if err != nil {
 		return err
 	}
-	for g, founders := range layout {
-		for _, f := range founders {
-			if err := c.nodes[f.Node-1].BootstrapGroup(ids.GroupID(g+1), f.Replica, founders); err != nil {
-				return fmt.Errorf("bootstrap group %d: %w", g+1, err)
-			}
-		}
-	}
-	// The shape file is written last: a dir without it is not a cluster yet.
-	b, err := json.MarshalIndent(c.Shape, "", "  ")
+	return pki.WriteCA(dir, ca)
+}
+
+func freeUDPAddr() (string, error) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return "", err
 	}
-	return os.WriteFile(filepath.Join(c.Dir, shapeFile), append(b, '\n'), 0o600)
+	defer pc.Close()
+	return pc.LocalAddr().String(), nil
 }
 
 // Stop stops every node.
 func (c *Cluster) Stop() error {
 	var errs []error
-	for _, n := range c.nodes {
-		errs = append(errs, n.Stop())
-	}
-	if c.net != nil {
-		c.net.Close()
+	for _, s := range c.servers {
+		errs = append(errs, s.Stop())
 	}
 	return errors.Join(errs...)
+}
+
+// AdminSockets lists the nodes' admin sockets, node 1 first.
+func (c *Cluster) AdminSockets() []string {
+	var out []string
+	for i := range c.servers {
+		out = append(out, server.AdminSocket(NodeDir(c.Dir, i+1)))
+	}
+	return out
 }
 
 // GroupLine summarizes one group.
@@ -178,10 +228,10 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 	}
 }
 
-func (c *Cluster) leader(g ids.GroupID) *cluster.Node {
-	for _, n := range c.nodes {
-		if n.IsLeader(g) {
-			return n
+func (c *Cluster) leader(g ids.GroupID) *server.Server {
+	for _, s := range c.servers {
+		if s.Node().IsLeader(g) {
+			return s
 		}
 	}
 	return nil
@@ -202,7 +252,7 @@ func (c *Cluster) Status() []GroupLine {
 			}
 		}
 		if l := c.leader(gl.Group); l != nil {
-			if st, err := l.Status(gl.Group); err == nil {
+			if st, err := l.Node().Status(gl.Group); err == nil {
 				gl.Leader, gl.Term, gl.Applied = l.ID(), st.Term, st.Applied
 				for _, r := range st.Config.Replicas {
 					gl.Replicas = append(gl.Replicas, r.Node)
@@ -214,48 +264,39 @@ func (c *Cluster) Status() []GroupLine {
 	return out
 }
 
-// SelfCheck writes a key through Raft and reads it back linearizably, the
-// smallest proof that replication works end to end.
+// SelfCheck writes a key through node 1 (which forwards it over QUIC to the
+// key's group leader when that is another node) and reads it back
+// linearizably through every node: the smallest proof that transport,
+// forwarding and replication work end to end.
 func (c *Cluster) SelfCheck(ctx context.Context) error {
 	key := []byte("nodedb-dev/self-check")
-	vs := vshard.ForKey(key, c.Shape.VShards)
-	g := placement.VShardGroup(vs, c.Shape.VShards, c.Shape.Groups)
-	l := c.leader(g)
-	if l == nil {
-		return fmt.Errorf("group %d has no leader", g)
-	}
 	value := []byte(time.Now().UTC().Format(time.RFC3339Nano))
 	cmd, err := kv.EncodePut(key, value, nil, kv.DefaultLimits())
 	if err != nil {
 		return err
 	}
-	res, err := l.Propose(ctx, g, cluster.Proposal{VShard: vs, Payload: cmd})
+	out, err := c.servers[0].Propose(ctx, key, cmd)
 	if err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
-	if _, err := kv.DecodeResult(res); err != nil {
+	if _, err := kv.DecodeResult(out); err != nil {
 		return fmt.Errorf("write: %w", err)
 	}
 	q, err := kv.EncodeGet(key, kv.DefaultLimits())
 	if err != nil {
 		return err
 	}
-	for _, n := range c.nodes {
-		for _, hg := range n.Groups() {
-			if hg != g {
-				continue
-			}
-			out, err := n.Read(ctx, g, vs, q)
-			if err != nil {
-				return fmt.Errorf("read on node %d: %w", n.ID(), err)
-			}
-			got, err := kv.DecodeGetResponse(out)
-			if err != nil {
-				return err
-			}
-			if string(got.Value) != string(value) {
-				return fmt.Errorf("node %d read %q, want %q", n.ID(), got.Value, value)
-			}
+	for _, s := range c.servers {
+		out, err := s.Read(ctx, key, q)
+		if err != nil {
+			return fmt.Errorf("read through node %d: %w", s.ID(), err)
+		}
+		got, err := kv.DecodeGetResponse(out)
+		if err != nil {
+			return err
+		}
+		if string(got.Value) != string(value) {
+			return fmt.Errorf("node %d read %q, want %q", s.ID(), got.Value, value)
 		}
 	}
 	return nil

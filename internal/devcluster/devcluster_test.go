@@ -4,6 +4,9 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,12 +20,16 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Start(dir, Shape{Nodes: 3, Groups: 4, VShards: 64, RF: 3}, log)
+	c, err := Start(dir, Shape{Nodes: 3, Groups: 4, VShards: 64, RF: 3}, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Restarted {
 		t.Fatal("a fresh dir reported as restarted")
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "endpoints"))
+	if err != nil || string(b) != strings.Join(c.Endpoints, "\n")+"\n" || len(c.Endpoints) != 3 {
+		t.Fatalf("endpoints file %q (%v), endpoints %v", b, err, c.Endpoints)
 	}
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
@@ -33,7 +40,7 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	c, err = Start(dir, Shape{Nodes: 3, Groups: 8, VShards: 1024, RF: 3}, log)
+	c, err = Start(dir, Shape{Nodes: 3, Groups: 8, VShards: 1024, RF: 3}, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
