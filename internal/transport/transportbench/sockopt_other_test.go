@@ -1,0 +1,12 @@
+//go:build !unix
+
+package transportbench
+
+import (
+	"errors"
+	"net"
+)
+
+func socketBuffers(*net.UDPConn) (int, int, error) {
+	return 0, 0, errors.New("socket buffer sizes not available on this platform")
+}
