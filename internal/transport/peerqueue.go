@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -12,7 +13,13 @@ import (
 
 // EncodeBatchFrame returns msgs encoded as one FrameRaftBatch frame.
 func EncodeBatchFrame(msgs []Message) ([]byte, error) {
-	b, off := BeginFrame(make([]byte, 0, 256))
+	// Size the buffer up front: growing it message by message cost a
+	// sixth of a Raft batch's CPU in the transport benchmarks.
+	n := FrameHeaderSize + 1 + binary.MaxVarintLen64
+	for i := range msgs {
+		n += 2*binary.MaxVarintLen64 + msgs[i].Msg.Size()
+	}
+	b, off := BeginFrame(make([]byte, 0, n))
 	b, err := EncodeBatch(b, msgs)
 	if err != nil {
 		return nil, err

@@ -146,6 +146,15 @@ func pair(tb testing.TB, k kind, h1, h2 *handler) (endpoint, endpoint) {
 	return e1, e2
 }
 
+// measureCPU starts measuring the process's CPU time; the returned function
+// reports it per operation as cpu-µs/op.
+func measureCPU(b *testing.B) func() {
+	start := cpuTime()
+	return func() {
+		b.ReportMetric(float64((cpuTime()-start).Nanoseconds())/1e3/float64(b.N), "cpu-µs/op")
+	}
+}
+
 // BenchmarkRPCRoundTrip: one caller, sequential 64-byte echo RPCs.
 func BenchmarkRPCRoundTrip(b *testing.B) {
 	for _, k := range kinds {
@@ -155,11 +164,13 @@ func BenchmarkRPCRoundTrip(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := measureCPU(b)
 			for range b.N {
 				if _, err := e1.Call(ctx, 2, "echo", req); err != nil {
 					b.Fatal(err)
 				}
 			}
+			cpu()
 			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/call")
 		})
 	}
@@ -179,6 +190,7 @@ func BenchmarkRPCConcurrent(b *testing.B) {
 			var wg sync.WaitGroup
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := measureCPU(b)
 			for range callers {
 				wg.Add(1)
 				go func() {
@@ -193,6 +205,7 @@ func BenchmarkRPCConcurrent(b *testing.B) {
 			}
 			wg.Wait()
 			b.StopTimer()
+			cpu()
 			if err, _ := failed.Load().(error); err != nil {
 				b.Fatal(err)
 			}
@@ -230,6 +243,7 @@ func BenchmarkRaftBatchThroughput(b *testing.B) {
 			b.SetBytes(perBatch * entrySize)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := measureCPU(b)
 			deadline := time.Now().Add(5 * time.Minute)
 			for {
 				got := h2.batches.Load() - base
@@ -253,6 +267,7 @@ func BenchmarkRaftBatchThroughput(b *testing.B) {
 				sent++
 			}
 			b.StopTimer()
+			cpu()
 			b.ReportMetric(float64(b.N*perBatch)/b.Elapsed().Seconds(), "msgs/s")
 			b.ReportMetric(float64(dropped()), "dropped")
 		})
@@ -271,11 +286,14 @@ func BenchmarkSnapshot(b *testing.B) {
 			e1, _ := pair(b, k, newHandler(), newHandler())
 			b.SetBytes(size)
 			b.ResetTimer()
+			cpu := measureCPU(b)
 			for range b.N {
 				if err := e1.SendSnapshot(context.Background(), 2, bytes.NewReader(data)); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.StopTimer()
+			cpu()
 		})
 	}
 }
