@@ -176,6 +176,11 @@ func (h *Host) sendSnapshot(r *replica, m raftpb.Message) {
 			}
 		}()
 		stream := newSnapshotStream(r.group, m, os, h.cfg.SnapshotChunkBytes)
+		// A stream the transport stops reading part way (the peer went,
+		// the host is stopping) still has its iterator open: close it
+		// before the engine snapshot, or it pins the engine's files (and
+		// the engine panics when it closes).
+		defer stream.close()
 		err := h.tr.SendSnapshot(ctx, node, stream)
 		if err == nil {
 			err = stream.err
@@ -289,6 +294,15 @@ func (s *snapshotStream) fill() {
 	t = binary.BigEndian.AppendUint32(t, s.crc)
 	s.buf = appendFrame(s.buf, frameTrailer, t)
 	s.stage = 2
+}
+
+// close releases the stream's iterator if the stream was not read to its
+// end. It is idempotent.
+func (s *snapshotStream) close() {
+	if s.it != nil {
+		_ = s.it.Close()
+		s.it = nil
+	}
 }
 
 func (s *snapshotStream) fail(err error) {
