@@ -24,15 +24,28 @@ func BenchmarkProposals(b *testing.B) {
 	for _, groups := range []int{1, 8, 64} {
 		for _, proposers := range []int{1, 16, 256} {
 			b.Run(fmt.Sprintf("groups=%d/proposers=%d", groups, proposers), func(b *testing.B) {
-				benchProposals(b, groups, proposers)
+				benchProposals(b, false, groups, proposers)
 			})
 		}
 	}
 }
 
-func benchProposals(b *testing.B, groups, proposers int) {
+// BenchmarkProposalsQUIC is BenchmarkProposals over real QUIC sockets on
+// 127.0.0.1 with mutual TLS instead of memnet, for 1 and 64 groups: the
+// transport's cost per proposal, beside BenchmarkProposals' figures.
+func BenchmarkProposalsQUIC(b *testing.B) {
+	for _, groups := range []int{1, 64} {
+		for _, proposers := range []int{1, 16, 256} {
+			b.Run(fmt.Sprintf("groups=%d/proposers=%d", groups, proposers), func(b *testing.B) {
+				benchProposals(b, true, groups, proposers)
+			})
+		}
+	}
+}
+
+func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1, Dir: benchDir(b)})
+		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1, Dir: benchDir(b), QUIC: quic})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
