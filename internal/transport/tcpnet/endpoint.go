@@ -423,10 +423,16 @@ func (e *Endpoint) dial(id ids.NodeID, addr string, kind byte) (*conn, error) {
 	return &conn{raw: raw, tls: tc, r: fr.Reader()}, nil
 }
 
-// Call sends an RPC to node to.
+// Call sends an RPC to node to. Errors: ErrUnreachable when no connection
+// could be made or the request could not be sent, ErrRequestLost when the
+// connection failed with the request in flight, an *RPCError from the
+// remote side, ctx's error, or ErrClosed once the endpoint is closed.
 func (e *Endpoint) Call(ctx context.Context, to ids.NodeID, method string, req []byte) ([]byte, error) {
 	if len(method) == 0 || len(method) > transport.MaxMethodLen {
 		return nil, fmt.Errorf("tcpnet: bad method name %q", method)
+	}
+	if e.ctx.Err() != nil {
+		return nil, transport.ErrClosed
 	}
 	p := e.peer(to)
 	if p == nil {

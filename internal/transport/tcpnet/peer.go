@@ -61,6 +61,9 @@ func (p *peer) dial(kind byte) (*conn, error) {
 // ErrUnreachable is returned when the peer is unknown or in dial backoff
 // without a connection.
 func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
+	if e.ctx.Err() != nil {
+		return transport.ErrClosed
+	}
 	p := e.peer(to)
 	if p == nil {
 		return transport.ErrUnreachable

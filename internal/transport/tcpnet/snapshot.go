@@ -25,6 +25,9 @@ type verdict struct {
 // SendSnapshot streams a snapshot to node to and returns once the receiver
 // has accepted it or the transfer failed.
 func (e *Endpoint) SendSnapshot(ctx context.Context, to ids.NodeID, stream io.Reader) error {
+	if e.ctx.Err() != nil {
+		return transport.ErrClosed
+	}
 	p := e.peer(to)
 	if p == nil {
 		return transport.ErrUnreachable

@@ -765,4 +765,13 @@ func TestCloseUnblocksCallers(t *testing.T) {
 	}
 	e1.Close()
 	e1.Close() // idempotent
+	if err := e1.Send(2, []transport.Message{heartbeat(1, 1, 2, 0)}); !errors.Is(err, transport.ErrClosed) {
+		t.Fatalf("Send after Close: %v", err)
+	}
+	if _, err := e1.Call(context.Background(), 2, "hang", nil); !errors.Is(err, transport.ErrClosed) {
+		t.Fatalf("Call after Close: %v", err)
+	}
+	if err := e1.SendSnapshot(context.Background(), 2, bytes.NewReader(nil)); !errors.Is(err, transport.ErrClosed) {
+		t.Fatalf("SendSnapshot after Close: %v", err)
+	}
 }
