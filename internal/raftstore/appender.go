@@ -147,7 +147,17 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 		}
 		m := &j.msg
 		if m.Snapshot != nil {
-			if err := r.stageInstall(b, j.staged, m.Snapshot); err != nil {
+			// The snapshot's table is ingested now, between the writes
+			// queued before it (committed first, so that it supersedes
+			// them) and those after it (which must survive it). Nothing is
+			// acknowledged before the final commit below.
+			if !b.Empty() {
+				if err := b.Commit(pebble.NoSync); err != nil {
+					return fmt.Errorf("commit raft log batch: %w", err)
+				}
+				b.Reset()
+			}
+			if err := r.installSnapshot(j.staged, m.Snapshot); err != nil {
 				return fmt.Errorf("group %s: install snapshot: %w", r.group, err)
 			}
 			sync = true

@@ -402,26 +402,40 @@ func (h *Host) receiveSnapshot(ctx context.Context, from ids.NodeID, stream io.R
 		return fmt.Errorf("%w: snapshot at %d is not newer than applied index %d", ErrBadSnapshot, applied.Index, r.appliedIndex.Load())
 	}
 
-	f, err := os.CreateTemp(h.cfg.SnapshotDir, fmt.Sprintf("g%d-%d-*.snap", g, applied.Index))
+	// The snapshot is staged as a table file that installs it when
+	// ingested (storage.SnapshotSST): its size never matters to memory.
+	f, err := os.CreateTemp(h.cfg.SnapshotDir, fmt.Sprintf("g%d-%d-*.sst", g, applied.Index))
 	if err != nil {
 		return fmt.Errorf("stage snapshot: %w", err)
 	}
-	staged := &stagedSnapshot{index: applied.Index, path: f.Name(), applied: applied}
+	path := f.Name()
+	_ = f.Close()
+	applied.ConfState = m.Snapshot.Metadata.ConfState
+	sst, err := h.eng.NewSnapshotSST(path, g, applied.Index, applied.Term, &applied)
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("stage snapshot: %w", err)
+	}
+	staged := &stagedSnapshot{index: applied.Index, path: path, applied: applied}
 	ok := false
 	defer func() {
 		if !ok {
-			_ = f.Close()
+			sst.Abort(h.eng)
 			staged.discard()
 		}
 	}()
-	w := bufio.NewWriterSize(f, 256<<10)
-	if err := readDataFrames(ctx, fr, func(p []byte) error { return writeStagedChunk(w, p) }); err != nil {
+	err = readDataFrames(ctx, fr, func(p []byte) error {
+		return forEachPair(p, func(k, v []byte) error {
+			if err := sst.Add(k, v); err != nil {
+				return fmt.Errorf("%w: %v", ErrBadSnapshot, err)
+			}
+			return nil
+		})
+	})
+	if err != nil {
 		return err
 	}
-	if err := w.Flush(); err != nil {
-		return fmt.Errorf("stage snapshot: %w", err)
-	}
-	if err := f.Close(); err != nil {
+	if err := sst.Finish(); err != nil {
 		return fmt.Errorf("stage snapshot: %w", err)
 	}
 	ok = true
@@ -496,38 +510,16 @@ func writeStagedChunk(w io.Writer, payload []byte) error {
 	return err
 }
 
-// stageInstall writes a received snapshot into batch b: the group's state is
-// replaced by the snapshot's, the applied state and the truncated log follow.
-// It runs on the appender and touches no locked replica state.
-func (r *replica) stageInstall(b *pebble.Batch, st *stagedSnapshot, snap *raftpb.Snapshot) error {
+// installSnapshot ingests a received snapshot's table: the group's log,
+// applied state and replicated state are replaced at once (see
+// storage.SnapshotSST). It runs on the appender and touches no locked
+// replica state.
+func (r *replica) installSnapshot(st *stagedSnapshot, snap *raftpb.Snapshot) error {
 	if st == nil || st.index != snap.Metadata.Index {
 		return fmt.Errorf("no staged state for snapshot at %d", snap.Metadata.Index)
 	}
-	if err := storage.WriteClearGroupState(b, r.group); err != nil {
-		return err
-	}
-	f, err := os.Open(st.path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	prefix := storage.GroupStatePrefix(r.group)
-	key := append([]byte(nil), prefix...)
-	err = forEachStagedChunk(bufio.NewReaderSize(f, 256<<10), func(p []byte) error {
-		return forEachPair(p, func(k, v []byte) error {
-			key = append(key[:len(prefix)], k...)
-			return b.Set(key, v, nil)
-		})
-	})
-	if err != nil {
-		return err
-	}
-	applied := st.applied
-	applied.ConfState = snap.Metadata.ConfState
-	if err := storage.WriteAppliedState(b, r.group, &applied); err != nil {
-		return err
-	}
-	return r.log.WriteSnapshotInstall(b, snap.Metadata.Index, snap.Metadata.Term)
+	r.log.StageSnapshotInstall(snap.Metadata.Index)
+	return r.h.eng.Ingest(context.Background(), st.path)
 }
 
 // didInstall updates the replica once the batch holding stageInstall has

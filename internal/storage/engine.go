@@ -40,6 +40,7 @@ type Options struct {
 // Engine is one node's Pebble store.
 type Engine struct {
 	db    *pebble.DB
+	opts  *pebble.Options
 	cache interface{ Unref() }
 	fs    *syncCountingFS
 }
@@ -77,12 +78,15 @@ func Open(opts Options) (*Engine, error) {
 	// (new keys, new exactly-once records): bloom filters answer those
 	// without reading data blocks. Lower levels inherit the policy.
 	po.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
+	// Defaults filled in here too, so that tables the engine writes itself
+	// (snapshot ingestion) use the store's settings.
+	po.EnsureDefaults()
 	db, err := pebble.Open(opts.Dir, po)
 	if err != nil {
 		cache.Unref()
 		return nil, fmt.Errorf("open pebble at %s: %w", opts.Dir, err)
 	}
-	return &Engine{db: db, cache: cache, fs: fs}, nil
+	return &Engine{db: db, opts: po, cache: cache, fs: fs}, nil
 }
 
 // DB returns the underlying Pebble database.
