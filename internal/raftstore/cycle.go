@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -236,6 +237,9 @@ func (r *replica) process(w *workerState) error {
 	if r.destroyed {
 		return nil // a control operation destroyed the replica
 	}
+	if r.noticeDue.Swap(false) {
+		r.flushNotices(&w.out)
+	}
 	ticks := int(r.ticks.Swap(0))
 	for i := 0; i < min(ticks, maxTicksPerProcess); i++ {
 		r.rn.Tick()
@@ -266,6 +270,8 @@ func (r *replica) process(w *workerState) error {
 		switch {
 		case i < 63 && superseded&(1<<i) != 0:
 			r.h.stats.CommitNoticesCoalesced.Add(1)
+		case m.Type == raftpb.MsgApp:
+			r.deferNotice(&w.out, m)
 		case m.To == raft.LocalAppendThread:
 			w.jobs = append(w.jobs, r.newAppendJob(m))
 		case m.To == raft.LocalApplyThread:
@@ -321,6 +327,55 @@ func (h *Host) commitApplies(w *workerState) error {
 	clear(w.applied)
 	w.applied = w.applied[:0]
 	return first
+}
+
+// deferNotice routes an append, holding it back if it is empty. An empty
+// append is mostly Raft's commit notice (broadcast whenever the commit index
+// advances); with a client waiting for its answer, the next proposal usually
+// follows within a round trip, and its append carries the same commit index
+// and makes the notice redundant. So a notice waits up to
+// Config.CommitNoticeDelay; any later append to the same follower in the same
+// term with a commit index at least as high replaces it. A follower learns a
+// commit index at most that much later (or at the next heartbeat) when its
+// group goes quiet; the leader's answers to clients do not wait. Holding a
+// message back is like a slower network: always safe in Raft.
+func (r *replica) deferNotice(o *outbox, m raftpb.Message) {
+	for i := range r.notices {
+		n := &r.notices[i]
+		if n.To == m.To {
+			if m.Term == n.Term && m.Commit >= n.Commit {
+				r.h.stats.CommitNoticesCoalesced.Add(1)
+			} else {
+				r.route(o, *n)
+			}
+			r.notices = append(r.notices[:i], r.notices[i+1:]...)
+			break
+		}
+	}
+	if len(m.Entries) > 0 || r.h.cfg.CommitNoticeDelay < 0 {
+		r.route(o, m)
+		return
+	}
+	r.notices = append(r.notices, m)
+	if len(r.notices) == 1 {
+		h := r.h
+		time.AfterFunc(h.cfg.CommitNoticeDelay, func() {
+			if h.stopping.Load() {
+				return
+			}
+			r.noticeDue.Store(true)
+			h.markReady(r)
+		})
+	}
+}
+
+// flushNotices sends the notices held back by deferNotice.
+func (r *replica) flushNotices(o *outbox) {
+	for _, n := range r.notices {
+		r.route(o, n)
+	}
+	clear(r.notices)
+	r.notices = r.notices[:0]
 }
 
 // supersededCommitNotices returns a bit set of the messages of one Ready

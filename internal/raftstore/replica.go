@@ -53,6 +53,8 @@ type replica struct {
 	staged    *stagedSnapshot              // received snapshot not yet installed
 	clients   dedupCache                   // exactly-once client records, see dedupCache
 	coalesce  []raftpb.Message             // scratch of supersededCommitNotices
+	notices   []raftpb.Message             // deferred empty appends, at most one per peer (see deferNotices)
+	noticeDue atomic.Bool                  // the notices' delay has passed
 	destroyed bool
 	removed   bool // applied a configuration without this replica
 
