@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/cockroachdb/pebble/v2"
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/confchange"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
@@ -149,6 +150,33 @@ func (r *replica) truncationPoint() (index, term uint64, ok bool) {
 		return 0, 0, false
 	}
 	index = applied - cfg.LogKeepEntries
+	// A follower that is receiving a snapshot, or has just installed one
+	// (Raft moves it to probing at Next = the snapshot's index + 1 as soon
+	// as the stream is accepted, before the install), resumes from the log
+	// right after the snapshot's index: truncating past it would make it
+	// need another snapshot, and under sustained writes another, for as long
+	// as writes outpace snapshots. Only recently active followers hold the
+	// log back (a follower that stays silent for an election timeout stops
+	// being one), and never beyond four times LogMaxEntries.
+	if applied-first+1 <= 4*cfg.LogMaxEntries {
+		r.rn.WithProgress(func(_ uint64, _ raft.ProgressType, pr tracker.Progress) {
+			need := uint64(0)
+			switch {
+			case pr.State == tracker.StateSnapshot && pr.PendingSnapshot > 0:
+				need = pr.PendingSnapshot
+			case pr.State == tracker.StateProbe && pr.RecentActive && pr.Next > 0:
+				need = pr.Next - 1
+			default:
+				return
+			}
+			if need < index {
+				index = need
+			}
+		})
+	}
+	if index < first {
+		return 0, 0, false
+	}
 	term, err := r.log.Term(index)
 	if err != nil {
 		return 0, 0, false
