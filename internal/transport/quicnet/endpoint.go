@@ -228,11 +228,14 @@ func (e *Endpoint) Close() error {
 		peers = append(peers, p)
 	}
 	e.mu.Unlock()
-	e.cancel()
+	// Connections first: a peer with a request in service sees the
+	// connection go (ErrRequestLost: it may have been served) rather than an
+	// answer from a handler whose context was cancelled under it.
 	e.ln.Close()
 	for _, p := range peers {
 		p.closeAll()
 	}
+	e.cancel()
 	e.wg.Wait()
 	err := e.qt.Close()
 	if cerr := e.udp.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
