@@ -19,8 +19,9 @@ import (
 )
 
 var (
-	linSeeds    = flag.Int("nodedb.lin-seeds", 3, "seeds of the linearizability nemesis test")
-	linDuration = flag.Duration("nodedb.lin-duration", 4*time.Second, "workload duration per seed")
+	linSeeds     = flag.Int("nodedb.lin-seeds", 3, "seeds of the linearizability nemesis test")
+	linDuration  = flag.Duration("nodedb.lin-duration", 4*time.Second, "workload duration per seed")
+	linQUICSeeds = flag.Int("nodedb.lin-quic-seeds", 2, "seeds of the linearizability nemesis test over QUIC")
 )
 
 // TestLinearizableUnderFaults runs concurrent clients doing puts, gets,
@@ -44,11 +45,11 @@ func TestLinearizableUnderFaults(t *testing.T) {
 // TestLinearizableOverQUIC runs the same workload and nemesis (without
 // memnet's lossy links) over real QUIC sockets with mutual TLS.
 func TestLinearizableOverQUIC(t *testing.T) {
-	seeds := *linSeeds
+	seeds := *linQUICSeeds
 	if testing.Short() {
 		seeds = 1
 	}
-	for s := range min(seeds, 2) {
+	for s := range seeds {
 		seed := int64(s + 1)
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed, QUIC: true}, *linDuration)
