@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,7 +46,7 @@ func BenchmarkProposalsQUIC(b *testing.B) {
 
 func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: 1, Dir: benchDir(b), QUIC: quic})
+		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: benchWorkers(b), Dir: benchDir(b), QUIC: quic})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
@@ -131,6 +132,19 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchWorkers is each node's Raft worker count: 1 (three nodes share this
+// machine's cores), or NODEDB_BENCH_WORKERS.
+func benchWorkers(b *testing.B) int {
+	if v := os.Getenv("NODEDB_BENCH_WORKERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("NODEDB_BENCH_WORKERS=%q", v)
+		}
+		return n
+	}
+	return 1
 }
 
 // benchDir is where benchmark nodes keep their data: a test temp dir, or
