@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"encoding/binary"
 	"math/rand/v2"
 	"sync"
@@ -83,6 +84,56 @@ func (q *SendQueue) Take(dst []byte) ([]byte, int) {
 		dst = append(dst, f...)
 	}
 	return dst, len(frames)
+}
+
+// Run is a peer's send loop: until ctx ends, it takes everything queued and
+// hands it to write as one buffer (fewer syscalls and packets than a write
+// per batch), then reports the number of frames and write's error to done.
+// It is the only consumer of q.
+func (q *SendQueue) Run(ctx context.Context, write func([]byte) error, done func(frames int, err error)) {
+	var buf []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.Ready():
+		}
+		var n int
+		buf, n = q.Take(buf[:0])
+		if n == 0 {
+			continue
+		}
+		done(n, write(buf))
+		if cap(buf) > 4<<20 {
+			buf = nil // do not pin a burst's buffer
+		}
+	}
+}
+
+// RPCHandlers maps RPC method names to handlers, for the endpoints that serve
+// them. The zero value is ready; it is safe for concurrent use.
+type RPCHandlers struct {
+	mu sync.RWMutex
+	m  map[string]RPCHandler
+}
+
+// Handle registers the handler of an RPC method. Register every method
+// before peers call it: a call to an unknown method fails with
+// RPCUnknownMethod.
+func (r *RPCHandlers) Handle(method string, h RPCHandler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]RPCHandler{}
+	}
+	r.m[method] = h
+}
+
+// Lookup returns the handler of method, or nil.
+func (r *RPCHandlers) Lookup(method string) RPCHandler {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.m[method]
 }
 
 // Backoff spaces out failed dials to a peer: exponential between Min and

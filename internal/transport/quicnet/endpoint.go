@@ -40,6 +40,10 @@ const (
 // Endpoint is one node's QUIC transport. It implements transport.Transport
 // and transport.Caller.
 type Endpoint struct {
+	// RPCHandlers gives the endpoint its Handle method: the handlers of
+	// the RPCs it serves.
+	transport.RPCHandlers
+
 	cfg         Config
 	node        ids.NodeID
 	incarnation uint64
@@ -55,11 +59,10 @@ type Endpoint struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	peers    map[ids.NodeID]*peer
-	handlers map[string]transport.RPCHandler
-	closed   bool
-	sessSeq  uint64
+	mu      sync.Mutex
+	peers   map[ids.NodeID]*peer
+	closed  bool
+	sessSeq uint64
 
 	stats      Stats
 	refusalVec *prometheus.CounterVec
@@ -95,7 +98,6 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		h:           h,
 		udp:         udp,
 		peers:       map[ids.NodeID]*peer{},
-		handlers:    map[string]transport.RPCHandler{},
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.qconf = &quic.Config{
@@ -148,20 +150,6 @@ func (e *Endpoint) SetPeer(id ids.NodeID, addr string) {
 	p.addr = addr
 	p.nextDial = time.Time{}
 	p.mu.Unlock()
-}
-
-// Handle registers the handler of an RPC method. Register every method before
-// peers call it: a call to an unknown method fails with RPCUnknownMethod.
-func (e *Endpoint) Handle(method string, h transport.RPCHandler) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.handlers[method] = h
-}
-
-func (e *Endpoint) handler(method string) transport.RPCHandler {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.handlers[method]
 }
 
 // peerLocked returns the peer state of id, creating it. Caller holds e.mu.

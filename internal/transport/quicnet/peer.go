@@ -77,34 +77,25 @@ func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
 // first when needed. It is the only writer of that stream.
 func (p *peer) sendLoop() {
 	defer p.e.wg.Done()
-	var buf []byte
-	for {
-		select {
-		case <-p.e.ctx.Done():
-			return
-		case <-p.queue.Ready():
+	var s *session
+	p.queue.Run(p.e.ctx, func(buf []byte) error {
+		var err error
+		if s, err = p.session(p.e.ctx); err != nil {
+			s = nil
+			return err
 		}
-		// One write for everything queued: fewer syscalls and packets.
-		var n int
-		buf, n = p.queue.Take(buf[:0])
-		if n == 0 {
-			continue
-		}
-		s, err := p.session(p.e.ctx)
-		if err != nil {
-			p.e.stats.BatchesDropped.Add(uint64(n))
-			continue
-		}
-		if err := s.writeRaft(buf); err != nil {
+		return s.writeRaft(buf)
+	}, func(n int, err error) {
+		switch {
+		case err == nil:
+			p.e.stats.BatchesSent.Add(uint64(n))
+		case s != nil:
 			p.e.stats.BatchesDropped.Add(uint64(n))
 			p.drop(s, err)
-			continue
+		default:
+			p.e.stats.BatchesDropped.Add(uint64(n))
 		}
-		p.e.stats.BatchesSent.Add(uint64(n))
-		if cap(buf) > 4<<20 {
-			buf = nil // do not pin a burst's buffer
-		}
-	}
+	})
 }
 
 // session returns the connection to use, dialing if there is none. Concurrent

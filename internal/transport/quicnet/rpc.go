@@ -82,7 +82,7 @@ func (s *session) serveRPC(st *quic.Stream, r *bufio.Reader) {
 		From:          s.peer,
 		MaxFrameBytes: s.e.cfg.MaxFrameBytes,
 		Inflight:      s.inflight,
-		Lookup:        s.e.handler,
+		Lookup:        s.e.Lookup,
 		Accept:        func() bool { return s.e.allowed(s.peer, s.e.node) },
 		Served:        func() { s.e.stats.RPCsServed.Add(1) },
 	}

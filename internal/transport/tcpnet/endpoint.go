@@ -20,6 +20,10 @@ import (
 // Endpoint is one node's TCP transport. It implements transport.Transport
 // and transport.Caller.
 type Endpoint struct {
+	// RPCHandlers gives the endpoint its Handle method: the handlers of
+	// the RPCs it serves.
+	transport.RPCHandlers
+
 	cfg         Config
 	node        ids.NodeID
 	incarnation uint64
@@ -33,12 +37,11 @@ type Endpoint struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu       sync.Mutex
-	peers    map[ids.NodeID]*peer
-	handlers map[string]transport.RPCHandler
-	conns    map[net.Conn]struct{} // every open connection, closed by Close
-	inRaft   map[ids.NodeID]net.Conn
-	closed   bool
+	mu     sync.Mutex
+	peers  map[ids.NodeID]*peer
+	conns  map[net.Conn]struct{} // every open connection, closed by Close
+	inRaft map[ids.NodeID]net.Conn
+	closed bool
 
 	stats Stats
 }
@@ -72,7 +75,6 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		// A silent peer is declared dead after about IdleTimeout.
 		keepAlive: net.KeepAliveConfig{Enable: true, Idle: cfg.IdleTimeout / 2, Interval: cfg.IdleTimeout / 10, Count: 5},
 		peers:     map[ids.NodeID]*peer{},
-		handlers:  map[string]transport.RPCHandler{},
 		conns:     map[net.Conn]struct{}{},
 		inRaft:    map[ids.NodeID]net.Conn{},
 	}
@@ -113,20 +115,6 @@ func (e *Endpoint) SetPeer(id ids.NodeID, addr string) {
 	p.addr = addr
 	p.nextDial = time.Time{}
 	p.mu.Unlock()
-}
-
-// Handle registers the handler of an RPC method. Register every method before
-// peers call it: a call to an unknown method fails with RPCUnknownMethod.
-func (e *Endpoint) Handle(method string, h transport.RPCHandler) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.handlers[method] = h
-}
-
-func (e *Endpoint) handler(method string) transport.RPCHandler {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.handlers[method]
 }
 
 func (e *Endpoint) peer(id ids.NodeID) *peer {
@@ -372,7 +360,7 @@ func (e *Endpoint) serveRPC(c *conn, from ids.NodeID) {
 		From:          from,
 		MaxFrameBytes: e.cfg.MaxFrameBytes,
 		Inflight:      make(chan struct{}, e.cfg.MaxConcurrentRPCs),
-		Lookup:        e.handler,
+		Lookup:        e.Lookup,
 		Served:        func() { e.stats.RPCsServed.Add(1) },
 	}
 	if err := srv.Serve(e.ctx, c.r, c.tls); errors.Is(err, transport.ErrProtocol) {

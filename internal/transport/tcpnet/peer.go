@@ -92,37 +92,29 @@ func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
 // connecting first when needed. It is the only writer of that connection.
 func (p *peer) sendLoop() {
 	defer p.e.wg.Done()
-	var buf []byte
-	for {
-		select {
-		case <-p.e.ctx.Done():
-			return
-		case <-p.queue.Ready():
-		}
-		// One write for everything queued: fewer records and syscalls.
-		var n int
-		buf, n = p.queue.Take(buf[:0])
-		if n == 0 {
-			continue
-		}
-		c, err := p.raftConn()
-		if err != nil {
-			p.e.stats.BatchesDropped.Add(uint64(n))
-			continue
+	var c *conn
+	p.queue.Run(p.e.ctx, func(buf []byte) error {
+		var err error
+		if c, err = p.raftConn(); err != nil {
+			c = nil
+			return err
 		}
 		// A peer that stops reading must not block the send loop forever.
 		c.raw.SetWriteDeadline(time.Now().Add(p.e.cfg.IdleTimeout))
-		if _, err := c.tls.Write(buf); err != nil {
+		_, err = c.tls.Write(buf)
+		return err
+	}, func(n int, err error) {
+		switch {
+		case err == nil:
+			p.e.stats.BatchesSent.Add(uint64(n))
+		case c != nil:
 			p.e.stats.BatchesDropped.Add(uint64(n))
 			p.dropRaft(c)
 			p.e.cfg.Logger.Debug("raft connection lost", "peer", p.id, "err", err)
-			continue
+		default:
+			p.e.stats.BatchesDropped.Add(uint64(n))
 		}
-		p.e.stats.BatchesSent.Add(uint64(n))
-		if cap(buf) > 4<<20 {
-			buf = nil // do not pin a burst's buffer
-		}
-	}
+	})
 }
 
 // raftConn returns the outgoing Raft connection, dialing it if needed.
