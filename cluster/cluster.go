@@ -84,6 +84,10 @@ type Config struct {
 	Dir string
 	// StateMachine is the replicated service; required.
 	StateMachine StateMachine
+	// GroupStateMachine, when set, overrides StateMachine for the groups it
+	// returns non-nil for (the built-in server runs the metadata state
+	// machine on group 0). It must answer the same for a group every time.
+	GroupStateMachine func(GroupID) StateMachine
 	// Connect attaches the node to its network: given the handler for
 	// incoming traffic it returns the transport for outgoing traffic. The
 	// node closes the transport when it stops.
@@ -161,6 +165,7 @@ func Start(cfg Config) (*Node, error) {
 		NodeID:                cfg.NodeID,
 		Engine:                eng,
 		StateMachine:          cfg.StateMachine,
+		GroupStateMachine:     cfg.GroupStateMachine,
 		SnapshotDir:           filepath.Join(cfg.Dir, "snapshots"),
 		TickInterval:          cfg.TickInterval,
 		ElectionTicks:         cfg.ElectionTicks,

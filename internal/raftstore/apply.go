@@ -260,7 +260,7 @@ func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, dc dedupCac
 		return nil
 	}
 	results := make([][]byte, len(smCmds))
-	if err := r.h.cfg.StateMachine.Apply(w, run[0].c.vshard, smCmds, results); err != nil {
+	if err := r.sm.Apply(w, run[0].c.vshard, smCmds, results); err != nil {
 		return fmt.Errorf("group %s: state machine apply: %w", r.group, err)
 	}
 	for k, i := range idx {

@@ -39,6 +39,10 @@ type Config struct {
 	Transport transport.Transport
 	// StateMachine is the replicated service. Required.
 	StateMachine statemachine.StateMachine
+	// GroupStateMachine, when set, chooses the state machine of each group
+	// (nil for the default StateMachine): the metadata group runs its own.
+	// It must answer the same for a group every time.
+	GroupStateMachine func(ids.GroupID) statemachine.StateMachine
 	// SnapshotDir holds snapshots being received. Required.
 	SnapshotDir string
 

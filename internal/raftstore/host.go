@@ -16,6 +16,7 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/statemachine"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
@@ -292,6 +293,16 @@ func (h *Host) createReplica(g ids.GroupID, local ids.ReplicaID, write func(*peb
 	return nil
 }
 
+// stateMachine returns the state machine that group g runs.
+func (h *Host) stateMachine(g ids.GroupID) statemachine.StateMachine {
+	if h.cfg.GroupStateMachine != nil {
+		if sm := h.cfg.GroupStateMachine(g); sm != nil {
+			return sm
+		}
+	}
+	return h.cfg.StateMachine
+}
+
 func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 	log, applied, err := storage.LoadRaftLog(h.eng, g)
 	if err != nil {
@@ -301,6 +312,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		h:       h,
 		group:   g,
 		id:      id,
+		sm:      h.stateMachine(g),
 		log:     log,
 		applied: applied,
 		peers:   map[ids.ReplicaID]ids.NodeID{},

@@ -74,7 +74,7 @@ func (h *Host) readLocal(r *replica, vshard uint32, query []byte) ([]byte, error
 		var v storage.VShardReader
 		v.Reset(db, r.group, vshard)
 		var err error
-		res, err = h.cfg.StateMachine.Read(&v, vshard, query)
+		res, err = r.sm.Read(&v, vshard, query)
 		return err
 	})
 	// A replica destroyed while we read may have shown us an empty range.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
+	"github.com/nodedb/nodedb-cluster/statemachine"
 )
 
 // replica is this node's member of one group.
@@ -22,6 +23,7 @@ type replica struct {
 	h     *Host
 	group ids.GroupID
 	id    ids.ReplicaID
+	sm    statemachine.StateMachine
 	log   *storage.RaftLog
 
 	sched atomic.Int32  // schedIdle, schedQueued or schedDirty
