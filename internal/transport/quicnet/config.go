@@ -23,6 +23,7 @@
 package quicnet
 
 import (
+	"context"
 	"log/slog"
 	"time"
 
@@ -70,6 +71,20 @@ type Config struct {
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+
+	// Join, when set, serves join requests: the endpoint then also accepts
+	// connections negotiating ALPN JoinALPN without a client certificate
+	// (the cluster ALPN keeps requiring and verifying one). Such a
+	// connection carries only join requests: each is at most
+	// MaxJoinRequestBytes, Join runs it under a JoinTimeout deadline (its
+	// ctx is also done when the joiner's connection or the endpoint closes)
+	// and owns req; its answer, at most MaxJoinResponseBytes, goes back as
+	// is. The joiner knows nothing but the CA's public key hash (see Join),
+	// so Identity must have been built with the cluster CA certificate as
+	// its chain (pki.NewIdentity(cert, []*x509.Certificate{ca}, key)): the
+	// TLS handshake then sends it, and joiners refuse a node that does not
+	// (Listen logs a warning). Nil: the join ALPN is not offered.
+	Join func(ctx context.Context, req []byte) []byte
 
 	// Filter, when set, is asked about every Raft batch, snapshot and RPC
 	// before it is sent to or accepted from a peer; false drops it. Tests use

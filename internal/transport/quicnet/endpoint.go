@@ -66,6 +66,8 @@ type Endpoint struct {
 
 	stats      Stats
 	refusalVec *prometheus.CounterVec
+
+	join *joinServer // nil unless cfg.Join is set
 }
 
 var _ transport.Transport = (*Endpoint)(nil)
@@ -114,6 +116,10 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 	}
 	e.registerMetrics(cfg.Registerer)
 	e.serverTLS = pki.ServerTLS(cfg.Identity, cfg.Verifier, []string{transport.ALPN}, e.onRefuse)
+	if cfg.Join != nil {
+		e.join = newJoinServer(e)
+		e.serverTLS.GetConfigForClient = e.join.configForClient
+	}
 	e.qt = &quic.Transport{Conn: udp}
 	e.ln, err = e.qt.Listen(e.serverTLS, e.qconf)
 	if err != nil {
@@ -251,6 +257,15 @@ func (e *Endpoint) acceptLoop() {
 // acceptConn runs the acceptor's side of the hello and registers the
 // connection.
 func (e *Endpoint) acceptConn(conn *quic.Conn) {
+	if alpn := conn.ConnectionState().TLS.NegotiatedProtocol; alpn != transport.ALPN {
+		// A join connection (see join.go) never becomes a session.
+		if alpn == JoinALPN && e.join != nil {
+			e.join.serve(conn)
+			return
+		}
+		conn.CloseWithError(codeRefused, "alpn")
+		return
+	}
 	certNode, err := pki.PeerNode(conn.ConnectionState().TLS, e.cfg.Verifier)
 	if err != nil {
 		// The handshake verified the chain and the identity already; this

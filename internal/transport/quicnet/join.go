@@ -1,0 +1,457 @@
+package quicnet
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+
+	"github.com/nodedb/nodedb-cluster/internal/pki"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+)
+
+// Joining: a node that wants to join the cluster has no certificate yet. It
+// connects to any node with the ALPN JoinALPN and no client certificate,
+// checks the server against the CA public key hash of its join token
+// (pki.VerifyPinned), and only then sends one request and reads one answer:
+//
+//	joiner                                  node (Config.Join set)
+//	  TLS 1.3, ALPN nodedb-join/1, no client certificate
+//	  verify: the chain holds the CA whose hash is the token's,
+//	          the leaf is a node certificate from that CA
+//	  bidirectional stream:
+//	    FrameRPCRequest(request)      -->     bounded to MaxJoinRequestBytes
+//	                                          Config.Join(ctx, request)
+//	                                  <--     FrameRPCResponse(answer)
+//	                                          or FrameRefuse{reason, message}
+//
+// The payloads are opaque here: the node's join handler defines them. A join
+// connection is never a cluster session: it carries no hello, no node
+// identity, no Raft batches, snapshots or RPCs, and its streams reach only
+// Config.Join.
+
+// JoinALPN is the TLS application protocol of join connections.
+const JoinALPN = "nodedb-join/1"
+
+// Bounds of the join channel.
+const (
+	// MaxJoinRequestBytes bounds a join request; a larger one is refused
+	// (reason "too_large") before it is read.
+	MaxJoinRequestBytes = 64 << 10
+	// MaxJoinResponseBytes bounds a join response.
+	MaxJoinResponseBytes = 1 << 20
+	// JoinTimeout is the deadline Config.Join runs under.
+	JoinTimeout = 30 * time.Second
+	// JoinStreamsPerConn bounds the requests one join connection may have in
+	// service at once; streams beyond it are reset.
+	JoinStreamsPerConn = 4
+	// MaxJoinConns bounds the join connections an endpoint serves at once;
+	// beyond it new ones are closed at once.
+	MaxJoinConns = 64
+)
+
+// Timeouts of join connections, variables for tests.
+var (
+	// joinIdleTimeout closes a join connection with no request in service
+	// for this long.
+	joinIdleTimeout = 30 * time.Second
+	// joinIOTimeout bounds reading a request and writing its answer.
+	joinIOTimeout = 10 * time.Second
+)
+
+const (
+	codeJoinBusy   quic.ApplicationErrorCode = 4 // too many join connections
+	streamJoinBusy quic.StreamErrorCode      = 4 // too many join requests on the connection
+)
+
+// ErrCAMismatch is returned by Join when the server did not prove that it is
+// a node of the cluster whose CA public key hash the joiner holds: its chain
+// lacks a CA certificate with that hash, or its certificate was not issued
+// by that CA. It is pki.ErrCAMismatch.
+var ErrCAMismatch = pki.ErrCAMismatch
+
+// JoinStats counts the join channel's traffic.
+type JoinStats struct {
+	Conns    atomic.Uint64 // join connections accepted
+	Requests atomic.Uint64 // requests handed to Config.Join
+	Refused  atomic.Uint64 // connections, streams and requests refused (busy, malformed, too large)
+}
+
+// JoinStats returns the counters of the join channel (all zero when
+// Config.Join is nil).
+func (e *Endpoint) JoinStats() *JoinStats {
+	if e.join == nil {
+		return &JoinStats{}
+	}
+	return &e.join.stats
+}
+
+// joinServer serves join connections for an endpoint whose Config.Join is
+// set.
+type joinServer struct {
+	e     *Endpoint
+	tls   *tls.Config   // the TLS configuration of join handshakes
+	conns chan struct{} // bounds the join connections in service
+	stats JoinStats
+
+	idleTimeout, ioTimeout time.Duration
+}
+
+func newJoinServer(e *Endpoint) *joinServer {
+	id := e.cfg.Identity
+	j := &joinServer{
+		e:           e,
+		conns:       make(chan struct{}, MaxJoinConns),
+		idleTimeout: joinIdleTimeout,
+		ioTimeout:   joinIOTimeout,
+		tls: &tls.Config{
+			MinVersion:             tls.VersionTLS13,
+			ClientAuth:             tls.NoClientCert,
+			SessionTicketsDisabled: true,
+			NextProtos:             []string{JoinALPN},
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return id.Certificate(), nil
+			},
+		},
+	}
+	if !chainHasCA(id.Certificate()) {
+		e.cfg.Logger.Warn("quicnet: Config.Join is set but the identity's certificate chain does not include the CA certificate that issued it; joiners will refuse this node")
+	}
+	j.registerMetrics(e.cfg.Registerer)
+	return j
+}
+
+// chainHasCA reports whether c's chain (after the leaf) holds the CA
+// certificate that signed the leaf.
+func chainHasCA(c *tls.Certificate) bool {
+	if c == nil || c.Leaf == nil {
+		return false
+	}
+	for _, raw := range c.Certificate[1:] {
+		ca, err := x509.ParseCertificate(raw)
+		if err == nil && ca.IsCA && c.Leaf.CheckSignatureFrom(ca) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// configForClient picks the join configuration for a client that offers
+// JoinALPN and not the cluster ALPN; every other client gets the cluster
+// configuration (nil), which requires and verifies a node certificate as
+// before.
+func (j *joinServer) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	if slices.Contains(hello.SupportedProtos, JoinALPN) && !slices.Contains(hello.SupportedProtos, transport.ALPN) {
+		return j.tls, nil
+	}
+	return nil, nil
+}
+
+func (j *joinServer) registerMetrics(reg prometheus.Registerer) {
+	if reg == nil {
+		return
+	}
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "nodedb", Subsystem: "transport", Name: name, Help: help,
+		}, func() float64 { return float64(v.Load()) })
+	}
+	for _, c := range []prometheus.Collector{
+		counter("join_connections_total", "Join connections accepted (no client certificate, ALPN "+JoinALPN+").", &j.stats.Conns),
+		counter("join_requests_total", "Join requests handed to the join handler.", &j.stats.Requests),
+		counter("join_refused_total", "Join connections, streams and requests refused (busy, malformed, too large).", &j.stats.Refused),
+	} {
+		if err := reg.Register(c); err != nil {
+			j.e.cfg.Logger.Warn("register transport metric", "err", err)
+		}
+	}
+}
+
+// serve serves one join connection until it closes, goes idle, or the
+// endpoint closes.
+func (j *joinServer) serve(conn *quic.Conn) {
+	select {
+	case j.conns <- struct{}{}:
+	default:
+		j.stats.Refused.Add(1)
+		conn.CloseWithError(codeJoinBusy, "too many join connections")
+		return
+	}
+	defer func() { <-j.conns }()
+	j.stats.Conns.Add(1)
+
+	// Cancelled when the endpoint closes or this function returns; either
+	// way the connection goes, so no stream outlives it.
+	ctx, cancel := context.WithCancel(j.e.ctx)
+	context.AfterFunc(ctx, func() { conn.CloseWithError(codeNormal, "") })
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	idle := &idleCloser{d: j.idleTimeout, t: time.AfterFunc(j.idleTimeout, func() { conn.CloseWithError(codeNormal, "idle") })}
+	defer idle.t.Stop()
+
+	// A join connection has no use for unidirectional streams (Raft batches
+	// travel on them): one is a protocol error.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if st, err := conn.AcceptUniStream(ctx); err == nil {
+			st.CancelRead(streamProtocol)
+			j.stats.Refused.Add(1)
+			conn.CloseWithError(codeProtocol, "unidirectional stream on a join connection")
+		}
+	}()
+
+	slots := make(chan struct{}, JoinStreamsPerConn)
+	for {
+		st, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			j.stats.Refused.Add(1)
+			st.CancelRead(streamJoinBusy)
+			st.CancelWrite(streamJoinBusy)
+			continue
+		}
+		idle.begin()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() {
+				<-slots
+				idle.end()
+			}()
+			j.serveStream(ctx, conn, st)
+		}()
+	}
+}
+
+// serveStream reads one request, hands it to Config.Join and writes the
+// answer.
+func (j *joinServer) serveStream(ctx context.Context, conn *quic.Conn, st *quic.Stream) {
+	defer st.CancelRead(0) // whatever else the joiner sends is not read
+	st.SetReadDeadline(time.Now().Add(j.ioTimeout))
+	st.SetWriteDeadline(time.Now().Add(j.ioTimeout))
+	// The header first: type and size are checked before any buffer for the
+	// payload exists.
+	br := bufio.NewReaderSize(st, 32<<10)
+	hdr, err := br.Peek(transport.FrameHeaderSize)
+	if err != nil {
+		st.CancelWrite(streamProtocol)
+		return
+	}
+	typ, n := transport.FrameType(hdr[0]), binary.BigEndian.Uint32(hdr[1:5])
+	switch {
+	case typ != transport.FrameRPCRequest:
+		j.refuse(conn, st, "malformed", fmt.Sprintf("a join stream starts with a %s frame, got type %d", transport.FrameRPCRequest, hdr[0]))
+		return
+	case n > MaxJoinRequestBytes:
+		j.refuse(conn, st, "too_large", fmt.Sprintf("join request of %d bytes, at most %d", n, MaxJoinRequestBytes))
+		return
+	}
+	_, req, err := transport.NewFrameReader(br, MaxJoinRequestBytes).Next()
+	if err != nil {
+		if errors.Is(err, transport.ErrFrame) {
+			j.refuse(conn, st, "malformed", err.Error())
+		} else {
+			st.CancelWrite(streamProtocol)
+		}
+		return
+	}
+	st.SetWriteDeadline(time.Time{})
+	hctx, cancel := context.WithTimeout(ctx, JoinTimeout)
+	j.stats.Requests.Add(1)
+	resp := j.e.cfg.Join(hctx, req)
+	cancel()
+	if ctx.Err() != nil {
+		// The endpoint is closing or the connection went: the joiner sees
+		// the connection fail rather than an answer from a handler whose
+		// context was cancelled under it (as Endpoint.Close does for RPCs).
+		st.CancelWrite(0)
+		return
+	}
+	if len(resp) > MaxJoinResponseBytes {
+		j.e.cfg.Logger.Error("quicnet: join handler answered more than the join channel carries", "bytes", len(resp), "max", MaxJoinResponseBytes)
+		j.refuse(conn, st, "internal", "join response too large")
+		return
+	}
+	st.SetWriteDeadline(time.Now().Add(j.ioTimeout))
+	if err := transport.WriteFrame(st, transport.FrameRPCResponse, resp); err != nil {
+		st.CancelWrite(0)
+		return
+	}
+	st.Close()
+}
+
+func (j *joinServer) refuse(conn *quic.Conn, st *quic.Stream, reason, msg string) {
+	j.stats.Refused.Add(1)
+	j.e.cfg.Logger.Warn("refused join request", "remote", conn.RemoteAddr(), "reason", reason, "msg", msg)
+	r := transport.Refusal{Reason: reason, Message: msg}
+	if err := transport.WriteFrame(st, transport.FrameRefuse, r.Encode(nil)); err != nil {
+		st.CancelWrite(0)
+		return
+	}
+	st.Close()
+}
+
+// idleCloser runs its timer's function once no request has been in service
+// for the idle timeout.
+type idleCloser struct {
+	d      time.Duration
+	t      *time.Timer
+	mu     sync.Mutex
+	active int
+}
+
+func (c *idleCloser) begin() {
+	c.mu.Lock()
+	c.active++
+	c.t.Stop()
+	c.mu.Unlock()
+}
+
+func (c *idleCloser) end() {
+	c.mu.Lock()
+	c.active--
+	if c.active == 0 {
+		c.t.Reset(c.d)
+	}
+	c.mu.Unlock()
+}
+
+// Join sends one join request to the node at addr (host:port of its QUIC
+// endpoint) and returns its answer and the cluster CA certificate.
+//
+// It connects without a client certificate, with ALPN JoinALPN, and accepts
+// the server only if the certificates it presents include a CA certificate
+// whose public key hash is caHash ("sha256:<64 hex>", from the join token)
+// and its own certificate is a node certificate issued by exactly that CA
+// and valid now (pki.VerifyPinned). Otherwise it fails with an error
+// matching ErrCAMismatch (or the pki error of the certificate), and req,
+// which carries the token's secret, is never sent: the request goes out only
+// after the TLS handshake has completed with that verification.
+//
+// The returned CA certificate is the verified one: the joiner may trust it
+// from now on (store it as ca.crt). A node that refuses the request answers
+// with a *transport.Refusal (errors.As), reason "too_large" or "malformed";
+// req larger than MaxJoinRequestBytes fails without connecting.
+func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []byte, ca *x509.Certificate, err error) {
+	if _, err := pki.ParsePublicKeyHash(caHash); err != nil {
+		return nil, nil, fmt.Errorf("quicnet: join: %w", err)
+	}
+	if len(req) > MaxJoinRequestBytes {
+		return nil, nil, fmt.Errorf("quicnet: join request of %d bytes, at most %d", len(req), MaxJoinRequestBytes)
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quicnet: join: address %q: %w", addr, err)
+	}
+	udp, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quicnet: join: %w", err)
+	}
+	defer udp.Close()
+	qt := &quic.Transport{Conn: udp}
+	defer qt.Close()
+
+	var (
+		mu       sync.Mutex
+		verified *x509.Certificate
+		verr     error
+	)
+	tlsConf := &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		ServerName:             "nodedb-node", // informational: identity is checked below
+		SessionTicketsDisabled: true,
+		NextProtos:             []string{JoinALPN},
+		InsecureSkipVerify:     true, // replaced, not skipped: see VerifyPeerCertificate
+		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			c, _, err := pki.VerifyPinned(rawCerts, caHash, time.Now())
+			mu.Lock()
+			verified, verr = c, err
+			mu.Unlock()
+			return err
+		},
+	}
+	qconf := &quic.Config{
+		HandshakeIdleTimeout:  10 * time.Second,
+		MaxIdleTimeout:        JoinTimeout + 10*time.Second,
+		KeepAlivePeriod:       5 * time.Second,
+		Allow0RTT:             false,
+		MaxIncomingStreams:    -1, // the server opens no stream to a joiner
+		MaxIncomingUniStreams: -1,
+	}
+	conn, err := qt.Dial(ctx, ua, tlsConf, qconf)
+	mu.Lock()
+	ca, vErr := verified, verr
+	mu.Unlock()
+	if err != nil {
+		if vErr != nil {
+			return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, vErr)
+		}
+		return nil, nil, fmt.Errorf("quicnet: join: connect to %s: %w", addr, err)
+	}
+	defer conn.CloseWithError(codeNormal, "")
+	if ca == nil || conn.ConnectionState().TLS.NegotiatedProtocol != JoinALPN {
+		// Cannot happen with the configuration above; never send the
+		// request over a connection that was not verified.
+		return nil, nil, fmt.Errorf("quicnet: join %s: %w: server not verified", addr, ErrCAMismatch)
+	}
+
+	st, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("quicnet: join %s: open stream: %w", addr, err)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.CancelRead(0)
+		st.CancelWrite(0)
+	})
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	if err := transport.WriteFrame(st, transport.FrameRPCRequest, req); err != nil {
+		return nil, nil, joinIOError(ctx, addr, "send request", err)
+	}
+	st.Close()
+	t, payload, err := transport.NewFrameReader(st, MaxJoinResponseBytes).Next()
+	if err != nil {
+		return nil, nil, joinIOError(ctx, addr, "read response", err)
+	}
+	switch t {
+	case transport.FrameRPCResponse:
+		return append([]byte{}, payload...), ca, nil
+	case transport.FrameRefuse:
+		r, derr := transport.DecodeRefusal(payload)
+		if derr != nil {
+			return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, derr)
+		}
+		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, &r)
+	default:
+		return nil, nil, fmt.Errorf("quicnet: join %s: %w: %s frame in answer", addr, transport.ErrFrame, t)
+	}
+}
+
+func joinIOError(ctx context.Context, addr, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("quicnet: join %s: %s: %w", addr, what, context.Cause(ctx))
+	}
+	return fmt.Errorf("quicnet: join %s: %s: %w", addr, what, err)
+}
