@@ -135,6 +135,10 @@ func inAlphabet(s string) bool {
 // ID returns the token's public ID.
 func (t Token) ID() string { return t.id }
 
+// Secret returns the token's secret. The joiner sends it, once, over a
+// connection it verified against CAHash; nothing else should use it.
+func (t Token) Secret() string { return t.secret }
+
 // CAHash returns the public key hash of the cluster CA, "sha256:<64 hex>",
 // the argument of quicnet.Join and pki.VerifyPinned.
 func (t Token) CAHash() string { return t.caHash }
