@@ -266,7 +266,7 @@ const (
 	Code_CODE_OUT_OF_RANGE        Code = 24
 	Code_CODE_BAD_EPOCH           Code = 25
 	Code_CODE_BAD_CHECKSUM        Code = 26
-	Code_CODE_STALE_CHECKPOINT    Code = 27
+	Code_CODE_CHECKPOINT_CONFLICT Code = 27
 	Code_CODE_NESTED_BATCH        Code = 28
 )
 
@@ -300,7 +300,7 @@ var (
 		24: "CODE_OUT_OF_RANGE",
 		25: "CODE_BAD_EPOCH",
 		26: "CODE_BAD_CHECKSUM",
-		27: "CODE_STALE_CHECKPOINT",
+		27: "CODE_CHECKPOINT_CONFLICT",
 		28: "CODE_NESTED_BATCH",
 	}
 	Code_value = map[string]int32{
@@ -331,7 +331,7 @@ var (
 		"CODE_OUT_OF_RANGE":        24,
 		"CODE_BAD_EPOCH":           25,
 		"CODE_BAD_CHECKSUM":        26,
-		"CODE_STALE_CHECKPOINT":    27,
+		"CODE_CHECKPOINT_CONFLICT": 27,
 		"CODE_NESTED_BATCH":        28,
 	}
 )
@@ -2877,7 +2877,7 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x16TOKEN_STATE_REGISTERED\x10\x01\x12\x19\n" +
 	"\x15TOKEN_STATE_IN_FLIGHT\x10\x02\x12\x18\n" +
 	"\x14TOKEN_STATE_CONSUMED\x10\x03\x12\x17\n" +
-	"\x13TOKEN_STATE_REVOKED\x10\x04*\xb2\x05\n" +
+	"\x13TOKEN_STATE_REVOKED\x10\x04*\xb5\x05\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\x01\x12\x19\n" +
@@ -2906,8 +2906,8 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x0fCODE_LAST_VOTER\x10\x17\x12\x15\n" +
 	"\x11CODE_OUT_OF_RANGE\x10\x18\x12\x12\n" +
 	"\x0eCODE_BAD_EPOCH\x10\x19\x12\x15\n" +
-	"\x11CODE_BAD_CHECKSUM\x10\x1a\x12\x19\n" +
-	"\x15CODE_STALE_CHECKPOINT\x10\x1b\x12\x15\n" +
+	"\x11CODE_BAD_CHECKSUM\x10\x1a\x12\x1c\n" +
+	"\x18CODE_CHECKPOINT_CONFLICT\x10\x1b\x12\x15\n" +
 	"\x11CODE_NESTED_BATCH\x10\x1cB7Z5github.com/nodedb/nodedb-cluster/internal/meta/metapbb\x06proto3"
 
 var (
