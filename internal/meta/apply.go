@@ -44,6 +44,10 @@ func Apply(prev *metapb.State, e *metapb.Entry, now int64) (next *metapb.State, 
 	if err := a.apply(e); err != nil {
 		return prev, resultOf(err), nil, err
 	}
+	if !Bootstrapped(a.st) { // an empty batch on the empty state
+		err := errorf(metapb.Code_CODE_NOT_BOOTSTRAPPED, "%s: the cluster is not bootstrapped", kindName(e))
+		return prev, resultOf(err), nil, err
+	}
 	a.st.AppliedEntries++
 	if n := proto.Size(a.st); n > MaxStateBytes {
 		err := errorf(metapb.Code_CODE_TOO_LARGE, "%s: the state would be %d bytes, at most %d", kindName(e), n, MaxStateBytes)

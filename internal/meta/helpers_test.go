@@ -2,11 +2,16 @@ package meta
 
 import (
 	"errors"
-	"testing"
 
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 	"google.golang.org/protobuf/proto"
 )
+
+// tb is what the helpers need of a *testing.T or a *rapid.T.
+type tb interface {
+	Helper()
+	Fatalf(format string, args ...any)
+}
 
 const (
 	testCluster = "c-test"
@@ -28,7 +33,7 @@ func bootstrapEntry() *metapb.Entry {
 func key(name string) []byte { return HashKey([]byte("key of " + name)) }
 
 // mustApply applies e and fails the test on refusal.
-func mustApply(t testing.TB, st *metapb.State, e *metapb.Entry, now int64) (*metapb.State, *metapb.Result, []Effect) {
+func mustApply(t tb, st *metapb.State, e *metapb.Entry, now int64) (*metapb.State, *metapb.Result, []Effect) {
 	t.Helper()
 	next, res, eff, err := Apply(st, e, now)
 	if err != nil {
@@ -42,7 +47,7 @@ func mustApply(t testing.TB, st *metapb.State, e *metapb.Entry, now int64) (*met
 
 // join creates a token and joins a node with it; active says whether to
 // activate it too. It returns the node id.
-func join(t testing.TB, st *metapb.State, name, zone string, active bool) (*metapb.State, uint64) {
+func join(t tb, st *metapb.State, name, zone string, active bool) (*metapb.State, uint64) {
 	t.Helper()
 	st, _, _ = mustApply(t, st, NewCreateToken("tok-"+name, HashSecret("secret-"+name), t0+hour), t0)
 	st, res, _ := mustApply(t, st, NewBeginJoin("tok-"+name, HashSecret("secret-"+name), key(name), name+":7000", name+":8000", zone), t0)
@@ -55,7 +60,7 @@ func join(t testing.TB, st *metapb.State, name, zone string, active bool) (*meta
 // base is a bootstrapped cluster with node 1 (founder, z1), nodes 2 (z2)
 // and 3 (z3) active, node 4 joining, a registered token "free" and a
 // revoked token "gone".
-func base(t testing.TB) *metapb.State {
+func base(t tb) *metapb.State {
 	t.Helper()
 	st, _, _ := mustApply(t, nil, bootstrapEntry(), t0)
 	st, _ = join(t, st, "n2", "z2", true)
@@ -68,7 +73,7 @@ func base(t testing.TB) *metapb.State {
 }
 
 // wantCode checks err's code, its sentinel and the result's code.
-func wantCode(t testing.TB, err error, res *metapb.Result, code metapb.Code) {
+func wantCode(t tb, err error, res *metapb.Result, code metapb.Code) {
 	t.Helper()
 	if got := codeOf(err); got != code {
 		t.Fatalf("code %v (%v), want %v", got, err, code)
@@ -124,18 +129,18 @@ var sentinels = map[metapb.Code]error{
 
 // encoded returns st's deterministic encoding, failing the test if it does
 // not encode or does not decode back.
-func encoded(t testing.TB, st *metapb.State) []byte {
+func encoded(t tb, st *metapb.State) []byte {
 	t.Helper()
 	b, err := EncodeState(st)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
 	back, err := DecodeState(b)
 	if err != nil {
 		t.Fatalf("state does not decode back: %v", err)
 	}
 	if !proto.Equal(back, st) && !(len(b) == 0 && proto.Size(st) == 0) {
-		t.Fatal("state changed through encode/decode")
+		t.Fatalf("state changed through encode/decode")
 	}
 	return b
 }
