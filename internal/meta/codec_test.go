@@ -168,7 +168,7 @@ func TestCheckpointCRC(t *testing.T) {
 	// The documented bytes, spelled out.
 	want := []byte{0, 0, 0, 1, 'm', 0, 0, 0, 2, 0, 0, 0, 4, 'c', 'o', 'p', 'y', 0, 0, 0, 3, 0, 0, 0, 7}
 	want = append(want, "payload"...)
-	if got := crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)); got != sum {
-		t.Fatalf("checksum %08x, the documented bytes give %08x", sum, got)
+	if got := crc32.Checksum(want, crc32.MakeTable(crc32.Castagnoli)); got != sum || sum != 0x9b822797 {
+		t.Fatalf("checksum %08x, the documented bytes give %08x, the documented value is 9b822797", sum, got)
 	}
 }

@@ -1,6 +1,3 @@
-// Package placement decides where groups and vShards live. Until the
-// metadata group owns placement, a static layout is used: it is a pure
-// function of the cluster's shape, so every node computes the same one.
 package placement
 
 import (
