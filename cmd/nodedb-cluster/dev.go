@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -30,10 +29,12 @@ func newDevCommand() *cobra.Command {
 		Short: "Run a local N-node cluster in one process",
 		Long: `Run a local cluster of --nodes nodes in this process, each with its own
 data dir under --dir and its own QUIC listener: node i on 127.0.0.1:(7400+i)
-(--port-base shifts the ports), mutual TLS with a CA kept in DIR/ca. The
-endpoints are written one per line to DIR/endpoints. The first run bootstraps
-the cluster; running again on the same --dir restarts it with its data.
-Ctrl-C stops it cleanly.
+(--port-base shifts the ports), mutual TLS between all of them. The first run
+takes the operator's path: node 1 bootstraps the cluster (its CA, metadata
+group and data groups), every other node joins it with a join token, and the
+groups are up-replicated to RF as nodes join. The endpoints are written one
+per line to DIR/endpoints. Running again on the same --dir restarts every
+node from its data. Ctrl-C stops it cleanly.
 
 Each node has an admin socket, DIR/nodeI/admin.sock. The client API (HTTP and
 gRPC on 127.0.0.1:(8400+i)) arrives in a later release.`,
@@ -64,7 +65,7 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	c, err := devcluster.Start(dir, shape, portBase, log)
+	c, err := devcluster.Start(ctx, dir, shape, portBase, log)
 	if err != nil {
 		return err
 	}
@@ -98,7 +99,11 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 		return fmt.Errorf("self-check: %w", err)
 	}
 	fmt.Fprintln(out, "self-check: a write forwarded over QUIC to its group leader read back linearizably through every node")
-	printStatus(out, c)
+	st, err := c.Status()
+	if err != nil {
+		return err
+	}
+	printClusterStatus(out, st)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nNODE\tQUIC (mutual TLS)\tADMIN SOCKET")
 	for i, e := range c.Endpoints {
@@ -113,21 +118,4 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping")
 	return nil
-}
-
-func printStatus(out io.Writer, c *devcluster.Cluster) {
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nGROUP\tVSHARDS\tLEADER\tREPLICAS\tTERM\tAPPLIED")
-	for _, g := range c.Status() {
-		var reps []string
-		for _, n := range g.Replicas {
-			reps = append(reps, fmt.Sprintf("n%d", n))
-		}
-		leader := "-"
-		if g.Leader != 0 {
-			leader = fmt.Sprintf("n%d", g.Leader)
-		}
-		fmt.Fprintf(tw, "%d\t%d-%d\t%s\t%s\t%d\t%d\n", g.Group, g.VShardFrom, g.VShardTo, leader, strings.Join(reps, ","), g.Term, g.Applied)
-	}
-	tw.Flush()
 }

@@ -49,6 +49,7 @@ type proc struct {
 	bin  string
 	dir  string
 	args []string
+	env  []string
 	cmd  *exec.Cmd
 	log  *os.File
 }
@@ -56,6 +57,7 @@ type proc struct {
 func (p *proc) start() {
 	p.t.Helper()
 	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Env = append(os.Environ(), p.env...)
 	p.cmd.Stdout = p.log
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {
@@ -105,44 +107,10 @@ func TestProcessClusterSurvivesLeaderKill(t *testing.T) {
 		t.Fatal(err)
 	}
 	root := t.TempDir()
-	caDir := filepath.Join(root, "ca")
-	if out, err := exec.Command(bin, "certs", "ca", "--dir", caDir).CombinedOutput(); err != nil {
-		t.Fatalf("certs ca: %v\n%s", err, out)
-	}
-	addrs := freeUDPPorts(t, 3)
-	var peers []string
-	for i, a := range addrs {
-		peers = append(peers, fmt.Sprintf("%d=%s", i+1, a))
-	}
-	procs := make([]*proc, 3)
-	for i := range procs {
-		dir := filepath.Join(root, fmt.Sprintf("n%d", i+1))
-		logf, err := os.Create(filepath.Join(root, fmt.Sprintf("n%d.log", i+1)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer logf.Close()
-		procs[i] = &proc{t: t, bin: bin, dir: dir, log: logf, args: []string{
-			"start", "--dir", dir, "--node-id", fmt.Sprint(i + 1), "--ca-dir", caDir,
-			"--peers", strings.Join(peers, ","), "--groups", "4", "--vshards", "64", "--rf", "3",
-			"--tick", "20ms", "--log-level", "warn",
-		}}
-		procs[i].start()
-	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			p.kill()
-		}
-		if t.Failed() {
-			for i := range procs {
-				b, _ := os.ReadFile(filepath.Join(root, fmt.Sprintf("n%d.log", i+1)))
-				t.Logf("node %d log:\n%s", i+1, b)
-			}
-		}
-	})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	waitLeaders(ctx, t, procs, 4)
+	procs := startProcCluster(ctx, t, bin, root, 3, "--groups", "4", "--vshards", "64", "--rf", "3")
+	waitLeaders(ctx, t, procs, 5) // 4 data groups and the metadata group
 
 	// Writers: unique keys through every live node; a key is acknowledged
 	// when a node answered 200.
@@ -244,6 +212,113 @@ func TestProcessClusterSurvivesLeaderKill(t *testing.T) {
 	}
 }
 
+// newProc prepares node i's process (not started) with its own dir and log.
+func newProc(t *testing.T, bin, root string, i int, args ...string) *proc {
+	dir := filepath.Join(root, fmt.Sprintf("n%d", i))
+	logf, err := os.OpenFile(filepath.Join(root, fmt.Sprintf("n%d.log", i)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, bin: bin, dir: dir, log: logf, args: append([]string{"start", "--dir", dir, "--tick", "20ms", "--log-level", "info"}, args...)}
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("node %d log:\n%s", i, b)
+		}
+		logf.Close()
+	})
+	return p
+}
+
+// startProcCluster starts n node processes the way an operator does: node 1
+// bootstraps, the others join with tokens from 'token create'. It waits
+// until every group has min(3, n) voters.
+func startProcCluster(ctx context.Context, t *testing.T, bin, root string, n int, bootstrapArgs ...string) []*proc {
+	t.Helper()
+	addrs := freeUDPPorts(t, n)
+	procs := make([]*proc, n)
+	procs[0] = newProc(t, bin, root, 1, append([]string{"--listen", addrs[0], "--bootstrap"}, bootstrapArgs...)...)
+	procs[0].start()
+	waitAdmin(ctx, t, procs[0].dir)
+	for i := 1; i < n; i++ {
+		tok := createToken(ctx, t, procs[0].dir)
+		procs[i] = newProc(t, bin, root, i+1, "--listen", addrs[i], "--join", addrs[0], "--token", tok)
+		procs[i].start()
+	}
+	for _, p := range procs[1:] {
+		waitAdmin(ctx, t, p.dir)
+	}
+	waitPlaced(ctx, t, procs[0].dir, n, min(3, n))
+	return procs
+}
+
+// createToken runs 'token create' against a node and takes the token from
+// the last line of its output, as a script would.
+func createToken(ctx context.Context, t *testing.T, dir string) string {
+	t.Helper()
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		out, err := exec.CommandContext(ctx, bin, "token", "create", "--dir", dir, "--ttl", "10m").CombinedOutput()
+		if err == nil {
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			return lines[len(lines)-1]
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("token create: %v\n%s", err, out)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitPlaced waits until the cluster has nodes active nodes and every data
+// group has voters voters and no learner.
+func waitPlaced(ctx context.Context, t *testing.T, dir string, nodes, voters int) server.ClusterStatus {
+	t.Helper()
+	var last error
+	for {
+		st, err := adminOf(dir).Cluster(ctx)
+		if err == nil {
+			err = placed(st, nodes, voters)
+			if err == nil {
+				return st
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			t.Fatalf("cluster not placed: %v", last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func placed(st server.ClusterStatus, nodes, voters int) error {
+	active := 0
+	for _, n := range st.Nodes {
+		if n.State == "active" {
+			active++
+		}
+	}
+	if active != nodes || len(st.Nodes) != nodes {
+		return fmt.Errorf("%d nodes, %d active, want %d", len(st.Nodes), active, nodes)
+	}
+	for _, g := range st.Groups {
+		want := voters
+		if g.ID == 0 {
+			want = min(5, nodes)
+		}
+		if len(g.Voters) != want || len(g.Learners) > 0 {
+			return fmt.Errorf("group %d: voters %v learners %v", g.ID, g.Voters, g.Learners)
+		}
+	}
+	return nil
+}
+
 func waitAdmin(ctx context.Context, t *testing.T, dir string) {
 	t.Helper()
 	for {
@@ -328,5 +403,63 @@ func waitConverged(ctx context.Context, t *testing.T, procs []*proc, g uint64) {
 			t.Fatalf("group %d did not converge: %+v", g, last)
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// TestProcessJoinSurvivesLeaderCrashMidJoin crashes the metadata leader
+// (exit 86 at the failpoint) right after it committed a joiner's BeginJoin
+// and before it answered. The joiner keeps retrying with the same key; once
+// the leader is back it is admitted exactly once: one new node ID, the
+// token consumed, nothing else added.
+func TestProcessJoinSurvivesLeaderCrashMidJoin(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addrs := freeUDPPorts(t, 2)
+	leader := newProc(t, bin, root, 1, "--listen", addrs[0], "--bootstrap", "--groups", "2", "--vshards", "16")
+	leader.env = []string{"NODEDB_FAILPOINTS=join.after-propose=exit"}
+	leader.start()
+	waitAdmin(ctx, t, leader.dir)
+	tok := createToken(ctx, t, leader.dir)
+
+	joiner := newProc(t, bin, root, 2, "--listen", addrs[1], "--join", addrs[0], "--token", tok)
+	joiner.start()
+	err = leader.cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 86 {
+		t.Fatalf("the leader should have exited with status 86 at the failpoint, got %v", err)
+	}
+	leader.cmd = nil
+	leader.env = nil
+	leader.args = []string{"start", "--dir", leader.dir, "--tick", "20ms", "--log-level", "info"}
+	leader.start()
+
+	st := waitPlaced(ctx, t, leader.dir, 2, 2)
+	ids := []uint64{}
+	for _, n := range st.Nodes {
+		ids = append(ids, n.ID)
+	}
+	if fmt.Sprint(ids) != "[1 2]" {
+		t.Fatalf("nodes %v after the interrupted join, want [1 2]", ids)
+	}
+	consumed := 0
+	for _, tk := range st.Tokens {
+		if tk.State == "consumed" && tk.Node == 2 {
+			consumed++
+		}
+	}
+	if consumed != 1 {
+		t.Fatalf("tokens %+v: want the join token consumed by node 2", st.Tokens)
+	}
+	js, err := adminOf(joiner.dir).Status(ctx)
+	if err != nil || js.Node != 2 {
+		t.Fatalf("joiner status %+v, %v", js, err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,58 +11,66 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
 func newStartCommand() *cobra.Command {
 	var (
 		cfg      server.Config
-		nodeID   uint64
-		peers    string
 		logLevel string
+		tokenTTL time.Duration
 	)
+	cfg.Settings = server.DefaultSettings()
 	cmd := &cobra.Command{
 		Use:   "start",
 		Short: "Run one node of a cluster",
 		Long: `Run one node in this process, with its data in --dir and its QUIC listener
 on --listen (mutual TLS 1.3 with every peer).
 
-Until the metadata group and secure join arrive, membership is static, like
-etcd's --initial-cluster: start every node with the same --peers list (node
-IDs 1..N) and the same --groups/--vshards/--rf, and a distinct --node-id. The
-first start creates the node; later starts need only --dir (flags given again
-may update addresses, never the node's identity or the layout). Each node's
-certificate is issued at first start from the CA in --ca-dir (create one with
-'nodedb-cluster certs ca'), or provisioned beforehand in DIR/tls with
-'nodedb-cluster certs node'.
+A node comes to exist in one of two explicit ways:
+
+  --bootstrap                 create a new cluster: its CA, its ID, the
+                              metadata group and the data groups, with every
+                              vShard assigned; prints a first join token
+  --join HOST:PORT --token T  join an existing cluster through any of its
+                              nodes, with a token from 'token create'; the
+                              token names the cluster's CA, which is checked
+                              before anything secret is sent
+
+A node never bootstraps on its own. Once a dir holds a node, start it again
+with --dir (and its listen flags) alone: its identity is in the dir, and
+--bootstrap, --join and --token are ignored.
 
 Operators reach a running node through its admin socket, DIR/admin.sock
-(mode 0600).`,
-		Example: `  nodedb-cluster certs ca --dir ca
-  nodedb-cluster start --dir n1 --node-id 1 --ca-dir ca \
-    --peers 1=127.0.0.1:7401,2=127.0.0.1:7402,3=127.0.0.1:7403`,
+(mode 0600): 'nodedb-cluster status --dir DIR', 'token create --dir DIR'.`,
+		Example: `  nodedb-cluster start --dir n1 --listen 127.0.0.1:7401 --bootstrap
+  nodedb-cluster token create --dir n1
+  nodedb-cluster start --dir n2 --listen 127.0.0.1:7402 --join 127.0.0.1:7401 --token <token>`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel)
 			if err != nil {
 				return err
 			}
-			cfg.Logger = log
-			cfg.NodeID = ids.NodeID(nodeID)
-			if peers != "" {
-				if cfg.Peers, err = server.ParsePeers(peers); err != nil {
-					return fmt.Errorf("--peers: %w", err)
-				}
+			if err := failpoint.Init(); err != nil {
+				return err
 			}
+			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			s, err := server.Start(cfg)
+			s, err := server.Start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "node %d listening on %s (QUIC, mutual TLS); admin socket %s\n",
-				s.ID(), s.Addr(), server.AdminSocket(cfg.Dir))
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "node %d of cluster %s listening on %s (QUIC, mutual TLS); admin socket %s\n",
+				s.ID(), s.ClusterID(), s.Addr(), server.AdminSocket(cfg.Dir))
+			if s.Created() && tokenTTL > 0 {
+				if err := printFirstToken(ctx, s, tokenTTL, out, log); err != nil {
+					log.Warn("first join token", "err", err)
+				}
+			}
 			werr := s.Wait(ctx)
 			if err := s.Stop(); err != nil {
 				log.Error("stop", "err", err)
@@ -71,17 +80,41 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Dir, "dir", "", "data dir (required)")
-	f.Uint64Var(&nodeID, "node-id", 0, "this node's ID (first start only)")
-	f.StringVar(&cfg.Listen, "listen", "", "QUIC listen address, HOST:PORT (default: this node's address in --peers)")
-	f.StringVar(&peers, "peers", "", "every node's QUIC address: 1=HOST:PORT,2=HOST:PORT,... (temporary, until join)")
-	f.IntVar(&cfg.Layout.Groups, "groups", 16, "number of data groups (first start only)")
-	f.IntVar(&cfg.Layout.VShards, "vshards", 1024, "number of vShards, a power of two from 16 to 16384 (first start only)")
-	f.IntVar(&cfg.Layout.RF, "rf", 3, "replicas per group (first start only)")
-	f.StringVar(&cfg.CADir, "ca-dir", "", "dir with the cluster CA (ca.crt, ca.key), to issue this node's certificate at first start")
+	f.StringVar(&cfg.Listen, "listen", "", "QUIC listen address HOST:PORT (required to create a node; later the stored one)")
+	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes dial (default --listen)")
+	f.StringVar(&cfg.API, "api", "", "client API address HOST:PORT to announce")
+	f.StringVar(&cfg.Zone, "zone", "", "failure domain label; replicas of a group go to distinct zones")
+	f.BoolVar(&cfg.Bootstrap, "bootstrap", false, "create a new cluster in an empty --dir")
+	f.StringVar(&cfg.Join, "join", "", "join the cluster of the node at HOST:PORT (with --token)")
+	f.StringVar(&cfg.Token, "token", "", "join token from 'nodedb-cluster token create'")
+	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 2*time.Minute, "give up joining after this long")
+	f.IntVar(&cfg.Settings.Groups, "groups", cfg.Settings.Groups, "data groups created at bootstrap")
+	f.IntVar(&cfg.Settings.VShards, "vshards", cfg.Settings.VShards, "vShards, a power of two from 16 to 16384 (bootstrap only)")
+	f.IntVar(&cfg.Settings.RF, "rf", cfg.Settings.RF, "voters per data group (bootstrap only)")
+	f.DurationVar(&tokenTTL, "first-token-ttl", time.Hour, "with --bootstrap, print a join token valid this long (0: none)")
 	f.DurationVar(&cfg.TickInterval, "tick", 100*time.Millisecond, "Raft tick interval")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.MarkFlagRequired("dir")
 	return cmd
+}
+
+// printFirstToken prints a join token after a bootstrap, alone on its line.
+func printFirstToken(ctx context.Context, s *server.Server, ttl time.Duration, out interface{ Write([]byte) (int, error) }, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		tok, exp, err := s.CreateToken(ctx, ttl)
+		if err == nil {
+			fmt.Fprintf(out, "join token (single use, expires %s):\n%s\n", exp.UTC().Format(time.RFC3339), tok)
+			return nil
+		}
+		log.Debug("first join token", "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 func newLogger(level string) (*slog.Logger, error) {

@@ -1,8 +1,9 @@
 // Package devcluster runs a local development cluster: N nodes in one
 // process, each with its own data dir, its own QUIC listener on 127.0.0.1
-// (mutual TLS with a CA kept in the dir) and its admin socket, bootstrapped
-// once and restarted from their dirs on later runs. It is N copies of what
-// `nodedb-cluster start` runs, sharing a process.
+// and its admin socket. It takes the same path as an operator would: node 1
+// bootstraps the cluster, the others join it with tokens, and later runs
+// restart every node from its dir. It is N copies of what `nodedb-cluster
+// start` runs, sharing a process.
 package devcluster
 
 import (
@@ -10,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -18,10 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
-	"github.com/nodedb/nodedb-cluster/internal/pki"
-	"github.com/nodedb/nodedb-cluster/internal/placement"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
@@ -78,9 +75,10 @@ func NodeDir(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("
 
 // Start starts the cluster in dir. If dir holds a cluster, it is restarted
 // with its stored shape and want is ignored (compare Shape to tell the
-// user); otherwise a cluster of shape want is bootstrapped. Node i listens
-// on 127.0.0.1:(portBase+i); portBase 0 picks free ports (tests).
-func Start(dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, error) {
+// user); otherwise node 1 bootstraps a cluster of shape want and the others
+// join it. Node i listens on 127.0.0.1:(portBase+i); portBase 0 picks free
+// ports at the first run (tests), which later runs keep.
+func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, error) {
 	c := &Cluster{Dir: dir, Shape: want}
 	b, err := os.ReadFile(filepath.Join(dir, shapeFile))
 	switch {
@@ -102,38 +100,40 @@ func Start(dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, er
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	caDir := filepath.Join(dir, "ca")
-	if !c.Restarted {
-		if err := ensureCA(caDir); err != nil {
-			return nil, err
-		}
-	}
-	peers := map[ids.NodeID]string{}
+	settings := server.Settings{VShards: c.Shape.VShards, Groups: c.Shape.Groups, RF: c.Shape.RF}
 	for i := 1; i <= c.Shape.Nodes; i++ {
-		addr := fmt.Sprintf("127.0.0.1:%d", portBase+i)
-		if portBase == 0 {
-			if addr, err = freeUDPAddr(); err != nil {
-				return nil, err
+		cfg := server.Config{
+			Dir:    NodeDir(dir, i),
+			Logger: log.With("dev_node", i),
+		}
+		if !server.IsNode(cfg.Dir) {
+			// A node that does not exist yet: node 1 bootstraps (or
+			// resumes an interrupted bootstrap), the others join it.
+			cfg.Listen = fmt.Sprintf("127.0.0.1:%d", portBase+i)
+			if portBase == 0 {
+				if cfg.Listen, err = freeUDPAddr(); err != nil {
+					_ = c.Stop()
+					return nil, err
+				}
+			}
+			if i == 1 {
+				cfg.Bootstrap, cfg.Settings = true, settings
+			} else {
+				tok, _, err := c.servers[0].CreateToken(ctx, 10*time.Minute)
+				if err != nil {
+					_ = c.Stop()
+					return nil, fmt.Errorf("join token for node %d: %w", i, err)
+				}
+				cfg.Join, cfg.Token = c.Endpoints[0], tok
 			}
 		}
-		peers[ids.NodeID(i)] = addr
-		c.Endpoints = append(c.Endpoints, addr)
-	}
-	for i := 1; i <= c.Shape.Nodes; i++ {
-		s, err := server.Start(server.Config{
-			Dir:    NodeDir(dir, i),
-			NodeID: ids.NodeID(i),
-			Listen: peers[ids.NodeID(i)],
-			Peers:  peers,
-			Layout: server.Layout{Groups: c.Shape.Groups, VShards: c.Shape.VShards, RF: c.Shape.RF},
-			CADir:  caDir,
-			Logger: log.With("node", i),
-		})
+		s, err := server.Start(ctx, cfg)
 		if err != nil {
 			_ = c.Stop()
 			return nil, fmt.Errorf("node %d: %w", i, err)
 		}
 		c.servers = append(c.servers, s)
+		c.Endpoints = append(c.Endpoints, s.Addr().String())
 	}
 	if err := os.WriteFile(filepath.Join(dir, endpointsFile), []byte(strings.Join(c.Endpoints, "\n")+"\n"), 0o644); err != nil {
 		_ = c.Stop()
@@ -141,7 +141,7 @@ func Start(dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, er
 	}
 	if !c.Restarted {
 		// The shape file is written last: a dir without it is not a
-		// cluster yet.
+		// cluster yet, and the next run finishes what this one started.
 		b, err := json.MarshalIndent(c.Shape, "", "  ")
 		if err != nil {
 			_ = c.Stop()
@@ -153,21 +153,6 @@ func Start(dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, er
 		}
 	}
 	return c, nil
-}
-
-// ensureCA creates the dev cluster's CA unless a previous, interrupted first
-// run already did.
-func ensureCA(dir string) error {
-	if _, err := pki.LoadCA(dir); err == nil {
-		return nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("dev CA in %s: %w", dir, err)
-	}
-	ca, err := pki.NewCA("nodedb-dev", time.Now())
-	if err != nil {
-		return err
-	}
-	return pki.WriteCA(dir, ca)
 }
 
 func freeUDPAddr() (string, error) {
@@ -188,6 +173,9 @@ func (c *Cluster) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Servers returns the running nodes, node 1 first.
+func (c *Cluster) Servers() []*server.Server { return c.servers }
+
 // AdminSockets lists the nodes' admin sockets, node 1 first.
 func (c *Cluster) AdminSockets() []string {
 	var out []string
@@ -197,71 +185,63 @@ func (c *Cluster) AdminSockets() []string {
 	return out
 }
 
-// GroupLine summarizes one group.
-type GroupLine struct {
-	Group      ids.GroupID
-	Leader     ids.NodeID
-	Term       uint64
-	Applied    uint64
-	Replicas   []ids.NodeID
-	VShardFrom uint32
-	VShardTo   uint32
-}
+// Status is the cluster as node 1 has applied it.
+func (c *Cluster) Status() (server.ClusterStatus, error) { return c.servers[0].ClusterStatus() }
 
-// WaitReady waits until every group has a leader.
+// WaitReady waits until every node is active and every group has its full
+// set of voters (RF, or every node when there are fewer), no learner left,
+// and a leader.
 func (c *Cluster) WaitReady(ctx context.Context) error {
+	want := min(c.Shape.RF, c.Shape.Nodes)
 	for {
-		missing := 0
-		for g := 1; g <= c.Shape.Groups; g++ {
-			if c.leader(ids.GroupID(g)) == nil {
-				missing++
-			}
-		}
-		if missing == 0 {
+		err := c.ready(want)
+		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%d groups without a leader: %w", missing, ctx.Err())
+			return fmt.Errorf("cluster not ready: %v: %w", err, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
 
-func (c *Cluster) leader(g ids.GroupID) *server.Server {
-	for _, s := range c.servers {
-		if s.Node().IsLeader(g) {
-			return s
+func (c *Cluster) ready(want int) error {
+	st, err := c.Status()
+	if err != nil {
+		return err
+	}
+	active := 0
+	for _, n := range st.Nodes {
+		if n.State == "active" {
+			active++
+		}
+	}
+	if active != c.Shape.Nodes {
+		return fmt.Errorf("%d of %d nodes active", active, c.Shape.Nodes)
+	}
+	for _, g := range st.Groups {
+		wantVoters := want
+		if g.ID == 0 {
+			wantVoters = min(5, c.Shape.Nodes)
+		}
+		if len(g.Voters) != wantVoters || len(g.Learners) != 0 {
+			return fmt.Errorf("group %d has voters %v and learners %v", g.ID, g.Voters, g.Learners)
+		}
+		if !c.hasLeader(g.ID) {
+			return fmt.Errorf("group %d has no leader", g.ID)
 		}
 	}
 	return nil
 }
 
-// Status summarizes every group.
-func (c *Cluster) Status() []GroupLine {
-	var out []GroupLine
-	for g := 1; g <= c.Shape.Groups; g++ {
-		gl := GroupLine{Group: ids.GroupID(g)}
-		first := true
-		for vs := range uint32(c.Shape.VShards) {
-			if placement.VShardGroup(vs, c.Shape.VShards, c.Shape.Groups) == gl.Group {
-				if first {
-					gl.VShardFrom, first = vs, false
-				}
-				gl.VShardTo = vs
-			}
+func (c *Cluster) hasLeader(g uint64) bool {
+	for _, s := range c.servers {
+		if s.Node().IsLeader(server.GroupID(g)) {
+			return true
 		}
-		if l := c.leader(gl.Group); l != nil {
-			if st, err := l.Node().Status(gl.Group); err == nil {
-				gl.Leader, gl.Term, gl.Applied = l.ID(), st.Term, st.Applied
-				for _, r := range st.Config.Replicas {
-					gl.Replicas = append(gl.Replicas, r.Node)
-				}
-			}
-		}
-		out = append(out, gl)
 	}
-	return out
+	return false
 }
 
 // SelfCheck writes a key through node 1 (which forwards it over QUIC to the

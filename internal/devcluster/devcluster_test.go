@@ -20,7 +20,7 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Start(dir, Shape{Nodes: 3, Groups: 4, VShards: 64, RF: 3}, 0, log)
+	c, err := Start(ctx, dir, Shape{Nodes: 3, Groups: 4, VShards: 64, RF: 3}, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	c, err = Start(dir, Shape{Nodes: 3, Groups: 8, VShards: 1024, RF: 3}, 0, log)
+	c, err = Start(ctx, dir, Shape{Nodes: 3, Groups: 8, VShards: 1024, RF: 3}, 0, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,12 +51,15 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	if err := c.WaitReady(ctx); err != nil {
 		t.Fatal(err)
 	}
-	st := c.Status()
-	if len(st) != 4 {
-		t.Fatalf("%d groups after restart", len(st))
+	st, err := c.Status()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, g := range st {
-		if g.Leader == 0 || len(g.Replicas) != 3 {
+	if len(st.Groups) != 5 || len(st.Nodes) != 3 {
+		t.Fatalf("after restart: %d groups (want the metadata group and 4), %d nodes", len(st.Groups), len(st.Nodes))
+	}
+	for _, g := range st.Groups {
+		if len(g.Voters) != 3 {
 			t.Fatalf("group after restart: %+v", g)
 		}
 	}

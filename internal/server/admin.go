@@ -26,6 +26,8 @@ import (
 // anyway. It serves operators and tests until the public API exists:
 //
 //	GET    /v1/status          this node's view of its groups (JSON)
+//	GET    /v1/cluster         the applied metadata state (ClusterStatus)
+//	POST   /v1/tokens?ttl=1h   create a join token (TokenAnswer)
 //	GET    /v1/hash/{group}    the group's applied index and state hash here
 //	PUT    /v1/kv/{key}        body = value; linearizable write via the leader
 //	GET    /v1/kv/{key}        linearizable read via the leader
@@ -57,6 +59,8 @@ func startAdmin(s *Server) (*adminServer, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /v1/cluster", s.handleCluster)
+	mux.HandleFunc("POST /v1/tokens", s.handleCreateToken)
 	mux.HandleFunc("GET /v1/hash/{group}", s.handleHash)
 	mux.HandleFunc("PUT /v1/kv/{key}", s.handlePut)
 	mux.HandleFunc("GET /v1/kv/{key}", s.handleGet)
@@ -91,15 +95,15 @@ type GroupStatus struct {
 
 // Status is a node's view of itself and its groups.
 type Status struct {
-	Node   uint64        `json:"node"`
-	Listen string        `json:"listen"`
-	Layout Layout        `json:"layout"`
-	Groups []GroupStatus `json:"groups"`
+	Node      uint64        `json:"node"`
+	ClusterID string        `json:"cluster_id"`
+	Listen    string        `json:"listen"`
+	Groups    []GroupStatus `json:"groups"`
 }
 
 // Status reports this node's groups.
 func (s *Server) Status() Status {
-	st := Status{Node: uint64(s.id), Listen: s.ep.Addr().String(), Layout: s.layout}
+	st := Status{Node: uint64(s.id), ClusterID: s.clusterID, Listen: s.ep.Addr().String()}
 	for _, g := range s.node.Groups() {
 		gs, err := s.node.Status(g)
 		if err != nil {
@@ -121,6 +125,46 @@ func (s *Server) Status() Status {
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.Status())
+}
+
+func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
+	st, err := s.ClusterStatus()
+	if err != nil {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// TokenAnswer is a new join token.
+type TokenAnswer struct {
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	ttl := time.Hour
+	if v := r.URL.Query().Get("ttl"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "invalid_argument", "ttl: "+err.Error())
+			return
+		}
+		ttl = d
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	tok, exp, err := s.CreateToken(ctx, ttl)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, TokenAnswer{Token: tok, Expires: exp.UTC()})
+	case errors.Is(err, ErrNoMetadata), errors.Is(err, ErrUnavailable), errors.Is(err, cluster.ErrOutcomeUnknown):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
+	default:
+		writeError(w, http.StatusBadRequest, "invalid_argument", err.Error())
+	}
 }
 
 // HashAnswer is a group's state hash on one node.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 )
 
 // AdminClient talks to a node's admin socket.
@@ -68,6 +69,18 @@ func (a *AdminClient) do(ctx context.Context, method, path string, body []byte, 
 func (a *AdminClient) Status(ctx context.Context) (Status, error) {
 	var st Status
 	return st, a.do(ctx, http.MethodGet, "/v1/status", nil, &st)
+}
+
+// Cluster returns the applied metadata state as the node has it.
+func (a *AdminClient) Cluster(ctx context.Context) (ClusterStatus, error) {
+	var st ClusterStatus
+	return st, a.do(ctx, http.MethodGet, "/v1/cluster", nil, &st)
+}
+
+// CreateToken creates a join token valid for ttl.
+func (a *AdminClient) CreateToken(ctx context.Context, ttl time.Duration) (TokenAnswer, error) {
+	var t TokenAnswer
+	return t, a.do(ctx, http.MethodPost, "/v1/tokens?ttl="+url.QueryEscape(ttl.String()), nil, &t)
 }
 
 // Put writes key.

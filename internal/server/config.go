@@ -1,12 +1,12 @@
-// Package server runs one node of a nodedb-cluster as a process would: its
-// data dir, its TLS identity, its QUIC endpoint, the Raft groups it holds,
-// forwarding of requests to group leaders over QUIC, and the local admin
-// endpoint (a Unix socket in the data dir that only the dir's owner can use).
+// Package server runs one node of a nodedb-cluster as a process does: its
+// data dir, its TLS identity, its QUIC endpoint, its replica of the metadata
+// group and of the data groups placed on it, forwarding of requests to group
+// leaders over QUIC, and the local admin endpoint (a Unix socket in the data
+// dir that only the dir's owner can use).
 //
-// Until the metadata group lands, the cluster's membership and group layout
-// are static: every node is started with the same peer list and layout, like
-// etcd's --initial-cluster, and records them in its data dir at first start.
-// This is temporary and documented as such.
+// A node comes to exist in exactly two ways, both explicit: Bootstrap
+// creates a new cluster, Join enters an existing one with a single-use
+// token. A dir that already holds a node restarts it and ignores both.
 package server
 
 import (
@@ -17,33 +17,35 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
 
-// Layout is the static shape of a cluster: its vShard count, data groups and
-// replication factor. It is fixed at the cluster's creation.
-type Layout struct {
-	Groups  int `json:"groups"`
-	VShards int `json:"vshards"`
-	RF      int `json:"rf"`
+// Settings shape a new cluster; they are used by Bootstrap only and live in
+// the metadata group afterwards.
+type Settings struct {
+	// VShards is the number of vShards, a power of two from 16 to 16384.
+	VShards int
+	// Groups is the number of data groups created at bootstrap.
+	Groups int
+	// RF is the number of voters of each data group.
+	RF int
 }
 
-// Validate checks a layout against the number of nodes.
-func (l Layout) Validate(nodes int) error {
-	if err := vshard.ValidateCount(l.VShards); err != nil {
+// DefaultSettings are the defaults of `start --bootstrap`.
+func DefaultSettings() Settings { return Settings{VShards: 1024, Groups: 16, RF: 3} }
+
+// Validate checks bootstrap settings.
+func (s Settings) Validate() error {
+	if err := vshard.ValidateCount(s.VShards); err != nil {
 		return err
 	}
-	if l.Groups < 1 || l.Groups > l.VShards {
-		return fmt.Errorf("groups must be between 1 and the vShard count (%d), got %d", l.VShards, l.Groups)
+	if s.Groups < 1 || s.Groups > s.VShards {
+		return fmt.Errorf("groups must be between 1 and the vShard count (%d), got %d", s.VShards, s.Groups)
 	}
-	if l.RF < 1 || l.RF > nodes {
-		return fmt.Errorf("replication factor must be between 1 and the node count (%d), got %d", nodes, l.RF)
+	if s.RF < 1 || s.RF > 7 {
+		return fmt.Errorf("replication factor must be between 1 and 7, got %d", s.RF)
 	}
 	return nil
 }
@@ -52,42 +54,76 @@ func (l Layout) Validate(nodes int) error {
 type Config struct {
 	// Dir is the node's data dir.
 	Dir string
-	// NodeID may be zero on a restart: the data dir knows it.
-	NodeID ids.NodeID
-	// Listen is the QUIC address (UDP). On a restart it defaults to the
-	// stored one.
+	// Listen is the QUIC address (UDP). Required to create a node; a
+	// restart defaults to the stored one.
 	Listen string
-	// Peers maps every node of the cluster, this one included, to its QUIC
-	// address. Required at first start; later starts use the stored list
-	// unless given again.
-	Peers map[ids.NodeID]string
-	// Layout is used at first start only.
-	Layout Layout
-	// CADir holds the cluster CA (ca.crt, and ca.key to issue this node's
-	// certificate at first start). Not needed once the node has its
-	// certificate in Dir/tls.
-	CADir string
+	// Advertise is the address other nodes dial; default Listen.
+	Advertise string
+	// API is the client API address this node announces (the API server
+	// itself arrives with the client API).
+	API string
+	// Zone labels the node's failure domain; replicas of a group go to
+	// distinct zones when zones are given.
+	Zone string
+
+	// Bootstrap creates a new cluster in an empty dir, with Settings.
+	Bootstrap bool
+	Settings  Settings
+	// Join is the QUIC address of any node of the cluster to join, with
+	// Token (from `token create`).
+	Join  string
+	Token string
+	// JoinTimeout bounds the whole join, retries included. Default 2m.
+	JoinTimeout time.Duration
 
 	TickInterval   time.Duration
 	ElectionTicks  int
 	HeartbeatTicks int
 	CacheBytes     int64
 	MemTableBytes  uint64
-	Logger         *slog.Logger
+	// ControlInterval is how often the metadata leader reconciles placement
+	// and every node reconciles its replicas. Default 500ms.
+	ControlInterval time.Duration
+	Logger          *slog.Logger
 }
 
-// stored is what a node records in its data dir at first start.
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.JoinTimeout <= 0 {
+		c.JoinTimeout = 2 * time.Minute
+	}
+	if c.ControlInterval <= 0 {
+		c.ControlInterval = 500 * time.Millisecond
+	}
+	if c.Settings == (Settings{}) {
+		c.Settings = DefaultSettings()
+	}
+}
+
+// stored is a node's identity, recorded in DIR/cluster.json once the node
+// exists (bootstrapped, or joined): a dir without it is not a node yet.
 type stored struct {
-	NodeID uint64            `json:"node_id"`
-	Listen string            `json:"listen"`
-	Peers  map[string]string `json:"peers"`
-	Layout Layout            `json:"layout"`
+	NodeID    uint64 `json:"node_id"`
+	ClusterID string `json:"cluster_id"`
+	// VShards is the cluster's vShard count, fixed at bootstrap (the KV
+	// state machine needs it before the metadata state is loaded).
+	VShards   int    `json:"vshards"`
+	Listen    string `json:"listen"`
+	Advertise string `json:"advertise,omitempty"`
+	API       string `json:"api,omitempty"`
+	Zone      string `json:"zone,omitempty"`
+	// Peers is the static peer list of nodes made before the metadata group
+	// existed; such a dir is refused.
+	Peers map[string]string `json:"peers,omitempty"`
 }
 
 const storedFile = "cluster.json"
 
 func readStored(dir string) (*stored, error) {
-	b, err := os.ReadFile(filepath.Join(dir, storedFile))
+	path := filepath.Join(dir, storedFile)
+	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -96,7 +132,16 @@ func readStored(dir string) (*stored, error) {
 	}
 	var s stored
 	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("read %s: %w", filepath.Join(dir, storedFile), err)
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(s.Peers) > 0 {
+		return nil, fmt.Errorf("%s was created by an older release with a static --peers list; it cannot join a cluster with a metadata group: start a new cluster", dir)
+	}
+	if s.NodeID == 0 || s.ClusterID == "" {
+		return nil, fmt.Errorf("%s: no node or cluster ID", path)
+	}
+	if err := vshard.ValidateCount(s.VShards); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &s, nil
 }
@@ -110,71 +155,40 @@ func writeStored(dir string, s *stored) error {
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(dir, storedFile))
+	if err := os.Rename(tmp, filepath.Join(dir, storedFile)); err != nil {
+		return err
+	}
+	return syncDir(dir)
 }
 
-func (s *stored) peers() (map[ids.NodeID]string, error) {
-	out := map[ids.NodeID]string{}
-	for k, v := range s.Peers {
-		id, err := strconv.ParseUint(k, 10, 64)
-		if err != nil || id == 0 {
-			return nil, fmt.Errorf("stored peer id %q", k)
-		}
-		out[ids.NodeID(id)] = v
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
 	}
-	return out, nil
+	defer d.Close()
+	return d.Sync()
 }
 
-func encodePeers(p map[ids.NodeID]string) map[string]string {
-	out := map[string]string{}
-	for id, a := range p {
-		out[strconv.FormatUint(uint64(id), 10)] = a
+// checkAddr validates a HOST:PORT flag.
+func checkAddr(flag, addr string) error {
+	if addr == "" {
+		return nil
 	}
-	return out
-}
-
-// ParsePeers parses "1=host:port,2=host:port,...". Node IDs must be 1..N
-// without gaps (the static layout places groups on nodes 1..N), and every
-// address must be a host:port.
-func ParsePeers(s string) (map[ids.NodeID]string, error) {
-	out := map[ids.NodeID]string{}
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" {
-			continue
-		}
-		k, v, ok := strings.Cut(part, "=")
-		if !ok {
-			return nil, fmt.Errorf("peer %q: want ID=HOST:PORT", part)
-		}
-		id, err := strconv.ParseUint(k, 10, 64)
-		if err != nil || id == 0 {
-			return nil, fmt.Errorf("peer %q: bad node ID", part)
-		}
-		if _, _, err := net.SplitHostPort(v); err != nil {
-			return nil, fmt.Errorf("peer %q: %w", part, err)
-		}
-		if _, dup := out[ids.NodeID(id)]; dup {
-			return nil, fmt.Errorf("peer %d listed twice", id)
-		}
-		out[ids.NodeID(id)] = v
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("--%s %q: %w", flag, addr, err)
 	}
-	return out, checkPeerIDs(out)
-}
-
-func checkPeerIDs(p map[ids.NodeID]string) error {
-	if len(p) == 0 {
-		return errors.New("no peers")
+	if port == "" || port == "0" {
+		return fmt.Errorf("--%s %q: a fixed port is required (other nodes dial it)", flag, addr)
 	}
-	keys := make([]ids.NodeID, 0, len(p))
-	for id := range p {
-		keys = append(keys, id)
-	}
-	slices.Sort(keys)
-	for i, id := range keys {
-		if id != ids.NodeID(i+1) {
-			return fmt.Errorf("node IDs must be 1..%d without gaps, got %v", len(p), keys)
-		}
-	}
+	_ = host
 	return nil
+}
+
+// IsNode reports whether dir holds a node (bootstrapped or joined), so that
+// starting it needs neither --bootstrap nor --join.
+func IsNode(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, storedFile))
+	return err == nil
 }

@@ -10,7 +10,8 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
-	"github.com/nodedb/nodedb-cluster/internal/placement"
+	"github.com/nodedb/nodedb-cluster/internal/meta"
+	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
@@ -70,8 +71,9 @@ func decodeRequest(b []byte, vshards int) (request, error) {
 }
 
 func (s *Server) registerRPCs() {
+	s.registerControlRPCs()
 	s.ep.Handle(rpcPropose, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
-		r, err := decodeRequest(b, s.layout.VShards)
+		r, err := decodeRequest(b, s.vshards)
 		if err != nil {
 			return nil, err
 		}
@@ -79,7 +81,7 @@ func (s *Server) registerRPCs() {
 		return out, toRPCError(err)
 	})
 	s.ep.Handle(rpcRead, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
-		r, err := decodeRequest(b, s.layout.VShards)
+		r, err := decodeRequest(b, s.vshards)
 		if err != nil {
 			return nil, err
 		}
@@ -110,10 +112,12 @@ func toRPCError(err error) error {
 	return err
 }
 
-// Route returns the vShard and group of key.
+// Route returns the vShard of key and the group that owns it in this node's
+// metadata state (group 0, the metadata group, while this node has none).
 func (s *Server) Route(key []byte) (uint32, ids.GroupID) {
-	vs := vshard.ForKey(key, s.layout.VShards)
-	return vs, placement.VShardGroup(vs, s.layout.VShards, s.layout.Groups)
+	vs := vshard.ForKey(key, s.vshards)
+	g, _ := meta.RouteOf(s.view.get(), vs)
+	return vs, ids.GroupID(g)
 }
 
 // Propose applies a command to key's vShard through its group's leader,
@@ -209,11 +213,50 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 // anyReplica picks a node holding group g other than this one, for when no
 // leader is known: it will answer with its own leader hint.
 func (s *Server) anyReplica(g ids.GroupID) ids.NodeID {
-	layout, err := placement.Static(s.layout.Groups, len(s.peers), s.layout.RF)
-	if err != nil || int(g) < 1 || int(g) > len(layout) {
+	st := s.view.get()
+	grp := st.GetGroups()[uint64(g)]
+	if grp == nil {
+		// A joiner that has no metadata yet knows only its peers.
+		if g == MetaGroup {
+			s.peersMu.Lock()
+			defer s.peersMu.Unlock()
+			for n := range s.peers {
+				return n
+			}
+		}
 		return 0
 	}
-	founders := layout[g-1]
-	f := founders[time.Now().UnixNano()%int64(len(founders))]
-	return f.Node
+	if h := ids.NodeID(grp.LeaderHint); h != 0 && h != s.id {
+		if time.Now().UnixNano()%2 == 0 {
+			return h
+		}
+	}
+	var nodes []ids.NodeID
+	for _, r := range grp.Replicas {
+		if ids.NodeID(r.Node) != s.id {
+			nodes = append(nodes, ids.NodeID(r.Node))
+		}
+	}
+	if len(nodes) == 0 {
+		return 0
+	}
+	return nodes[time.Now().UnixNano()%int64(len(nodes))]
+}
+
+// proposeMeta commits a metadata entry through the metadata leader and
+// returns its result; an entry the applier refused is a *meta.Error.
+func (s *Server) proposeMeta(ctx context.Context, e *metapb.Entry) (*metapb.Result, error) {
+	b, err := meta.EncodeEntry(e)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.do(ctx, true, &request{group: MetaGroup, vshard: 0, body: b})
+	if err != nil {
+		return nil, err
+	}
+	res, err := meta.DecodeResult(out)
+	if err != nil {
+		return nil, err
+	}
+	return res, meta.ResultError(res)
 }

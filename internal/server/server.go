@@ -2,13 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,24 +17,41 @@ import (
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
+	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
-	"github.com/nodedb/nodedb-cluster/internal/placement"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
 )
 
+// GroupID identifies a Raft group.
+type GroupID = ids.GroupID
+
+// MetaGroup is the metadata group's ID.
+const MetaGroup ids.GroupID = 0
+
 // Server is a running node.
 type Server struct {
-	cfg      Config
-	id       ids.NodeID
-	layout   Layout
-	peers    map[ids.NodeID]string
-	log      *slog.Logger
-	sm       *kv.StateMachine
-	node     *cluster.Node
-	ep       *quicnet.Endpoint
-	admin    *adminServer
-	registry *prometheus.Registry
+	cfg       Config
+	id        ids.NodeID
+	clusterID string
+	vshards   int
+	created   bool // this Start bootstrapped the cluster
+	log       *slog.Logger
+	kv        *kv.StateMachine
+	metaSM    *meta.StateMachine
+	view      metaView
+	node      *cluster.Node
+	ep        *quicnet.Endpoint
+	admin     *adminServer
+	registry  *prometheus.Registry
+
+	// Background loops (reconciliation, placement) stop with cancel.
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	kick   chan struct{}
+
+	peersMu sync.Mutex
+	peers   map[ids.NodeID]string // addresses handed to the endpoint
 }
 
 // TLSDir is where a node keeps its certificate, key and the CA certificate.
@@ -42,13 +60,23 @@ func TLSDir(dataDir string) string { return filepath.Join(dataDir, "tls") }
 // AdminSocket is the path of a node's admin socket.
 func AdminSocket(dataDir string) string { return filepath.Join(dataDir, "admin.sock") }
 
-// Start starts a node from cfg.Dir, creating it at first start.
-func Start(cfg Config) (*Server, error) {
+// ErrNoNode is returned when a dir holds no node and neither Bootstrap nor
+// Join was asked for: a node never creates a cluster on its own.
+var ErrNoNode = errors.New("the data dir holds no node")
+
+// Start starts the node in cfg.Dir: restarts it when the dir holds one,
+// otherwise bootstraps a new cluster (cfg.Bootstrap) or joins one (cfg.Join
+// and cfg.Token). Joining talks to the cluster and may take until ctx ends
+// or cfg.JoinTimeout passes.
+func Start(ctx context.Context, cfg Config) (*Server, error) {
+	cfg.setDefaults()
 	if cfg.Dir == "" {
 		return nil, errors.New("a data dir is required")
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+	for flag, a := range map[string]string{"listen": cfg.Listen, "advertise": cfg.Advertise, "join": cfg.Join} {
+		if err := checkAddr(flag, a); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, err
@@ -57,139 +85,134 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, registry: prometheus.NewRegistry()}
-	if st == nil {
-		if err := s.firstStart(); err != nil {
-			return nil, err
-		}
-	} else if err := s.restart(st); err != nil {
-		return nil, err
+	s := &Server{
+		cfg:      cfg,
+		registry: prometheus.NewRegistry(),
+		kick:     make(chan struct{}, 1),
+		peers:    map[ids.NodeID]string{},
 	}
-	s.log = cfg.Logger.With("node", uint64(s.id))
-	if err := s.open(st == nil); err != nil {
+	s.log = cfg.Logger
+	switch {
+	case st != nil:
+		if cfg.Join != "" || cfg.Token != "" {
+			cfg.Logger.Info("data dir already belongs to a cluster; --join and --token ignored", "dir", cfg.Dir, "node", st.NodeID, "cluster", st.ClusterID)
+		}
+		err = s.restart(st)
+	case cfg.Bootstrap && cfg.Join != "":
+		return nil, errors.New("--bootstrap and --join exclude each other")
+	case cfg.Bootstrap:
+		err = s.bootstrap(ctx)
+	case cfg.Join != "" || cfg.Token != "":
+		if cfg.Join == "" || cfg.Token == "" {
+			return nil, errors.New("joining needs both --join ADDR and --token TOKEN")
+		}
+		err = s.join(ctx)
+	default:
+		return nil, fmt.Errorf("%w: %s; give --bootstrap to create a new cluster, or --join ADDR --token TOKEN to join one", ErrNoNode, cfg.Dir)
+	}
+	if err != nil {
 		s.Stop()
 		return nil, err
 	}
 	return s, nil
 }
 
-// firstStart validates the flags of a new node and records them.
-func (s *Server) firstStart() error {
-	cfg := s.cfg
-	if cfg.NodeID == 0 {
-		return errors.New("a new node needs --node-id")
-	}
-	if err := checkPeerIDs(cfg.Peers); err != nil {
-		return fmt.Errorf("--peers: %w", err)
-	}
-	self, ok := cfg.Peers[cfg.NodeID]
-	if !ok {
-		return fmt.Errorf("--peers does not list this node (%d)", cfg.NodeID)
-	}
-	if cfg.Listen == "" {
-		cfg.Listen = self
-	}
-	if err := cfg.Layout.Validate(len(cfg.Peers)); err != nil {
-		return err
-	}
-	s.id, s.layout, s.peers, s.cfg.Listen = cfg.NodeID, cfg.Layout, cfg.Peers, cfg.Listen
-	return nil
-}
-
-// restart takes the node's identity and layout from its dir; flags may
-// update the peers' addresses and the listen address, never the identity.
+// restart opens a node from its dir; flags may change its addresses, never
+// its identity.
 func (s *Server) restart(st *stored) error {
-	if s.cfg.NodeID != 0 && s.cfg.NodeID != ids.NodeID(st.NodeID) {
-		return fmt.Errorf("%s belongs to node %d, not %d", s.cfg.Dir, st.NodeID, s.cfg.NodeID)
-	}
-	s.id, s.layout = ids.NodeID(st.NodeID), st.Layout
-	peers, err := st.peers()
-	if err != nil {
-		return err
-	}
-	if len(s.cfg.Peers) > 0 {
-		if len(s.cfg.Peers) != len(peers) {
-			return fmt.Errorf("--peers lists %d nodes, the cluster has %d (membership changes come with the metadata group)", len(s.cfg.Peers), len(peers))
-		}
-		peers = s.cfg.Peers
-	}
-	s.peers = peers
+	s.id, s.clusterID, s.vshards = ids.NodeID(st.NodeID), st.ClusterID, st.VShards
+	s.log = s.cfg.Logger.With("node", st.NodeID)
 	if s.cfg.Listen == "" {
 		s.cfg.Listen = st.Listen
 	}
+	if s.cfg.Advertise == "" {
+		s.cfg.Advertise = st.Advertise
+	}
+	if s.cfg.API == "" {
+		s.cfg.API = st.API
+	}
+	if s.cfg.Zone == "" {
+		s.cfg.Zone = st.Zone
+	}
+	id, verifier, err := loadIdentity(TLSDir(s.cfg.Dir), s.id, s.log)
+	if err != nil {
+		return err
+	}
+	if err := s.open(id, verifier, nil); err != nil {
+		return err
+	}
+	if s.cfg.Listen != st.Listen || s.cfg.Advertise != st.Advertise || s.cfg.API != st.API || s.cfg.Zone != st.Zone {
+		return writeStored(s.cfg.Dir, s.stored())
+	}
 	return nil
 }
 
-// identity loads the node's certificate, issuing it from the CA at first
-// start when the CA key is at hand.
-func (s *Server) identity() (*pki.Identity, *pki.Verifier, error) {
-	dir := TLSDir(s.cfg.Dir)
+func (s *Server) stored() *stored {
+	return &stored{
+		NodeID: uint64(s.id), ClusterID: s.clusterID, VShards: s.vshards,
+		Listen: s.cfg.Listen, Advertise: s.cfg.Advertise, API: s.cfg.API, Zone: s.cfg.Zone,
+	}
+}
+
+// advertise is the address other nodes dial.
+func (s *Server) advertise() string {
+	if s.cfg.Advertise != "" {
+		return s.cfg.Advertise
+	}
+	return s.cfg.Listen
+}
+
+// loadIdentity loads a node's certificate and the cluster CA from dir.
+func loadIdentity(dir string, node ids.NodeID, log *slog.Logger) (*pki.Identity, *pki.Verifier, error) {
 	cert, key, err := pki.LoadNode(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		if s.cfg.CADir == "" {
-			return nil, nil, fmt.Errorf("no node certificate in %s: give --ca-dir (the cluster CA, with its key) or provision one with `nodedb-cluster certs node`", dir)
-		}
-		ca, err := pki.LoadCA(s.cfg.CADir)
-		if err != nil {
-			return nil, nil, fmt.Errorf("load CA: %w", err)
-		}
-		if ca.Key == nil {
-			return nil, nil, fmt.Errorf("%s holds no CA key to issue this node's certificate", s.cfg.CADir)
-		}
-		nk, err := pki.NewNodeKey()
-		if err != nil {
-			return nil, nil, err
-		}
-		host, _, _ := net.SplitHostPort(s.cfg.Listen)
-		var hosts []string
-		if host != "" {
-			hosts = append(hosts, host)
-		}
-		c, err := ca.IssueNode(nk.Public(), s.id, hosts, time.Now(), 0)
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := pki.WriteCACert(dir, ca.Cert); err != nil && !errors.Is(err, fs.ErrExist) {
-			return nil, nil, err
-		}
-		if err := pki.WriteNode(dir, c, nk); err != nil {
-			return nil, nil, err
-		}
-		cert, key = c, nk
-	} else if err != nil {
+	if err != nil {
 		return nil, nil, fmt.Errorf("load node certificate: %w", err)
 	}
-	if got, err := pki.NodeID(cert); err != nil || got != s.id {
-		return nil, nil, fmt.Errorf("the certificate in %s is for node %v (%v), this is node %d", dir, got, err, s.id)
+	if got, err := pki.NodeID(cert); err != nil || got != node {
+		return nil, nil, fmt.Errorf("the certificate in %s is for node %v (%v), this is node %d", dir, got, err, node)
 	}
 	ca, err := pki.LoadCA(dir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load CA certificate: %w", err)
 	}
 	if pki.NeedsRenewal(cert, time.Now()) {
-		s.cfg.Logger.Warn("node certificate expires soon; issue a new one (docs/security.md)", "not_after", cert.NotAfter)
+		log.Warn("node certificate expires soon; issue a new one (docs/security.md)", "not_after", cert.NotAfter)
 	}
-	id, err := pki.NewIdentity(cert, nil, key)
+	// The CA certificate goes in the chain: a joining node finds it there
+	// and checks it against the hash in its token.
+	id, err := pki.NewIdentity(cert, []*x509.Certificate{ca.Cert}, key)
 	if err != nil {
 		return nil, nil, err
 	}
 	return id, pki.NewVerifier(ca.Cert), nil
 }
 
-// open starts the node's storage, transport, groups and admin endpoint.
-func (s *Server) open(fresh bool) error {
-	id, verifier, err := s.identity()
+// open starts the node's storage, transport, background loops and admin
+// endpoint. peers seeds the endpoint's address book (a joiner has no
+// metadata yet); the metadata state keeps it current afterwards.
+func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.NodeID]string) error {
+	if s.cfg.Listen == "" {
+		return errors.New("--listen is required")
+	}
+	s.metaSM = meta.NewStateMachine(func(st *metaState) { s.view.set(st); s.poke() })
+	var err error
+	s.kv, err = kv.New(s.vshards)
 	if err != nil {
 		return err
 	}
-	s.sm, err = kv.New(s.layout.VShards)
-	if err != nil {
-		return err
+	for n, a := range peers {
+		s.peers[n] = a
 	}
 	s.node, err = cluster.Start(cluster.Config{
-		NodeID:         s.id,
-		Dir:            filepath.Join(s.cfg.Dir, "store"),
-		StateMachine:   s.sm,
+		NodeID:       s.id,
+		Dir:          filepath.Join(s.cfg.Dir, "store"),
+		StateMachine: s.kv,
+		GroupStateMachine: func(g ids.GroupID) cluster.StateMachine {
+			if g == MetaGroup {
+				return s.metaSM
+			}
+			return nil
+		},
 		TickInterval:   s.cfg.TickInterval,
 		ElectionTicks:  s.cfg.ElectionTicks,
 		HeartbeatTicks: s.cfg.HeartbeatTicks,
@@ -202,7 +225,8 @@ func (s *Server) open(fresh bool) error {
 				Identity:   id,
 				Verifier:   verifier,
 				Listen:     s.cfg.Listen,
-				Peers:      s.peers,
+				Peers:      peers,
+				Join:       s.handleJoin,
 				Logger:     s.log.With("component", "quicnet"),
 				Registerer: s.registry,
 			}, h)
@@ -214,39 +238,30 @@ func (s *Server) open(fresh bool) error {
 		return err
 	}
 	s.registerRPCs()
-	if fresh {
-		if err := s.bootstrap(); err != nil {
-			return err
-		}
+	if err := s.view.load(s.node); err != nil {
+		return fmt.Errorf("load metadata: %w", err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.controlLoop(ctx)
+	}()
 	s.admin, err = startAdmin(s)
 	if err != nil {
 		return err
 	}
-	s.log.Info("node started", "listen", s.ep.Addr().String(), "groups", len(s.node.Groups()), "admin", AdminSocket(s.cfg.Dir))
+	s.log.Info("node started", "listen", s.ep.Addr().String(), "cluster", s.clusterID, "admin", AdminSocket(s.cfg.Dir))
 	return nil
 }
 
-// bootstrap creates this node's replicas of the static layout, then records
-// the node in its dir: a dir without cluster.json is not a node yet, and a
-// start that fails before it is written starts over.
-func (s *Server) bootstrap() error {
-	layout, err := placement.Static(s.layout.Groups, len(s.peers), s.layout.RF)
-	if err != nil {
-		return err
+// poke wakes the control loop.
+func (s *Server) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
-	for g, founders := range layout {
-		for _, f := range founders {
-			if f.Node != s.id {
-				continue
-			}
-			err := s.node.BootstrapGroup(ids.GroupID(g+1), f.Replica, founders)
-			if err != nil && !errors.Is(err, cluster.ErrReplicaExists) {
-				return fmt.Errorf("bootstrap group %d: %w", g+1, err)
-			}
-		}
-	}
-	return writeStored(s.cfg.Dir, &stored{NodeID: uint64(s.id), Listen: s.cfg.Listen, Peers: encodePeers(s.peers), Layout: s.layout})
 }
 
 // Node returns the embedded cluster node.
@@ -255,17 +270,25 @@ func (s *Server) Node() *cluster.Node { return s.node }
 // ID returns the node's ID.
 func (s *Server) ID() ids.NodeID { return s.id }
 
+// Created reports whether this start bootstrapped a new cluster (as
+// opposed to restarting a node or joining).
+func (s *Server) Created() bool { return s.created }
+
+// ClusterID returns the ID of the node's cluster.
+func (s *Server) ClusterID() string { return s.clusterID }
+
 // Addr returns the QUIC address the node listens on.
 func (s *Server) Addr() net.Addr { return s.ep.Addr() }
 
-// Layout returns the cluster's layout.
-func (s *Server) Layout() Layout { return s.layout }
-
-// Stop stops the admin endpoint, then the node.
+// Stop stops the admin endpoint, the background loops, then the node.
 func (s *Server) Stop() error {
 	var errs []error
 	if s.admin != nil {
 		errs = append(errs, s.admin.close())
+	}
+	if s.cancel != nil {
+		s.cancel()
+		s.wg.Wait()
 	}
 	if s.node != nil {
 		errs = append(errs, s.node.Stop())

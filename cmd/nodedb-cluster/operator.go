@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nodedb/nodedb-cluster/internal/server"
+)
+
+// Operator commands reach a running node through its admin socket,
+// DIR/admin.sock: whoever can open it owns the node's data dir anyway.
+
+func newTokenCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	var (
+		dir string
+		ttl time.Duration
+	)
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a single-use join token",
+		Long: `Create a join token for one new node. The token is single use and expires
+after --ttl; its state lives in the metadata group, so any node can admit the
+joiner. The token is printed alone on the last line, for scripts:
+
+  TOKEN=$(nodedb-cluster token create --dir n1 | tail -1)`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			t, err := server.NewAdminClient(dir).CreateToken(ctx, ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "join token (single use, expires %s):\n%s\n", t.Expires.Format(time.RFC3339), t.Token)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&dir, "dir", "", "data dir of a running node (required)")
+	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
+	create.MarkFlagRequired("dir")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func newStatusCommand() *cobra.Command {
+	var (
+		dir    string
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Print the cluster's topology and routing as a node has applied it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			st, err := server.NewAdminClient(dir).Cluster(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printClusterStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", "", "data dir of a running node (required)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (stable field names, for scripts)")
+	cmd.MarkFlagRequired("dir")
+	return cmd
+}
+
+func printClusterStatus(out io.Writer, st server.ClusterStatus) {
+	fmt.Fprintf(out, "cluster %s: %d vShards, RF %d, routing version %d (as node %d has applied it; metadata leader n%d)\n",
+		st.ClusterID, st.VShardCount, st.ReplicationFactor, st.RoutingVersion, st.Node, st.MetaLeader)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nNODE\tSTATE\tLIVENESS\tPEER ADDR\tAPI ADDR\tZONE")
+	for _, n := range st.Nodes {
+		fmt.Fprintf(tw, "n%d\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.State, n.Liveness, n.PeerAddr, dash(n.APIAddr), dash(n.Zone))
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nGROUP\tVSHARDS\tLEADER\tVOTERS\tLEARNERS")
+	for _, g := range st.Groups {
+		leader := "-"
+		if g.Leader != 0 {
+			leader = fmt.Sprintf("n%d", g.Leader)
+		}
+		name := fmt.Sprint(g.ID)
+		if g.ID == 0 {
+			name = "0 (meta)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", name, g.VShards, leader, nodeList(g.Voters), nodeList(g.Learners))
+	}
+	tw.Flush()
+	if len(st.Migrations) > 0 {
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nMIGRATION\tKIND\tPHASE\tATTEMPT\tAGE")
+		for _, m := range st.Migrations {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0fs\n", m.ID, m.Kind, m.Phase, m.Attempt, m.AgeSeconds)
+		}
+		tw.Flush()
+	}
+}
+
+func nodeList(ns []uint64) string {
+	if len(ns) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = fmt.Sprintf("n%d", n)
+	}
+	return strings.Join(parts, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
