@@ -16,8 +16,8 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
-	"github.com/nodedb/nodedb-cluster/statemachine"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/statemachine"
 )
 
 // Host runs every Raft group replica of one node.

@@ -20,10 +20,10 @@ import (
 
 // RPC methods of the control plane.
 const (
-	rpcGroupStatus = "group.status" // this node's view of a group (JSON)
-	rpcGroupChange = "group.change" // change a group's membership (leader only)
+	rpcGroupStatus = "group.status"   // this node's view of a group (JSON)
+	rpcGroupChange = "group.change"   // change a group's membership (leader only)
 	rpcTransfer    = "group.transfer" // move a group's leadership (leader only)
-	rpcMetaState   = "meta.state"   // the sender's applied metadata state
+	rpcMetaState   = "meta.state"     // the sender's applied metadata state
 )
 
 // catchUpMaxLag is how far behind the leader's commit index a learner's
