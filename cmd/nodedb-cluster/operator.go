@@ -46,7 +46,51 @@ joiner. The token is printed alone on the last line, for scripts:
 	create.Flags().StringVar(&dir, "dir", "", "data dir of a running node (required)")
 	create.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token stays valid")
 	create.MarkFlagRequired("dir")
-	cmd.AddCommand(create)
+	var revokeDir string
+	revoke := &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Revoke a join token (the part before the first dot)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			id, _, _ := strings.Cut(args[0], ".")
+			if err := server.NewAdminClient(revokeDir).RevokeToken(ctx, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token %s revoked\n", id)
+			return nil
+		},
+	}
+	revoke.Flags().StringVar(&revokeDir, "dir", "", "data dir of a running node (required)")
+	revoke.MarkFlagRequired("dir")
+	var listDir string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List join tokens and their states (never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+			defer cancel()
+			st, err := server.NewAdminClient(listDir).Cluster(ctx)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tEXPIRES\tNODE")
+			for _, t := range st.Tokens {
+				node := "-"
+				if t.Node != 0 {
+					node = fmt.Sprintf("n%d", t.Node)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.ID, t.State, t.Expires.Format(time.RFC3339), node)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().StringVar(&listDir, "dir", "", "data dir of a running node (required)")
+	list.MarkFlagRequired("dir")
+	cmd.AddCommand(create, revoke, list)
 	return cmd
 }
 

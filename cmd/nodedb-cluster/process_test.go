@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -461,5 +462,50 @@ func TestProcessJoinSurvivesLeaderCrashMidJoin(t *testing.T) {
 	js, err := adminOf(joiner.dir).Status(ctx)
 	if err != nil || js.Node != 2 {
 		t.Fatalf("joiner status %+v, %v", js, err)
+	}
+	// The bootstrap printed a first join token, alone on its line.
+	b, _ := os.ReadFile(leader.log.Name())
+	if !strings.Contains(string(b), "join token (single use") {
+		t.Fatalf("start --bootstrap printed no join token:\n%s", b)
+	}
+	checkStatusJSON(ctx, t, bin, joiner.dir)
+}
+
+// checkStatusJSON runs 'status --json' and checks the field names scripts
+// rely on.
+func checkStatusJSON(ctx context.Context, t *testing.T, bin, dir string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, bin, "status", "--dir", dir, "--json").Output()
+	if err != nil {
+		t.Fatalf("status --json: %v", err)
+	}
+	var st map[string]any
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	for _, k := range []string{"cluster_id", "vshard_count", "replication_factor", "routing_version", "nodes", "groups", "vshards", "migrations"} {
+		if _, ok := st[k]; !ok {
+			t.Fatalf("status --json lacks %q:\n%s", k, out)
+		}
+	}
+	fields := map[string][]string{
+		"nodes":   {"id", "state", "liveness", "peer_addr", "api_addr", "zone"},
+		"groups":  {"id", "voters", "learners", "leader", "vshards"},
+		"vshards": {"id", "group", "epoch"},
+	}
+	for list, keys := range fields {
+		items, _ := st[list].([]any)
+		if len(items) == 0 {
+			t.Fatalf("status --json: %s is empty", list)
+		}
+		item, _ := items[0].(map[string]any)
+		for _, k := range keys {
+			if _, ok := item[k]; !ok {
+				t.Fatalf("status --json: %s[0] lacks %q: %v", list, k, item)
+			}
+		}
+	}
+	if n := len(st["vshards"].([]any)); n != int(st["vshard_count"].(float64)) {
+		t.Fatalf("status --json: %d vshards listed, vshard_count %v", n, st["vshard_count"])
 	}
 }

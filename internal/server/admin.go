@@ -19,6 +19,8 @@ import (
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
+	"github.com/nodedb/nodedb-cluster/internal/meta"
+	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 )
 
 // The admin endpoint is HTTP over a Unix socket in the data dir, created
@@ -28,6 +30,7 @@ import (
 //	GET    /v1/status          this node's view of its groups (JSON)
 //	GET    /v1/cluster         the applied metadata state (ClusterStatus)
 //	POST   /v1/tokens?ttl=1h   create a join token (TokenAnswer)
+//	DELETE /v1/tokens/{id}     revoke a join token
 //	GET    /v1/hash/{group}    the group's applied index and state hash here
 //	PUT    /v1/kv/{key}        body = value; linearizable write via the leader
 //	GET    /v1/kv/{key}        linearizable read via the leader
@@ -61,6 +64,7 @@ func startAdmin(s *Server) (*adminServer, error) {
 	mux.HandleFunc("GET /v1/status", s.handleStatus)
 	mux.HandleFunc("GET /v1/cluster", s.handleCluster)
 	mux.HandleFunc("POST /v1/tokens", s.handleCreateToken)
+	mux.HandleFunc("DELETE /v1/tokens/{id}", s.handleRevokeToken)
 	mux.HandleFunc("GET /v1/hash/{group}", s.handleHash)
 	mux.HandleFunc("PUT /v1/kv/{key}", s.handlePut)
 	mux.HandleFunc("GET /v1/kv/{key}", s.handleGet)
@@ -164,6 +168,24 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	default:
 		writeError(w, http.StatusBadRequest, "invalid_argument", err.Error())
+	}
+}
+
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	err := s.RevokeToken(ctx, r.PathValue("id"))
+	var me *meta.Error
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]string{"revoked": r.PathValue("id")})
+	case errors.As(err, &me) && me.Code == metapb.Code_CODE_UNKNOWN_TOKEN:
+		writeError(w, http.StatusNotFound, "not_found", err.Error())
+	case errors.As(err, &me):
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+	default:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
 	}
 }
 

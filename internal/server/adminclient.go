@@ -83,6 +83,12 @@ func (a *AdminClient) CreateToken(ctx context.Context, ttl time.Duration) (Token
 	return t, a.do(ctx, http.MethodPost, "/v1/tokens?ttl="+url.QueryEscape(ttl.String()), nil, &t)
 }
 
+// RevokeToken revokes the join token with this ID.
+func (a *AdminClient) RevokeToken(ctx context.Context, id string) error {
+	var out map[string]string
+	return a.do(ctx, http.MethodDelete, "/v1/tokens/"+url.PathEscape(id), nil, &out)
+}
+
 // Put writes key.
 func (a *AdminClient) Put(ctx context.Context, key string, value []byte) (WriteAnswer, error) {
 	var w WriteAnswer

@@ -190,6 +190,13 @@ func (s *Server) CreateToken(ctx context.Context, ttl time.Duration) (string, ti
 	return tok.String(), expires, nil
 }
 
+// RevokeToken revokes a join token by ID: a node that has not been admitted
+// with it yet cannot be.
+func (s *Server) RevokeToken(ctx context.Context, id string) error {
+	_, err := s.proposeMeta(ctx, meta.NewRevokeToken(id))
+	return err
+}
+
 func nodeStateName(s metapb.NodeState) string {
 	switch s {
 	case metapb.NodeState_NODE_STATE_JOINING:

@@ -106,6 +106,8 @@ func (s *Server) controlLoop(ctx context.Context) {
 		s.destroyRemoved(st)
 		if !activated {
 			activated = s.activate(ctx, st)
+		} else {
+			s.announceAddrs(ctx, st)
 		}
 		if s.node.IsLeader(MetaGroup) {
 			s.place(ctx, st)
@@ -232,6 +234,25 @@ func (s *Server) activate(ctx context.Context, st *metaState) bool {
 	s.log.Info("node active")
 	s.poke()
 	return true
+}
+
+// announceAddrs records this node's addresses in the metadata when they
+// changed (a restart with a new --listen, --advertise or --api).
+func (s *Server) announceAddrs(ctx context.Context, st *metaState) {
+	me := st.GetNodes()[uint64(s.id)]
+	if me == nil || me.GetState() != metapb.NodeState_NODE_STATE_ACTIVE {
+		return
+	}
+	if me.GetPeerAddr() == s.advertise() && me.GetApiAddr() == s.cfg.API {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := s.proposeMeta(cctx, meta.NewSetNodeAddrs(uint64(s.id), s.advertise(), s.cfg.API)); err != nil {
+		s.log.Info("announce new addresses", "err", err)
+		return
+	}
+	s.log.Info("addresses announced", "peer_addr", s.advertise(), "api_addr", s.cfg.API)
 }
 
 // place runs on the metadata leader: it observes every group's leader,

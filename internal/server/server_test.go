@@ -588,3 +588,85 @@ func TestBootstrapTwiceRestarts(t *testing.T) {
 		t.Fatalf("second --bootstrap: created=%v cluster %s, want a restart of %s", s.Created(), s.ClusterID(), id)
 	}
 }
+
+// TestJoinThroughAFollowerIsRedirected: a joiner that asks a node which is
+// not the metadata leader is redirected to the leader and admitted.
+func TestJoinThroughAFollowerIsRedirected(t *testing.T) {
+	c := newTestCluster(t, Settings{VShards: 16, Groups: 2, RF: 3})
+	c.join()
+	c.join()
+	c.waitPlaced(3, 3)
+	follower := -1
+	for i, s := range c.nodes {
+		if !s.Node().IsLeader(MetaGroup) {
+			follower = i
+			break
+		}
+	}
+	if follower < 0 {
+		t.Fatal("no metadata follower")
+	}
+	before := c.nodes[follower].ep.JoinStats().Requests.Load()
+	s, err := Start(context.Background(), c.joinConfig(c.dir(3), follower, c.token(0, time.Minute)))
+	if err != nil {
+		t.Fatalf("join through the follower: %v", err)
+	}
+	c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, c.dir(3))
+	if s.ID() != 4 {
+		t.Fatalf("joined as %d", s.ID())
+	}
+	if got := c.nodes[follower].ep.JoinStats().Requests.Load() - before; got < 1 {
+		t.Fatalf("the follower served %d join requests: the joiner never asked it", got)
+	}
+	c.waitPlaced(4, 3)
+}
+
+// TestRevokedTokenIsRefused: a revoked token admits nobody.
+func TestRevokedTokenIsRefused(t *testing.T) {
+	c := newTestCluster(t, Settings{VShards: 16, Groups: 2, RF: 1})
+	tok := c.token(0, time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.nodes[0].RevokeToken(ctx, strings.Split(tok, ".")[0]); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.joinConfig(c.dir(1), 0, tok)
+	if s, err := Start(context.Background(), cfg); !isJoinCode("token_revoked")(err) {
+		if s != nil {
+			s.Stop()
+		}
+		t.Fatalf("join with a revoked token: %v", err)
+	}
+}
+
+// TestRestartIgnoresJoinFlagsAndAnnouncesNewAddress: a node that already
+// belongs to a cluster ignores --join/--token, keeps its ID, and records a
+// new listen address in the metadata so the others reach it.
+func TestRestartIgnoresJoinFlagsAndAnnouncesNewAddress(t *testing.T) {
+	c := newTestCluster(t, Settings{VShards: 16, Groups: 2, RF: 3})
+	c.join()
+	c.join()
+	c.waitPlaced(3, 3)
+	c.nodes[2].Stop()
+	cfg := c.joinConfig(c.dirs[2], 0, c.token(0, time.Minute)) // a fresh address, and join flags
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nodes[2] = s
+	if s.ID() != 3 || s.Created() {
+		t.Fatalf("restarted as node %d (created %v), want node 3", s.ID(), s.Created())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := c.nodes[0].ClusterStatus()
+		if err == nil && len(st.Nodes) == 3 && st.Nodes[2].PeerAddr == cfg.Listen {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new address %s never reached the metadata: %+v", cfg.Listen, st.Nodes)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.waitPlaced(3, 3)
+}
