@@ -287,6 +287,20 @@ func (s *Server) place(ctx context.Context, st *metaState) {
 	if len(plan) == 0 {
 		plan = placement.Rebalance(st, isCaughtUp)
 	}
+	if len(plan) == 0 && !changed {
+		// Placement is settled: spread the leaderships.
+		leaders := map[uint64]uint64{}
+		for g, o := range obs {
+			leaders[g] = uint64(o.LeaderNode)
+		}
+		for _, m := range placement.BalanceLeaders(st, leaders) {
+			if err := s.transferTo(ctx, obs[m.Group], ids.GroupID(m.Group), ids.ReplicaID(m.ToReplica)); err != nil {
+				s.log.Info("balance leaders", "group", m.Group, "to", m.To, "err", err)
+				continue
+			}
+			s.log.Info("leadership balanced", "group", m.Group, "from", m.From, "to", m.To)
+		}
+	}
 	for _, c := range plan {
 		o := obs[c.Group]
 		if o == nil && c.Kind != placement.AddLearner {
@@ -387,6 +401,11 @@ func (s *Server) transferAway(ctx context.Context, o *cluster.GroupStatus, g ids
 	if to == 0 {
 		return fmt.Errorf("group %d: no voter to take over leadership", g)
 	}
+	return s.transferTo(ctx, o, g, to)
+}
+
+// transferTo moves g's leadership to replica to, on the leader o names.
+func (s *Server) transferTo(ctx context.Context, o *cluster.GroupStatus, g ids.GroupID, to ids.ReplicaID) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if o.LeaderNode == s.id {

@@ -256,6 +256,23 @@ func TestBootstrapThenJoinTwoOverQUIC(t *testing.T) {
 			t.Fatalf("group %d owns %d vShards (reported %d), want 16", g.ID, perGroup[g.ID], g.VShards)
 		}
 	}
+	// Leaderships spread out: node 1 founded and led every group.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		count := map[ids.NodeID]int{}
+		for g := ids.GroupID(1); g <= 4; g++ {
+			for _, s := range c.nodes {
+				if s.Node().IsLeader(g) {
+					count[s.ID()]++
+				}
+			}
+		}
+		if count[1] <= 2 && count[2] >= 1 && count[3] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leaders per node %v: not spread", count)
+		}
+	}
 	// Every node holds exactly the replicas the metadata places on it.
 	for _, s := range c.nodes {
 		held := s.Node().Groups()
