@@ -21,10 +21,12 @@ type LeaderMove struct {
 // while the others only replicate. leaders maps a group to the node that
 // leads it now (groups without a known leader are left out).
 //
-// No node should lead more than ceil(groups / active nodes). Each move takes
-// a group from a node above that bound to one of the group's voters with the
-// fewest leaderships below it (lowest node ID on ties); at most one move per
-// group, deterministic order. The metadata group is left alone.
+// A group's leadership moves from its leader to the voter with the fewest
+// leaderships (lowest node ID on ties) when that voter leads at least two
+// fewer groups: every move narrows the spread, so repeated calls end with
+// leaderships differing by at most one wherever the voter sets allow. At
+// most one move per group per call, in group order. The metadata group is
+// left alone.
 func BalanceLeaders(st *metapb.State, leaders map[uint64]uint64) []LeaderMove {
 	active := map[uint64]bool{}
 	for _, n := range meta.ActiveNodes(st) {
@@ -34,15 +36,11 @@ func BalanceLeaders(st *metapb.State, leaders map[uint64]uint64) []LeaderMove {
 		return nil
 	}
 	count := map[uint64]int{}
-	groups := 0
 	for g, n := range leaders {
-		if g == 0 || st.GetGroups()[g] == nil {
-			continue
+		if g != 0 && st.GetGroups()[g] != nil {
+			count[n]++
 		}
-		groups++
-		count[n]++
 	}
-	bound := (groups + len(active) - 1) / len(active)
 	var out []LeaderMove
 	gids := make([]uint64, 0, len(leaders))
 	for g := range leaders {
@@ -51,13 +49,13 @@ func BalanceLeaders(st *metapb.State, leaders map[uint64]uint64) []LeaderMove {
 	slices.Sort(gids)
 	for _, g := range gids {
 		from := leaders[g]
-		if g == 0 || count[from] <= bound {
+		if g == 0 || st.GetGroups()[g] == nil {
 			continue
 		}
 		var best *metapb.Replica
 		for _, r := range st.GetGroups()[g].GetReplicas() {
 			n := r.GetNode()
-			if r.GetRole() != metapb.Role_ROLE_VOTER || n == from || !active[n] || count[n] >= bound {
+			if r.GetRole() != metapb.Role_ROLE_VOTER || n == from || !active[n] || count[n]+2 > count[from] {
 				continue
 			}
 			if best == nil || count[n] < count[best.GetNode()] || (count[n] == count[best.GetNode()] && n < best.GetNode()) {

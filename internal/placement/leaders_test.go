@@ -40,6 +40,15 @@ func TestBalanceLeadersSpreadsTheFoundersLeaderships(t *testing.T) {
 	}
 }
 
+func TestBalanceLeadersFillsAnIdleNode(t *testing.T) {
+	st, _ := converge(t, cluster(t, 3, 4, "", "", ""), 100)
+	leaders := map[uint64]uint64{1: 1, 2: 1, 3: 2, 4: 2} // 2, 2, 0
+	moves := BalanceLeaders(st, leaders)
+	if len(moves) != 1 || moves[0].To != 3 {
+		t.Fatalf("moves %+v: want one leadership moved to the idle node 3", moves)
+	}
+}
+
 func TestBalanceLeadersSkipsInactiveNodes(t *testing.T) {
 	st, _ := converge(t, cluster(t, 3, 4, "", "", ""), 100)
 	st = apply(t, st, meta.NewSetNodeState(3, metapb.NodeState_NODE_STATE_DRAINING))
