@@ -17,7 +17,7 @@ func (a *applier) activateNode(id uint64) error {
 		return nil
 	case metapb.NodeState_NODE_STATE_JOINING:
 	default:
-		return errorf(metapb.Code_CODE_BAD_TRANSITION, "activate node %d: it is %s", id, stateName(n.GetState()))
+		return errorf(metapb.Code_CODE_BAD_TRANSITION, "activate node %d: it is %s", id, NodeStateName(n.GetState()))
 	}
 	if t := a.st.Tokens[n.GetJoinToken()]; t != nil && t.GetNodeId() == id {
 		switch t.GetState() {
@@ -50,7 +50,7 @@ func (a *applier) setNodeState(x *metapb.SetNodeState) error {
 	if from == to {
 		return nil
 	}
-	bad := errorf(metapb.Code_CODE_BAD_TRANSITION, "set node state: node %d cannot go from %s to %s", id, stateName(from), stateName(to))
+	bad := errorf(metapb.Code_CODE_BAD_TRANSITION, "set node state: node %d cannot go from %s to %s", id, NodeStateName(from), NodeStateName(to))
 	switch {
 	case from == metapb.NodeState_NODE_STATE_DECOMMISSIONED, to == metapb.NodeState_NODE_STATE_JOINING:
 		return bad
@@ -89,8 +89,9 @@ func (a *applier) setNodeAddrs(x *metapb.SetNodeAddrs) error {
 	return nil
 }
 
-// stateName is a node state's short name for messages ("draining").
-func stateName(s metapb.NodeState) string {
+// NodeStateName is a node state's short name ("draining"), as messages
+// and status output spell it.
+func NodeStateName(s metapb.NodeState) string {
 	switch s {
 	case metapb.NodeState_NODE_STATE_JOINING:
 		return "joining"

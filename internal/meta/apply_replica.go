@@ -23,7 +23,7 @@ func (a *applier) addReplica(x *metapb.AddReplica) error {
 	case n == nil:
 		return errorf(metapb.Code_CODE_UNKNOWN_NODE, "add replica to group %d: no node %d", gid, node)
 	case n.GetState() != metapb.NodeState_NODE_STATE_ACTIVE:
-		return errorf(metapb.Code_CODE_NODE_NOT_ACTIVE, "add replica to group %d: node %d is %s", gid, node, stateName(n.GetState()))
+		return errorf(metapb.Code_CODE_NODE_NOT_ACTIVE, "add replica to group %d: node %d is %s", gid, node, NodeStateName(n.GetState()))
 	}
 	if r := ReplicaOnNode(g, node); r != nil {
 		return errorf(metapb.Code_CODE_REPLICA_EXISTS, "add replica to group %d: node %d already holds replica %d", gid, node, r.GetId())

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"hash/crc32"
+	"maps"
+	"slices"
 	"testing"
 
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
@@ -62,7 +64,7 @@ func TestStateCodec(t *testing.T) {
 	other := &metapb.State{}
 	proto.Merge(other, st)
 	other.Tokens = map[string]*metapb.Token{}
-	keys := sortedKeys(st.GetTokens())
+	keys := slices.Sorted(maps.Keys(st.GetTokens()))
 	for i := len(keys) - 1; i >= 0; i-- {
 		other.Tokens[keys[i]] = st.GetTokens()[keys[i]]
 	}

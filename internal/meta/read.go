@@ -1,7 +1,9 @@
 package meta
 
 import (
+	"cmp"
 	"crypto/sha256"
+	"maps"
 	"slices"
 
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
@@ -39,12 +41,12 @@ func VShardsOf(st *metapb.State, g uint64) []uint32 {
 
 // GroupIDs returns every group id, ascending (0, the metadata group, first).
 func GroupIDs(st *metapb.State) []uint64 {
-	return sortedKeys(st.GetGroups())
+	return slices.Sorted(maps.Keys(st.GetGroups()))
 }
 
 // NodeIDs returns every node id, ascending, decommissioned ones included.
 func NodeIDs(st *metapb.State) []uint64 {
-	return sortedKeys(st.GetNodes())
+	return slices.Sorted(maps.Keys(st.GetNodes()))
 }
 
 // ActiveNodes returns the ACTIVE nodes by ascending id: the ones placement
@@ -87,7 +89,7 @@ func replicasWithRole(g *metapb.Group, role metapb.Role) []*metapb.Replica {
 			out = append(out, r)
 		}
 	}
-	slices.SortFunc(out, func(a, b *metapb.Replica) int { return cmpU64(a.GetId(), b.GetId()) })
+	slices.SortFunc(out, func(a, b *metapb.Replica) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	return out
 }
 
@@ -149,23 +151,4 @@ func HashSecret(secret string) []byte {
 func HashKey(publicKeyDER []byte) []byte {
 	h := sha256.Sum256(publicKeyDER)
 	return h[:]
-}
-
-func sortedKeys[K uint32 | uint64 | string, V any](m map[K]V) []K {
-	out := make([]K, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

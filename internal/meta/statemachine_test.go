@@ -3,6 +3,7 @@ package meta
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"slices"
 	"testing"
 
@@ -34,7 +35,7 @@ func (m *memStore) Get(k []byte) ([]byte, error) {
 }
 
 func (m *memStore) Scan(start, end []byte, fn func(k, v []byte) bool) error {
-	keys := sortedKeys(m.kv)
+	keys := slices.Sorted(maps.Keys(m.kv))
 	for _, k := range keys {
 		if k >= string(start) && (end == nil || k < string(end)) && !fn([]byte(k), m.kv[k]) {
 			break

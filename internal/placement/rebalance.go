@@ -1,6 +1,7 @@
 package placement
 
 import (
+	"cmp"
 	"slices"
 
 	"github.com/nodedb/nodedb-cluster/internal/meta"
@@ -97,7 +98,7 @@ func Rebalance(st *metapb.State, caughtUp func(group, replica uint64) bool) []Ch
 		v.load[o.GetNode()]--
 		out = append(out, Change{Group: gid, Kind: AddLearner, Node: in})
 	}
-	slices.SortFunc(out, func(a, b Change) int { return cmpU64(a.Group, b.Group) })
+	slices.SortFunc(out, func(a, b Change) int { return cmp.Compare(a.Group, b.Group) })
 	return out
 }
 
@@ -189,14 +190,4 @@ func swap(nodes []uint64, out, in uint64) []uint64 {
 		}
 	}
 	return s
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

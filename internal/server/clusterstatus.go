@@ -106,7 +106,7 @@ func (s *Server) ClusterStatus() (ClusterStatus, error) {
 	for _, id := range sortedKeys(st.GetNodes()) {
 		n := st.GetNodes()[id]
 		out.Nodes = append(out.Nodes, NodeInfo{
-			ID: id, State: nodeStateName(n.GetState()), Liveness: s.liveness(ids.NodeID(id)),
+			ID: id, State: meta.NodeStateName(n.GetState()), Liveness: s.liveness(ids.NodeID(id)),
 			PeerAddr: n.GetPeerAddr(), APIAddr: n.GetApiAddr(), Zone: n.GetZone(),
 		})
 	}
@@ -133,14 +133,14 @@ func (s *Server) ClusterStatus() (ClusterStatus, error) {
 		out.Groups = append(out.Groups, gi)
 	}
 	now := time.Now()
-	for _, id := range sortedStringKeys(st.GetMigrations()) {
+	for _, id := range sortedKeys(st.GetMigrations()) {
 		m := st.GetMigrations()[id]
 		out.Migrations = append(out.Migrations, MigrationInfo{
 			ID: id, Kind: migrationKindName(m.GetKind()), Phase: m.GetPhase(), Attempt: m.GetAttempt(),
 			AgeSeconds: now.Sub(time.Unix(0, m.GetTimestampUnixNanos())).Seconds(),
 		})
 	}
-	for _, id := range sortedStringKeys(st.GetTokens()) {
+	for _, id := range sortedKeys(st.GetTokens()) {
 		t := st.GetTokens()[id]
 		out.Tokens = append(out.Tokens, TokenInfo{
 			ID: id, State: tokenStateName(t, now), Expires: time.Unix(0, t.GetExpiresUnixNanos()).UTC(), Node: t.GetNodeId(),
@@ -197,20 +197,6 @@ func (s *Server) RevokeToken(ctx context.Context, id string) error {
 	return err
 }
 
-func nodeStateName(s metapb.NodeState) string {
-	switch s {
-	case metapb.NodeState_NODE_STATE_JOINING:
-		return "joining"
-	case metapb.NodeState_NODE_STATE_ACTIVE:
-		return "active"
-	case metapb.NodeState_NODE_STATE_DRAINING:
-		return "draining"
-	case metapb.NodeState_NODE_STATE_DECOMMISSIONED:
-		return "decommissioned"
-	}
-	return "unknown"
-}
-
 func migrationKindName(k metapb.MigrationKind) string {
 	switch k {
 	case metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE:
@@ -236,13 +222,4 @@ func tokenStateName(t *metapb.Token, now time.Time) string {
 		return "revoked"
 	}
 	return "unknown"
-}
-
-func sortedStringKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
 }
