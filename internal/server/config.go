@@ -81,6 +81,9 @@ type Config struct {
 	HeartbeatTicks int
 	CacheBytes     int64
 	MemTableBytes  uint64
+	// LogMaxEntries and LogKeepEntries bound every group's Raft log (see
+	// cluster.Config); zero keeps the defaults.
+	LogMaxEntries, LogKeepEntries uint64
 	// ControlInterval is how often the metadata leader reconciles placement
 	// and every node reconciles its replicas. Default 500ms.
 	ControlInterval time.Duration

@@ -31,7 +31,50 @@ const (
 	codeOutcomeUnknown = "outcome_unknown"
 	codeTooLarge       = "too_large"
 	codeInvalid        = "invalid_argument"
+	codeMoved          = "moved"
 )
+
+// MovedError is returned for a request routed to a group that does not own
+// its vShard in the serving node's metadata: the hint names the owner.
+type MovedError struct {
+	VShard uint32
+	Group  ids.GroupID
+	Epoch  uint64
+}
+
+func (e *MovedError) Error() string {
+	return fmt.Sprintf("vShard %d is owned by group %d (epoch %d)", e.VShard, e.Group, e.Epoch)
+}
+
+// checkRoute refuses a request for a data group that does not own the
+// vShard, so that no write lands in a group's copy of a vShard it does not
+// own. The metadata group takes requests for vShard 0 only.
+func (s *Server) checkRoute(r *request) *transport.RPCError {
+	if r.group == MetaGroup {
+		if r.vshard != 0 {
+			return &transport.RPCError{Code: codeInvalid, Message: "the metadata group has vShard 0 only"}
+		}
+		return nil
+	}
+	st := s.view.get()
+	if st == nil {
+		return nil // no routing known here yet: the group's leader decides
+	}
+	g, epoch := meta.RouteOf(st, r.vshard)
+	if g == 0 || ids.GroupID(g) == r.group {
+		return nil
+	}
+	return &transport.RPCError{Code: codeMoved, Message: fmt.Sprintf("%d:%d:%d", r.vshard, g, epoch)}
+}
+
+// movedError decodes a moved answer.
+func movedError(msg string) error {
+	var e MovedError
+	if _, err := fmt.Sscanf(msg, "%d:%d:%d", &e.VShard, &e.Group, &e.Epoch); err != nil {
+		return fmt.Errorf("moved: %s", msg)
+	}
+	return &e
+}
 
 // ErrUnavailable is returned when no leader could be reached before the
 // deadline; the request had no effect.
@@ -77,12 +120,18 @@ func (s *Server) registerRPCs() {
 		if err != nil {
 			return nil, err
 		}
+		if err := s.checkRoute(&r); err != nil {
+			return nil, err
+		}
 		out, err := s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
 		return out, toRPCError(err)
 	})
 	s.ep.Handle(rpcRead, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
 		r, err := decodeRequest(b, s.vshards)
 		if err != nil {
+			return nil, err
+		}
+		if err := s.checkRoute(&r); err != nil {
 			return nil, err
 		}
 		out, err := s.node.Read(ctx, r.group, r.vshard, r.body)
@@ -156,6 +205,12 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 		var out []byte
 		var err error
 		if target == s.id || target == 0 {
+			if re := s.checkRoute(r); re != nil {
+				if re.Code == codeMoved {
+					return nil, movedError(re.Message)
+				}
+				return nil, re
+			}
 			if write {
 				out, err = s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
 			} else {
@@ -179,6 +234,8 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 			if n, perr := strconv.ParseUint(re.Message, 10, 64); perr == nil && ids.NodeID(n) != target {
 				hint = ids.NodeID(n)
 			}
+		case errors.As(err, &re) && re.Code == codeMoved:
+			return nil, movedError(re.Message)
 		case errors.As(err, &re) && re.Code == codeUnavailable:
 		case errors.As(err, &re) && re.Code == codeOutcomeUnknown:
 			if write {

@@ -218,6 +218,8 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		HeartbeatTicks: s.cfg.HeartbeatTicks,
 		CacheBytes:     s.cfg.CacheBytes,
 		MemTableBytes:  s.cfg.MemTableBytes,
+		LogMaxEntries:  s.cfg.LogMaxEntries,
+		LogKeepEntries: s.cfg.LogKeepEntries,
 		Logger:         s.log,
 		Registerer:     s.registry,
 		Connect: func(h transport.Handler) (transport.Transport, error) {

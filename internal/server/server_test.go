@@ -687,3 +687,77 @@ func TestRestartIgnoresJoinFlagsAndAnnouncesNewAddress(t *testing.T) {
 	}
 	c.waitPlaced(3, 3)
 }
+
+// TestJoinerGetsTheMetadataBySnapshot: with the metadata log truncated, a
+// joining node receives the metadata state in a Raft snapshot, loads it,
+// and takes part in placement like any other.
+func TestJoinerGetsTheMetadataBySnapshot(t *testing.T) {
+	c := &testCluster{t: t, root: t.TempDir()}
+	t.Cleanup(c.stopAll)
+	cfg := baseConfig(t, c.dir(0))
+	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t), true, Settings{VShards: 16, Groups: 2, RF: 3}
+	cfg.LogMaxEntries, cfg.LogKeepEntries = 16, 4
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, cfg.Dir)
+	for range 40 { // metadata entries, so that the log is truncated
+		c.token(0, time.Minute)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		gs, err := s.Node().Status(MetaGroup)
+		if err == nil && gs.FirstIndex > 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metadata log never truncated: %+v %v", gs, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	j := c.join()
+	st := c.waitPlaced(2, 2)
+	if len(st.Tokens) != 41 {
+		t.Fatalf("%d tokens in the joiner's view, want 41", len(st.Tokens))
+	}
+	if n := j.Node().Stats().SnapshotsApplied.Load(); n == 0 {
+		t.Fatal("the joiner installed no snapshot")
+	}
+	if got, want := c.metaBytes(1), c.metaBytes(0); got != want {
+		t.Fatal("the joiner's metadata differs from the leader's")
+	}
+}
+
+// TestMisroutedRequestIsMoved: a request for a vShard sent to a group that
+// does not own it is refused with the owner, locally and over QUIC, and
+// nothing is written.
+func TestMisroutedRequestIsMoved(t *testing.T) {
+	c := newTestCluster(t, Settings{VShards: 16, Groups: 2, RF: 3})
+	c.join()
+	c.waitPlaced(2, 2)
+	key := []byte("misrouted")
+	vs, owner := c.nodes[0].Route(key)
+	wrong := ids.GroupID(3 - owner)
+	cmd, err := kv.EncodePut(key, []byte("x"), nil, kv.DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range c.nodes {
+		_, err := s.do(ctx, true, &request{group: wrong, vshard: vs, body: cmd})
+		var me *MovedError
+		if !errors.As(err, &me) || me.Group != owner || me.VShard != vs || me.Epoch != 1 {
+			t.Fatalf("through node %d: %v, want moved to group %d", s.ID(), err, owner)
+		}
+	}
+	q, _ := kv.EncodeGet(key, kv.DefaultLimits())
+	out, err := c.nodes[1].Read(ctx, key, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := kv.DecodeGetResponse(out); err != nil || got.Found {
+		t.Fatalf("a misrouted write was stored: %+v %v", got, err)
+	}
+}
