@@ -256,6 +256,12 @@ func (n *Node) Read(ctx context.Context, g GroupID, vshard uint32, query []byte)
 	return n.host.Read(ctx, g, vshard, query)
 }
 
+// ReadIndex returns a commit index of g confirmed by a quorum after the
+// call began, once this replica has applied it. See raftstore.Host.ReadIndex.
+func (n *Node) ReadIndex(ctx context.Context, g GroupID) (uint64, error) {
+	return n.host.ReadIndex(ctx, g)
+}
+
 // ReadLocal answers a query from this replica's state, which may be stale.
 func (n *Node) ReadLocal(g GroupID, vshard uint32, query []byte) ([]byte, error) {
 	return n.host.ReadLocal(g, vshard, query)

@@ -58,6 +58,26 @@ func (h *Host) Read(ctx context.Context, g ids.GroupID, vshard uint32, query []b
 	return h.readLocal(r, vshard, query)
 }
 
+// ReadIndex confirms with a quorum, as Read does, the commit index of g at
+// the time of the call, waits until this replica has applied it, and returns
+// it: every write acknowledged before the call is at or below that index.
+// Stale reads cache it to serve many reads from one round.
+func (h *Host) ReadIndex(ctx context.Context, g ids.GroupID) (uint64, error) {
+	r := h.replica(g)
+	if r == nil {
+		return 0, ErrGroupNotFound
+	}
+	rr := &readRequest{done: make(chan struct{})}
+	r.inboxMu.Lock()
+	r.inReads = append(r.inReads, rr)
+	r.inboxMu.Unlock()
+	h.markReady(r)
+	if err := h.waitCtx(ctx, rr.done); err != nil {
+		return 0, err
+	}
+	return rr.index, rr.err
+}
+
 // ReadLocal answers query from this replica's applied state, with no
 // freshness guarantee.
 func (h *Host) ReadLocal(g ids.GroupID, vshard uint32, query []byte) ([]byte, error) {

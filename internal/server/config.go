@@ -84,6 +84,9 @@ type Config struct {
 	// LogMaxEntries and LogKeepEntries bound every group's Raft log (see
 	// cluster.Config); zero keeps the defaults.
 	LogMaxEntries, LogKeepEntries uint64
+	// MaxKeyBytes and MaxValueBytes bound keys and values of the KV API;
+	// defaults 4 KiB and 1 MiB.
+	MaxKeyBytes, MaxValueBytes int
 	// ControlInterval is how often the metadata leader reconciles placement
 	// and every node reconciles its replicas. Default 500ms.
 	ControlInterval time.Duration

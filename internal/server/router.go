@@ -82,11 +82,15 @@ var ErrUnavailable = errors.New("server: group unavailable")
 
 // request is a forwarded proposal or read.
 type request struct {
-	group  ids.GroupID
-	vshard uint32
-	client uint64
-	seq    uint64
-	body   []byte
+	group      ids.GroupID
+	vshard     uint32
+	client     uint64
+	seq        uint64
+	ackedBelow uint64
+	body       []byte
+	// noForward: answer NotLeaderError rather than send the request to
+	// another node (smart clients go to the leader themselves).
+	noForward bool
 }
 
 func (r *request) encode() []byte {
@@ -94,12 +98,17 @@ func (r *request) encode() []byte {
 	b = binary.AppendUvarint(b, uint64(r.vshard))
 	b = binary.AppendUvarint(b, r.client)
 	b = binary.AppendUvarint(b, r.seq)
+	b = binary.AppendUvarint(b, r.ackedBelow)
 	return append(b, r.body...)
+}
+
+func (r *request) proposal() cluster.Proposal {
+	return cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, AckedBelow: r.ackedBelow, Payload: r.body}
 }
 
 func decodeRequest(b []byte, vshards int) (request, error) {
 	var r request
-	var vals [4]uint64
+	var vals [5]uint64
 	for i := range vals {
 		v, n := binary.Uvarint(b)
 		if n <= 0 {
@@ -110,7 +119,7 @@ func decodeRequest(b []byte, vshards int) (request, error) {
 	if vals[1] >= uint64(vshards) {
 		return r, &transport.RPCError{Code: codeInvalid, Message: fmt.Sprintf("vshard %d out of range", vals[1])}
 	}
-	return request{group: ids.GroupID(vals[0]), vshard: uint32(vals[1]), client: vals[2], seq: vals[3], body: b}, nil
+	return request{group: ids.GroupID(vals[0]), vshard: uint32(vals[1]), client: vals[2], seq: vals[3], ackedBelow: vals[4], body: b}, nil
 }
 
 func (s *Server) registerRPCs() {
@@ -123,7 +132,7 @@ func (s *Server) registerRPCs() {
 		if err := s.checkRoute(&r); err != nil {
 			return nil, err
 		}
-		out, err := s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
+		out, err := s.node.Propose(ctx, r.group, r.proposal())
 		return out, toRPCError(err)
 	})
 	s.ep.Handle(rpcRead, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
@@ -202,6 +211,12 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 		if target == 0 {
 			target = s.anyReplica(r.group)
 		}
+		if r.noForward && target != s.id {
+			if re := s.checkRoute(r); re != nil && re.Code == codeMoved {
+				return nil, movedError(re.Message)
+			}
+			return nil, &cluster.NotLeaderError{Group: r.group, LeaderNode: s.leaderHint(r.group)}
+		}
 		var out []byte
 		var err error
 		if target == s.id || target == 0 {
@@ -212,7 +227,7 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 				return nil, re
 			}
 			if write {
-				out, err = s.node.Propose(ctx, r.group, cluster.Proposal{VShard: r.vshard, Client: r.client, Seq: r.seq, Payload: r.body})
+				out, err = s.node.Propose(ctx, r.group, r.proposal())
 			} else {
 				out, err = s.node.Read(ctx, r.group, r.vshard, r.body)
 			}
@@ -298,6 +313,15 @@ func (s *Server) anyReplica(g ids.GroupID) ids.NodeID {
 		return 0
 	}
 	return nodes[time.Now().UnixNano()%int64(len(nodes))]
+}
+
+// leaderHint is the leader of g as far as this node knows: its own replica's
+// view, else the metadata's hint; 0 if neither knows.
+func (s *Server) leaderHint(g ids.GroupID) ids.NodeID {
+	if _, n, err := s.node.Leader(g); err == nil && n != 0 {
+		return n
+	}
+	return ids.NodeID(s.view.get().GetGroups()[uint64(g)].GetLeaderHint())
 }
 
 // proposeMeta commits a metadata entry through the metadata leader and

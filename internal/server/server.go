@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,10 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{}
+
+	limits     kv.Limits
+	closed     closedPoints
+	staleStats struct{ local, refreshes atomic.Uint64 }
 
 	peersMu sync.Mutex
 	peers   map[ids.NodeID]string // addresses handed to the endpoint
@@ -92,6 +97,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		peers:    map[ids.NodeID]string{},
 	}
 	s.log = cfg.Logger
+	s.limits = kv.Limits{MaxKeySize: cfg.MaxKeyBytes, MaxValueSize: cfg.MaxValueBytes}
 	switch {
 	case st != nil:
 		if cfg.Join != "" || cfg.Token != "" {
