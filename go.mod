@@ -3,6 +3,7 @@ module github.com/nodedb/nodedb-cluster
 go 1.26.8
 
 require (
+	connectrpc.com/connect v1.21.1
 	github.com/DataDog/zstd v1.5.7 // indirect
 	github.com/RaduBerinde/axisds v0.1.0 // indirect
 	github.com/RaduBerinde/btreemap v0.0.0-20250419174037-3d62b7205d54 // indirect
