@@ -105,12 +105,13 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	}
 	printClusterStatus(out, st)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tQUIC (mutual TLS)\tADMIN SOCKET")
+	fmt.Fprintln(tw, "\nNODE\tAPI (HTTP, gRPC)\tQUIC (mutual TLS)\tADMIN SOCKET")
 	for i, e := range c.Endpoints {
-		fmt.Fprintf(tw, "n%d\t%s\t%s\n", i+1, e, c.AdminSockets()[i])
+		fmt.Fprintf(tw, "n%d\thttp://%s\t%s\t%s\n", i+1, c.APIs[i], e, c.AdminSockets()[i])
 	}
 	tw.Flush()
-	fmt.Fprintf(out, "Endpoints written to %s. The client API arrives in a later release.\n", filepath.Join(dir, "endpoints"))
+	fmt.Fprintf(out, "API endpoints written to %s. Try:\n  curl -X PUT --data-binary world http://%s/v1/kv/hello\n  curl http://%s/v1/kv/hello\n",
+		filepath.Join(dir, "endpoints"), c.APIs[0], c.APIs[len(c.APIs)-1])
 	if once {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nodedb/nodedb-cluster/internal/api"
 	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
@@ -20,6 +21,8 @@ func newStartCommand() *cobra.Command {
 		cfg      server.Config
 		logLevel string
 		tokenTTL time.Duration
+		apiCert  string
+		apiKey   string
 	)
 	cfg.Settings = server.DefaultSettings()
 	cmd := &cobra.Command{
@@ -64,14 +67,30 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 				return err
 			}
 			out := cmd.OutOrStdout()
+			stopAPI := func() error { return nil }
 			fmt.Fprintf(out, "node %d of cluster %s listening on %s (QUIC, mutual TLS); admin socket %s\n",
 				s.ID(), s.ClusterID(), s.Addr(), server.AdminSocket(cfg.Dir))
+			if a := s.APIAddr(); a != "" {
+				ep, err := api.ServeNode(s, a, apiCert, apiKey, log.With("component", "api"))
+				if err != nil {
+					s.Stop()
+					return err
+				}
+				defer ep.Close() // after a failure; normally closed below, before the node
+				stopAPI = ep.Close
+				scheme := "https"
+				if api.IsLoopback(a) && apiCert == "" {
+					scheme = "http"
+				}
+				fmt.Fprintf(out, "client API on %s://%s\n", scheme, ep.Addr())
+			}
 			if s.Created() && tokenTTL > 0 {
 				if err := printFirstToken(ctx, s, tokenTTL, out, log); err != nil {
 					log.Warn("first join token", "err", err)
 				}
 			}
 			werr := s.Wait(ctx)
+			stopAPI()
 			if err := s.Stop(); err != nil {
 				log.Error("stop", "err", err)
 			}
@@ -82,7 +101,11 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.StringVar(&cfg.Dir, "dir", "", "data dir (required)")
 	f.StringVar(&cfg.Listen, "listen", "", "QUIC listen address HOST:PORT (required to create a node; later the stored one)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes dial (default --listen)")
-	f.StringVar(&cfg.API, "api", "", "client API address HOST:PORT to announce")
+	f.StringVar(&cfg.API, "api", "", "client API address HOST:PORT (REST and gRPC); TLS unless it is a loopback address")
+	f.StringVar(&apiCert, "api-cert", "", "TLS certificate file for the client API (default: the node's certificate)")
+	f.StringVar(&apiKey, "api-key", "", "TLS key file for --api-cert")
+	f.IntVar(&cfg.MaxKeyBytes, "max-key-bytes", 4<<10, "largest key the API accepts")
+	f.IntVar(&cfg.MaxValueBytes, "max-value-bytes", 1<<20, "largest value the API accepts")
 	f.StringVar(&cfg.Zone, "zone", "", "failure domain label; replicas of a group go to distinct zones")
 	f.BoolVar(&cfg.Bootstrap, "bootstrap", false, "create a new cluster in an empty --dir")
 	f.StringVar(&cfg.Join, "join", "", "join the cluster of the node at HOST:PORT (with --token)")

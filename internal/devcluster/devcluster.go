@@ -18,14 +18,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/api"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
 
-// DefaultPortBase places node i's QUIC listener on 127.0.0.1:(7400+i) and,
-// once the API exists, its API on 127.0.0.1:(8400+i).
+// DefaultPortBase places node i's QUIC listener on 127.0.0.1:(7400+i) and
+// its client API on 127.0.0.1:(8400+i).
 const DefaultPortBase = 7400
+
+// APIPortOffset separates a node's API port from its QUIC port.
+const APIPortOffset = 1000
 
 // Shape is the cluster's fixed layout, decided at the first run and stored
 // in the dir; later runs use the stored shape.
@@ -64,10 +68,14 @@ type Cluster struct {
 	Shape Shape
 	// Restarted is true when the dir already held a cluster.
 	Restarted bool
-	// Endpoints are the nodes' QUIC addresses, node 1 first.
+	// Endpoints are the nodes' QUIC addresses, node 1 first (the endpoints
+	// file lists the API addresses, which clients use).
 	Endpoints []string
+	// APIs are the nodes' client API addresses (plain HTTP), node 1 first.
+	APIs []string
 
 	servers []*server.Server
+	apis    []*api.Endpoint
 }
 
 // NodeDir is node i's data dir.
@@ -110,8 +118,13 @@ func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.
 			// A node that does not exist yet: node 1 bootstraps (or
 			// resumes an interrupted bootstrap), the others join it.
 			cfg.Listen = fmt.Sprintf("127.0.0.1:%d", portBase+i)
+			cfg.API = fmt.Sprintf("127.0.0.1:%d", portBase+APIPortOffset+i)
 			if portBase == 0 {
 				if cfg.Listen, err = freeUDPAddr(); err != nil {
+					_ = c.Stop()
+					return nil, err
+				}
+				if cfg.API, err = freeTCPAddr(); err != nil {
 					_ = c.Stop()
 					return nil, err
 				}
@@ -134,8 +147,15 @@ func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.
 		}
 		c.servers = append(c.servers, s)
 		c.Endpoints = append(c.Endpoints, s.Addr().String())
+		ep, err := api.ServeNode(s, s.APIAddr(), "", "", log.With("dev_node", i, "component", "api"))
+		if err != nil {
+			_ = c.Stop()
+			return nil, fmt.Errorf("node %d: %w", i, err)
+		}
+		c.apis = append(c.apis, ep)
+		c.APIs = append(c.APIs, ep.Addr().String())
 	}
-	if err := os.WriteFile(filepath.Join(dir, endpointsFile), []byte(strings.Join(c.Endpoints, "\n")+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, endpointsFile), []byte(strings.Join(c.APIs, "\n")+"\n"), 0o644); err != nil {
 		_ = c.Stop()
 		return nil, err
 	}
@@ -155,6 +175,15 @@ func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.
 	return c, nil
 }
 
+func freeTCPAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
 func freeUDPAddr() (string, error) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -167,6 +196,9 @@ func freeUDPAddr() (string, error) {
 // Stop stops every node.
 func (c *Cluster) Stop() error {
 	var errs []error
+	for _, a := range c.apis {
+		errs = append(errs, a.Close())
+	}
 	for _, s := range c.servers {
 		errs = append(errs, s.Stop())
 	}

@@ -28,7 +28,7 @@ func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 		t.Fatal("a fresh dir reported as restarted")
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "endpoints"))
-	if err != nil || string(b) != strings.Join(c.Endpoints, "\n")+"\n" || len(c.Endpoints) != 3 {
+	if err != nil || string(b) != strings.Join(c.APIs, "\n")+"\n" || len(c.APIs) != 3 {
 		t.Fatalf("endpoints file %q (%v), endpoints %v", b, err, c.Endpoints)
 	}
 	if err := c.WaitReady(ctx); err != nil {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -45,6 +46,7 @@ type Server struct {
 	ep        *quicnet.Endpoint
 	admin     *adminServer
 	registry  *prometheus.Registry
+	identity  *pki.Identity
 
 	// Background loops (reconciliation, placement) stop with cancel.
 	cancel context.CancelFunc
@@ -200,6 +202,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 	if s.cfg.Listen == "" {
 		return errors.New("--listen is required")
 	}
+	s.identity = id
 	s.metaSM = meta.NewStateMachine(func(st *metaState) { s.view.set(st); s.poke() })
 	var err error
 	s.kv, err = kv.New(s.vshards)
@@ -287,6 +290,23 @@ func (s *Server) ClusterID() string { return s.clusterID }
 
 // Addr returns the QUIC address the node listens on.
 func (s *Server) Addr() net.Addr { return s.ep.Addr() }
+
+// Registry is the node's metrics registry.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// APIAddr is the client API address this node announces (empty if none).
+func (s *Server) APIAddr() string { return s.cfg.API }
+
+// APITLS is a TLS configuration for the client API that presents this
+// node's certificate (signed by the cluster CA; clients trust ca.crt).
+func (s *Server) APITLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.identity.Certificate(), nil
+		},
+	}
+}
 
 // Stop stops the admin endpoint, the background loops, then the node.
 func (s *Server) Stop() error {

@@ -1,0 +1,416 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/server"
+)
+
+// restCluster is three real nodes (QUIC between them) with their APIs.
+type restCluster struct {
+	t     *testing.T
+	nodes []*server.Server
+	eps   []*Endpoint
+	urls  []string
+}
+
+func freeUDP(t *testing.T) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	return pc.LocalAddr().String()
+}
+
+func freeTCP(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func testLog() *slog.Logger {
+	if os.Getenv("NODEDB_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func nodeConfig(t *testing.T, dir string, tick time.Duration) server.Config {
+	return server.Config{
+		Dir: dir, Listen: freeUDP(t), TickInterval: tick, ControlInterval: 100 * time.Millisecond,
+		MaxValueBytes: 64 << 10, Logger: testLog(),
+	}
+}
+
+// startRESTCluster bootstraps node 1 and joins n-1 more, then serves each
+// node's API on a free loopback port.
+func startRESTCluster(t *testing.T, n int, tick time.Duration) *restCluster {
+	c := &restCluster{t: t}
+	t.Cleanup(c.stop)
+	root := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := range n {
+		cfg := nodeConfig(t, filepath.Join(root, fmt.Sprintf("n%d", i+1)), tick)
+		if i == 0 {
+			cfg.Bootstrap, cfg.Settings = true, server.Settings{VShards: 64, Groups: 4, RF: 3}
+		} else {
+			var tok string
+			for {
+				var err error
+				if tok, _, err = c.nodes[0].CreateToken(ctx, time.Minute); err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			cfg.Join, cfg.Token = c.nodes[0].Addr().String(), tok
+		}
+		cfg.API = freeTCP(t)
+		s, err := server.Start(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.nodes = append(c.nodes, s)
+		ep, err := Listen(Config{Addr: cfg.API, Metrics: s.Registry()}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.eps = append(c.eps, ep)
+		c.urls = append(c.urls, "http://"+ep.Addr().String())
+	}
+	c.waitReady(ctx, n)
+	return c
+}
+
+// waitReady waits until every group has min(3, n) voters and every node is
+// ready.
+func (c *restCluster) waitReady(ctx context.Context, n int) {
+	for {
+		err := c.ready(n)
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("cluster not ready: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (c *restCluster) ready(n int) error {
+	for _, s := range c.nodes {
+		if err := s.Ready(); err != nil {
+			return err
+		}
+	}
+	st, err := c.nodes[0].ClusterStatus()
+	if err != nil {
+		return err
+	}
+	for _, g := range st.Groups {
+		if len(g.Voters) != min(3, n) || len(g.Learners) > 0 {
+			return fmt.Errorf("group %d voters %v learners %v", g.ID, g.Voters, g.Learners)
+		}
+	}
+	return nil
+}
+
+func (c *restCluster) stop() {
+	for _, e := range c.eps {
+		e.Close()
+	}
+	for _, s := range c.nodes {
+		if s != nil {
+			s.Stop()
+		}
+	}
+}
+
+// answer is an HTTP answer read in full.
+type answer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (a answer) json(t *testing.T, v any) {
+	t.Helper()
+	if err := json.Unmarshal(a.body, v); err != nil {
+		t.Fatalf("answer %d %q: %v", a.status, a.body, err)
+	}
+}
+
+func (a answer) errCode(t *testing.T) ErrorBody {
+	t.Helper()
+	var e ErrorBody
+	a.json(t, &e)
+	return e
+}
+
+func call(t *testing.T, method, url string, body []byte, hdr ...string) answer {
+	t.Helper()
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return answer{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+type writeAnswer struct {
+	Version     uint64 `json:"version"`
+	VShard      uint32 `json:"vshard"`
+	PrevVersion uint64 `json:"prev_version"`
+}
+
+// TestRESTThroughEveryNode covers the REST contract end to end on three
+// nodes: writes and reads through every node (forwarding), versions,
+// compare-and-set, deletes, idempotency keys, scans with pagination,
+// limits and errors.
+func TestRESTThroughEveryNode(t *testing.T) {
+	c := startRESTCluster(t, 3, 20*time.Millisecond)
+
+	// Put through each node, read back through every node.
+	for i := range 3 {
+		key := fmt.Sprintf("k%d", i)
+		a := call(t, "PUT", c.urls[i]+"/v1/kv/"+key, []byte("v"+key))
+		var w writeAnswer
+		a.json(t, &w)
+		if a.status != 200 || w.Version != 1 || a.header.Get(HeaderVersion) != "1" {
+			t.Fatalf("put %s through node %d: %d %s", key, i+1, a.status, a.body)
+		}
+		for j := range 3 {
+			g := call(t, "GET", c.urls[j]+"/v1/kv/"+key, nil)
+			if g.status != 200 || string(g.body) != "v"+key || g.header.Get(HeaderVersion) != "1" || g.header.Get(HeaderVShard) != fmt.Sprint(w.VShard) {
+				t.Fatalf("get %s through node %d: %d %q %v", key, j+1, g.status, g.body, g.header)
+			}
+		}
+	}
+	// Versions grow by one per write.
+	a := call(t, "PUT", c.urls[1]+"/v1/kv/k0", []byte("second"))
+	var w writeAnswer
+	a.json(t, &w)
+	if w.Version != 2 || w.PrevVersion != 1 {
+		t.Fatalf("second write: %s", a.body)
+	}
+
+	// Compare-and-set.
+	if a := call(t, "PUT", c.urls[2]+"/v1/kv/k0?if_version=1", []byte("stale")); a.status != 409 || a.errCode(t).Code != "conflict" || a.errCode(t).Hint["current_version"] != float64(2) {
+		t.Fatalf("CAS with a stale version: %d %s", a.status, a.body)
+	}
+	if a := call(t, "PUT", c.urls[2]+"/v1/kv/k0?if_version=2", []byte("third")); a.status != 200 {
+		t.Fatalf("CAS with the current version: %d %s", a.status, a.body)
+	}
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/k0?if_version=0", []byte("x")); a.status != 409 {
+		t.Fatalf("if_version=0 on an existing key: %d %s", a.status, a.body)
+	}
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/fresh?if_version=0", []byte("x")); a.status != 200 {
+		t.Fatalf("if_version=0 on an absent key: %d %s", a.status, a.body)
+	}
+	if g := call(t, "GET", c.urls[1]+"/v1/kv/k0", nil); string(g.body) != "third" {
+		t.Fatalf("after CAS: %q", g.body)
+	}
+
+	// Idempotency-Key: the replay gets the first result and applies nothing.
+	first := call(t, "PUT", c.urls[0]+"/v1/kv/idem", []byte("one"), HeaderIdempotencyKey, "req-1")
+	replay := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("two"), HeaderIdempotencyKey, "req-1")
+	if first.status != 200 || replay.status != 200 || string(first.body) != string(replay.body) {
+		t.Fatalf("replay: first %d %s, replay %d %s", first.status, first.body, replay.status, replay.body)
+	}
+	if g := call(t, "GET", c.urls[2]+"/v1/kv/idem", nil); string(g.body) != "one" || g.header.Get(HeaderVersion) != "1" {
+		t.Fatalf("after the replay: %q version %s", g.body, g.header.Get(HeaderVersion))
+	}
+	if a := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("three"), HeaderIdempotencyKey, "req-2"); a.status != 200 {
+		t.Fatalf("a new key applies: %d %s", a.status, a.body)
+	}
+
+	// Delete, then not found.
+	if a := call(t, "DELETE", c.urls[2]+"/v1/kv/fresh", nil); a.status != 200 {
+		t.Fatalf("delete: %d %s", a.status, a.body)
+	}
+	if a := call(t, "DELETE", c.urls[0]+"/v1/kv/fresh", nil); a.status != 404 || a.errCode(t).Code != "not_found" {
+		t.Fatalf("delete of an absent key: %d %s", a.status, a.body)
+	}
+	if a := call(t, "GET", c.urls[1]+"/v1/kv/fresh", nil); a.status != 404 || a.errCode(t).Code != "not_found" {
+		t.Fatalf("get of a deleted key: %d %s", a.status, a.body)
+	}
+
+	// Scan with pagination over all vShards.
+	want := map[string]bool{}
+	for i := range 25 {
+		key := fmt.Sprintf("scan/%02d", i)
+		want[key] = true
+		if a := call(t, "PUT", c.urls[i%3]+"/v1/kv/"+strings.ReplaceAll(key, "/", "%2F"), []byte(key)); a.status != 200 {
+			t.Fatalf("put %s: %d %s", key, a.status, a.body)
+		}
+	}
+	got := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		a := call(t, "GET", c.urls[pages%3]+"/v1/kv?prefix=scan%2F&limit=4&cursor="+cursor, nil)
+		var page ScanAnswer
+		a.json(t, &page)
+		if a.status != 200 || len(page.Items) > 4 {
+			t.Fatalf("scan page: %d %s", a.status, a.body)
+		}
+		for _, it := range page.Items {
+			if got[it.Key] || !want[it.Key] || it.Value != it.Key {
+				t.Fatalf("scan item %+v (seen %v)", it, got[it.Key])
+			}
+			got[it.Key] = true
+		}
+		if page.Cursor == "" {
+			break
+		}
+		cursor = page.Cursor
+		if pages > 50 {
+			t.Fatal("scan does not end")
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("scan returned %d of %d keys", len(got), len(want))
+	}
+
+	// Stale reads.
+	if g := call(t, "GET", c.urls[2]+"/v1/kv/k1?consistency=stale&max_staleness=2s", nil); g.status != 200 || string(g.body) != "vk1" {
+		t.Fatalf("stale read: %d %q", g.status, g.body)
+	}
+
+	// Bad input: typed errors, nothing written.
+	big := bytes.Repeat([]byte("x"), 64<<10+1)
+	for _, tc := range []struct {
+		method, path string
+		body         []byte
+		status       int
+		code         string
+	}{
+		{"PUT", "/v1/kv/big", big, 413, "too_large"},
+		{"PUT", "/v1/kv/" + strings.Repeat("k", 4097), []byte("v"), 413, "too_large"},
+		{"PUT", "/v1/kv/k0?if_version=minus", []byte("v"), 400, "invalid_argument"},
+		{"GET", "/v1/kv/k0?consistency=eventual", nil, 400, "invalid_argument"},
+		{"GET", "/v1/kv/k0?consistency=stale", nil, 400, "invalid_argument"},
+		{"GET", "/v1/kv?cursor=zz", nil, 400, "invalid_argument"},
+		{"GET", "/v1/kv?limit=-1", nil, 400, "invalid_argument"},
+	} {
+		a := call(t, tc.method, c.urls[0]+tc.path, tc.body)
+		if a.status != tc.status || a.errCode(t).Code != tc.code {
+			t.Fatalf("%s %.60s: %d %s, want %d %s", tc.method, tc.path, a.status, a.body, tc.status, tc.code)
+		}
+	}
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/both", []byte("v"), HeaderIdempotencyKey, "x", HeaderClientID, "5", HeaderSeq, "1"); a.status != 400 {
+		t.Fatalf("idempotency key with a client ID: %d %s", a.status, a.body)
+	}
+	if a := call(t, "GET", c.urls[1]+"/v1/kv/big", nil); a.status != 404 {
+		t.Fatalf("a refused value was stored: %d %s", a.status, a.body)
+	}
+
+	// Health, cluster, metrics.
+	for _, p := range []string{"/livez", "/readyz", "/v1/cluster", "/metrics"} {
+		if a := call(t, "GET", c.urls[1]+p, nil); a.status != 200 {
+			t.Fatalf("%s: %d %s", p, a.status, a.body)
+		}
+	}
+}
+
+// TestRESTNoForwardAnswersNotLeader: a smart client that asks a node not to
+// forward gets not_leader with the leader's API address from a follower.
+func TestRESTNoForwardAnswersNotLeader(t *testing.T) {
+	c := startRESTCluster(t, 3, 20*time.Millisecond)
+	key := []byte("nf")
+	_, g := c.nodes[0].Route(key)
+	for i, s := range c.nodes {
+		a := call(t, "PUT", c.urls[i]+"/v1/kv/nf", []byte("v"), HeaderNoForward, "1")
+		if s.Node().IsLeader(g) {
+			if a.status != 200 {
+				t.Fatalf("leader node %d: %d %s", i+1, a.status, a.body)
+			}
+			continue
+		}
+		e := a.errCode(t)
+		if a.status != 421 || e.Code != "not_leader" {
+			t.Fatalf("follower node %d: %d %s", i+1, a.status, a.body)
+		}
+		leader, _ := e.Hint["leader"].(float64)
+		if l := int(leader); l < 1 || l > 3 || !c.nodes[l-1].Node().IsLeader(g) || "http://"+e.Hint["leader_api"].(string) != c.urls[l-1] {
+			t.Fatalf("follower node %d: hint %v does not name the leader's API", i+1, e.Hint)
+		}
+	}
+}
+
+// TestRESTUnavailableAndOutcomeUnknown: with two of three nodes gone, a
+// write to the survivor's group leader may be in its log but can never
+// commit: outcome_unknown; once it stepped down, requests are unavailable.
+func TestRESTUnavailableAndOutcomeUnknown(t *testing.T) {
+	c := startRESTCluster(t, 3, 100*time.Millisecond) // elections after 1-2 s
+	survivor := 0
+	key := ""
+	for i := 0; key == ""; i++ {
+		k := fmt.Sprintf("u%d", i)
+		if _, g := c.nodes[0].Route([]byte(k)); c.nodes[survivor].Node().IsLeader(g) {
+			key = k
+		}
+		if i > 10000 {
+			t.Skip("node 1 leads no group")
+		}
+	}
+	for _, i := range []int{1, 2} {
+		c.eps[i].Close()
+		c.nodes[i].Stop()
+		c.nodes[i] = nil
+	}
+	a := call(t, "PUT", c.urls[0]+"/v1/kv/"+key, []byte("v"), HeaderTimeout, "300ms")
+	if a.status != 504 || a.errCode(t).Code != "outcome_unknown" || a.header.Get("Retry-After") == "" {
+		t.Fatalf("write without a quorum: %d %s", a.status, a.body)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		a := call(t, "GET", c.urls[0]+"/v1/kv/"+key, nil, HeaderTimeout, "300ms")
+		if a.status == 503 && a.errCode(t).Code == "unavailable" && a.header.Get("Retry-After") != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("read without a quorum: %d %s", a.status, a.body)
+		}
+	}
+	for {
+		a := call(t, "GET", c.urls[0]+"/readyz", nil)
+		if a.status == 503 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("readyz without a quorum: %d %s", a.status, a.body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
