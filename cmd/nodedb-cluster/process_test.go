@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +53,7 @@ type proc struct {
 	dir  string
 	args []string
 	env  []string
+	api  string // client API address, if any
 	cmd  *exec.Cmd
 	log  *os.File
 }
@@ -74,6 +77,23 @@ func (p *proc) kill() {
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	p.cmd.Wait()
 	p.cmd = nil
+}
+
+func freeTCPPorts(t *testing.T, n int) []string {
+	var out []string
+	var lns []net.Listener
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		out = append(out, ln.Addr().String())
+	}
+	for _, l := range lns {
+		l.Close()
+	}
+	return out
 }
 
 func freeUDPPorts(t *testing.T, n int) []string {
@@ -238,13 +258,16 @@ func newProc(t *testing.T, bin, root string, i int, args ...string) *proc {
 func startProcCluster(ctx context.Context, t *testing.T, bin, root string, n int, bootstrapArgs ...string) []*proc {
 	t.Helper()
 	addrs := freeUDPPorts(t, n)
+	apis := freeTCPPorts(t, n)
 	procs := make([]*proc, n)
-	procs[0] = newProc(t, bin, root, 1, append([]string{"--listen", addrs[0], "--bootstrap"}, bootstrapArgs...)...)
+	procs[0] = newProc(t, bin, root, 1, append([]string{"--listen", addrs[0], "--api", apis[0], "--bootstrap"}, bootstrapArgs...)...)
+	procs[0].api = apis[0]
 	procs[0].start()
 	waitAdmin(ctx, t, procs[0].dir)
 	for i := 1; i < n; i++ {
 		tok := createToken(ctx, t, procs[0].dir)
-		procs[i] = newProc(t, bin, root, i+1, "--listen", addrs[i], "--join", addrs[0], "--token", tok)
+		procs[i] = newProc(t, bin, root, i+1, "--listen", addrs[i], "--api", apis[i], "--join", addrs[0], "--token", tok)
+		procs[i].api = apis[i]
 		procs[i].start()
 	}
 	for _, p := range procs[1:] {
@@ -507,5 +530,94 @@ func checkStatusJSON(ctx context.Context, t *testing.T, bin, dir string) {
 	}
 	if n := len(st["vshards"].([]any)); n != int(st["vshard_count"].(float64)) {
 		t.Fatalf("status --json: %d vshards listed, vshard_count %v", n, st["vshard_count"])
+	}
+}
+
+// TestProcessRESTThroughEveryNode drives three node processes of the built
+// binary over HTTP as curl would: put, get, delete and scan through every
+// node (each forwards to the key's leader over QUIC), a compare-and-set
+// conflict, and an Idempotency-Key replay that returns the first result.
+func TestProcessRESTThroughEveryNode(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	procs := startProcCluster(ctx, t, bin, t.TempDir(), 3, "--groups", "4", "--vshards", "64")
+	url := func(i int, path string) string { return "http://" + procs[i%3].api + path }
+	do := func(method, u, body string, hdr ...string) (int, string, http.Header) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, method, u, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, u, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	for i := range 12 {
+		key := fmt.Sprintf("key-%d", i)
+		if st, body, _ := do("PUT", url(i, "/v1/kv/"+key), "value-"+key); st != 200 || !strings.Contains(body, `"version":1`) {
+			t.Fatalf("put %s via node %d: %d %s", key, i%3+1, st, body)
+		}
+		for j := range 3 {
+			st, body, h := do("GET", url(j, "/v1/kv/"+key), "")
+			if st != 200 || body != "value-"+key || h.Get("X-Nodedb-Version") != "1" {
+				t.Fatalf("get %s via node %d: %d %q", key, j+1, st, body)
+			}
+		}
+	}
+	if st, body, _ := do("PUT", url(1, "/v1/kv/key-0?if_version=7"), "x"); st != 409 || !strings.Contains(body, `"code":"conflict"`) {
+		t.Fatalf("CAS conflict: %d %s", st, body)
+	}
+	_, first, _ := do("PUT", url(2, "/v1/kv/idem"), "first", "Idempotency-Key", "op-1")
+	st, replay, _ := do("PUT", url(0, "/v1/kv/idem"), "second", "Idempotency-Key", "op-1")
+	if st != 200 || replay != first {
+		t.Fatalf("Idempotency-Key replay: %d %s, first answer %s", st, replay, first)
+	}
+	if _, body, _ := do("GET", url(1, "/v1/kv/idem"), ""); body != "first" {
+		t.Fatalf("after the replay the value is %q", body)
+	}
+	if st, body, _ := do("DELETE", url(2, "/v1/kv/key-3"), ""); st != 200 {
+		t.Fatalf("delete: %d %s", st, body)
+	}
+	if st, _, _ := do("GET", url(0, "/v1/kv/key-3"), ""); st != 404 {
+		t.Fatalf("get after delete: %d", st)
+	}
+	seen := map[string]bool{}
+	for cursor, page := "", 0; ; page++ {
+		st, body, _ := do("GET", url(page, "/v1/kv?prefix=key-&limit=5&cursor="+cursor), "")
+		var ans struct {
+			Items []struct {
+				Key, Value string
+			}
+			Cursor string
+		}
+		if err := json.Unmarshal([]byte(body), &ans); st != 200 || err != nil {
+			t.Fatalf("scan: %d %s", st, body)
+		}
+		for _, it := range ans.Items {
+			if seen[it.Key] || it.Value != "value-"+it.Key {
+				t.Fatalf("scan item %+v twice or wrong", it)
+			}
+			seen[it.Key] = true
+		}
+		if cursor = ans.Cursor; cursor == "" {
+			break
+		}
+	}
+	if len(seen) != 11 {
+		t.Fatalf("scan saw %d keys, want 11", len(seen))
 	}
 }
