@@ -23,7 +23,7 @@ func TestDevOnceBootstrapsThenRestarts(t *testing.T) {
 		return out.String()
 	}
 	first := run()
-	for _, want := range []string{"bootstrapped 3 nodes, 4 groups, 64 vShards", "self-check:", "Endpoints written to"} {
+	for _, want := range []string{"bootstrapped 3 nodes, 4 groups, 64 vShards", "self-check:", "API endpoints written to"} {
 		if !strings.Contains(first, want) {
 			t.Fatalf("first run output lacks %q:\n%s", want, first)
 		}

@@ -94,9 +94,30 @@ joiner. The token is printed alone on the last line, for scripts:
 	return cmd
 }
 
+// statusSource reads the cluster status from a node's admin socket (--dir)
+// or from the client API (--endpoints).
+type statusSource struct {
+	dir string
+	ep  endpoints
+}
+
+func (s *statusSource) flags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&s.dir, "dir", "", "data dir of a running node (its admin socket); default: ask --endpoints")
+	s.ep.flags(cmd)
+}
+
+func (s *statusSource) get(ctx context.Context) (server.ClusterStatus, error) {
+	if s.dir != "" {
+		ctx, cancel := context.WithTimeout(ctx, s.ep.timeout)
+		defer cancel()
+		return server.NewAdminClient(s.dir).Cluster(ctx)
+	}
+	return s.ep.clusterStatus(ctx)
+}
+
 func newStatusCommand() *cobra.Command {
 	var (
-		dir    string
+		src    statusSource
 		asJSON bool
 	)
 	cmd := &cobra.Command{
@@ -104,38 +125,109 @@ func newStatusCommand() *cobra.Command {
 		Short: "Print the cluster's topology and routing as a node has applied it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-			defer cancel()
-			st, err := server.NewAdminClient(dir).Cluster(ctx)
+			st, err := src.get(cmd.Context())
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return printJSON(cmd.OutOrStdout(), st)
 			}
 			printClusterStatus(cmd.OutOrStdout(), st)
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&dir, "dir", "", "data dir of a running node (required)")
+	src.flags(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (stable field names, for scripts)")
-	cmd.MarkFlagRequired("dir")
 	return cmd
+}
+
+// newListCommand is nodes, groups or vshards: one part of the status.
+func newListCommand(use, short string, part func(server.ClusterStatus) any, text func(io.Writer, server.ClusterStatus)) *cobra.Command {
+	var (
+		src    statusSource
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := src.get(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), part(st))
+			}
+			text(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	src.flags(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newNodesCommand() *cobra.Command {
+	return newListCommand("nodes", "List the cluster's nodes", func(st server.ClusterStatus) any { return st.Nodes }, printNodes)
+}
+
+func newGroupsCommand() *cobra.Command {
+	return newListCommand("groups", "List the Raft groups, their replicas and leaders", func(st server.ClusterStatus) any { return st.Groups }, printGroups)
+}
+
+func newVShardsCommand() *cobra.Command {
+	return newListCommand("vshards", "List the routing table: vShard, group, epoch", func(st server.ClusterStatus) any { return st.VShards }, func(out io.Writer, st server.ClusterStatus) {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VSHARDS\tGROUP\tEPOCH")
+		// Runs of consecutive vShards with the same route print as one line.
+		for i := 0; i < len(st.VShards); {
+			j := i
+			for j+1 < len(st.VShards) && st.VShards[j+1].Group == st.VShards[i].Group && st.VShards[j+1].Epoch == st.VShards[i].Epoch {
+				j++
+			}
+			fmt.Fprintf(tw, "%d-%d\t%d\t%d\n", st.VShards[i].ID, st.VShards[j].ID, st.VShards[i].Group, st.VShards[i].Epoch)
+			i = j + 1
+		}
+		tw.Flush()
+	})
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func printClusterStatus(out io.Writer, st server.ClusterStatus) {
 	fmt.Fprintf(out, "cluster %s: %d vShards, RF %d, routing version %d (as node %d has applied it; metadata leader n%d)\n",
 		st.ClusterID, st.VShardCount, st.ReplicationFactor, st.RoutingVersion, st.Node, st.MetaLeader)
+	fmt.Fprintln(out)
+	printNodes(out, st)
+	fmt.Fprintln(out)
+	printGroups(out, st)
+	if len(st.Migrations) > 0 {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nMIGRATION\tKIND\tPHASE\tATTEMPT\tAGE")
+		for _, m := range st.Migrations {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0fs\n", m.ID, m.Kind, m.Phase, m.Attempt, m.AgeSeconds)
+		}
+		tw.Flush()
+	}
+}
+
+func printNodes(out io.Writer, st server.ClusterStatus) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tSTATE\tLIVENESS\tPEER ADDR\tAPI ADDR\tZONE")
+	fmt.Fprintln(tw, "NODE\tSTATE\tLIVENESS\tPEER ADDR\tAPI ADDR\tZONE")
 	for _, n := range st.Nodes {
 		fmt.Fprintf(tw, "n%d\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.State, n.Liveness, n.PeerAddr, dash(n.APIAddr), dash(n.Zone))
 	}
 	tw.Flush()
-	tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nGROUP\tVSHARDS\tLEADER\tVOTERS\tLEARNERS")
+}
+
+func printGroups(out io.Writer, st server.ClusterStatus) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tVSHARDS\tLEADER\tVOTERS\tLEARNERS")
 	for _, g := range st.Groups {
 		leader := "-"
 		if g.Leader != 0 {
@@ -148,14 +240,6 @@ func printClusterStatus(out io.Writer, st server.ClusterStatus) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", name, g.VShards, leader, nodeList(g.Voters), nodeList(g.Learners))
 	}
 	tw.Flush()
-	if len(st.Migrations) > 0 {
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "\nMIGRATION\tKIND\tPHASE\tATTEMPT\tAGE")
-		for _, m := range st.Migrations {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0fs\n", m.ID, m.Kind, m.Phase, m.Attempt, m.AgeSeconds)
-		}
-		tw.Flush()
-	}
 }
 
 func nodeList(ns []uint64) string {
