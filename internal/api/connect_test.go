@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -232,6 +233,46 @@ func TestConnect(t *testing.T) {
 		})
 	}
 	t.Run("MalformedProtobuf", func(t *testing.T) { testConnectMalformed(t, s) })
+	t.Run("Endpoint", func(t *testing.T) { testConnectEndpoint(t, s) })
+}
+
+// testConnectEndpoint calls the service through the node's API endpoint
+// (Listen): gRPC over HTTP/2 cleartext, and the Connect protocol over
+// HTTP/1.1, next to REST on the same port.
+func testConnectEndpoint(t *testing.T, s *server.Server) {
+	e, err := Listen(Config{Addr: "127.0.0.1:0"}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	}()
+	base := "http://" + e.Addr().String()
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	grpcHTTP := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
+	defer grpcHTTP.CloseIdleConnections()
+	plainHTTP := &http.Client{Transport: &http.Transport{}}
+	defer plainHTTP.CloseIdleConnections()
+
+	g := kvv1connect.NewKVClient(grpcHTTP, base, connect.WithGRPC())
+	if r := connectPut(t, g, "endpoint/k", "v", nil); r.GetVersion() != 1 {
+		t.Fatalf("put: %v", r)
+	}
+	c := kvv1connect.NewKVClient(plainHTTP, base)
+	if r := connectGet(t, c, "endpoint/k"); string(r.GetValue()) != "v" || r.GetVersion() != 1 {
+		t.Fatalf("get: %v", r)
+	}
+	resp, err := plainHTTP.Get(base + "/v1/kv/endpoint%2Fk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != http.StatusOK || string(b) != "v" {
+		t.Fatalf("REST get: %d %q", resp.StatusCode, b)
+	}
 }
 
 func testConnectRoundTrip(t *testing.T, s *server.Server, c kvv1connect.KVClient, p string) {
