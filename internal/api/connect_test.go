@@ -265,6 +265,20 @@ func testConnectEndpoint(t *testing.T, s *server.Server) {
 	if r := connectGet(t, c, "endpoint/k"); string(r.GetValue()) != "v" || r.GetVersion() != 1 {
 		t.Fatalf("get: %v", r)
 	}
+	// The Connect protocol with JSON, as curl sends it (docs/api.md).
+	jr, err := plainHTTP.Post(base+"/nodedb.kv.v1.KV/Get", "application/json", strings.NewReader(`{"key": "ZW5kcG9pbnQvaw=="}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jr.Body.Close()
+	var got struct {
+		Found   bool
+		Value   []byte
+		Version string
+	}
+	if err := json.NewDecoder(jr.Body).Decode(&got); err != nil || jr.StatusCode != http.StatusOK || !got.Found || string(got.Value) != "v" || got.Version != "1" {
+		t.Fatalf("JSON get: %d %+v %v", jr.StatusCode, got, err)
+	}
 	resp, err := plainHTTP.Get(base + "/v1/kv/endpoint%2Fk")
 	if err != nil {
 		t.Fatal(err)
