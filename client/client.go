@@ -336,6 +336,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		last         error
 		maybeApplied bool // a write attempt may have reached a leader
 		hops         int  // immediate retries after a leader hint
+		netErrs      int  // network errors so far
 	)
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
@@ -359,18 +360,24 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		tg := c.pick(t, vs, r.stale)
 		resp, err := c.send(ctx, tg, r, vs)
 		if err != nil {
-			sent := !isDialError(err)
-			if r.write && sent {
+			dial := isDialError(err)
+			if r.write && !dial {
 				maybeApplied = true
 			}
 			if ctx.Err() != nil {
 				return nil, c.giveUp(r, ctx.Err(), err, maybeApplied)
 			}
+			netErrs++
 			c.log.Debug("nodedb client: network error", "node", tg.node, "addr", tg.addr, "attempt", attempt, "err", err)
-			c.markSuspect(tg.node)
 			last = &Error{Code: CodeUnavailable, Message: fmt.Sprintf("node %d (%s): %v", tg.node, tg.addr, err), Err: err}
-			_ = c.refresh(ctx)
-			if attempt > 1 && !bo.wait(ctx) {
+			if dial || errors.Is(err, context.DeadlineExceeded) || netErrs > 1 {
+				// The node is down or does not answer: avoid it for a
+				// while, and look for the group's leader elsewhere. (A
+				// connection broken once is retried at the same node.)
+				c.markSuspect(tg.node)
+				_ = c.refresh(ctx)
+			}
+			if netErrs > 1 && !bo.wait(ctx) {
 				return nil, c.giveUp(r, ctx.Err(), last, maybeApplied)
 			}
 			continue

@@ -2,13 +2,17 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -181,26 +185,6 @@ func (c *testCluster) leader(g ids.GroupID) int {
 	return -1
 }
 
-// nodeIndex returns the index of the node with ID id, or -1.
-func (c *testCluster) nodeIndex(id ids.NodeID) int {
-	for i := range c.nodes {
-		if s := c.node(i); s != nil && s.ID() == id {
-			return i
-		}
-	}
-	return -1
-}
-
-// indexOfAddr returns the index of the node serving its API on addr.
-func (c *testCluster) indexOfAddr(addr string) int {
-	for i, a := range c.addrs {
-		if a == addr {
-			return i
-		}
-	}
-	return -1
-}
-
 // transfer moves group g's leadership to node index to, and waits until
 // that node leads.
 func (c *testCluster) transfer(ctx context.Context, g ids.GroupID, to int) error {
@@ -240,6 +224,7 @@ type countingTransport struct {
 	mu         sync.Mutex
 	requests   map[string]int
 	notLeaders map[string]int
+	loads      int // GET /v1/cluster
 }
 
 func newCountingTransport() *countingTransport {
@@ -254,7 +239,9 @@ func (t *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(r)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if r.URL.Path != "/v1/cluster" {
+	if r.URL.Path == "/v1/cluster" {
+		t.loads++
+	} else {
 		t.requests[r.URL.Host]++
 		if err == nil && resp.StatusCode == http.StatusMisdirectedRequest {
 			t.notLeaders[r.URL.Host]++
@@ -268,9 +255,10 @@ func (t *countingTransport) reset() {
 	defer t.mu.Unlock()
 	clear(t.requests)
 	clear(t.notLeaders)
+	t.loads = 0
 }
 
-func (t *countingTransport) snapshot() (req, nl map[string]int) {
+func (t *countingTransport) snapshot() (req, nl map[string]int, loads int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	req, nl = map[string]int{}, map[string]int{}
@@ -280,7 +268,7 @@ func (t *countingTransport) snapshot() (req, nl map[string]int) {
 	for k, v := range t.notLeaders {
 		nl[k] = v
 	}
-	return req, nl
+	return req, nl, t.loads
 }
 
 func (t *countingTransport) close() { t.base.(*http.Transport).CloseIdleConnections() }
@@ -302,4 +290,24 @@ func (c *testCluster) newClient(t *testing.T, cfg Config) *Client {
 	}
 	t.Cleanup(func() { cl.Close() })
 	return cl
+}
+
+// lossyTransport loses the answer of some writes after the cluster
+// handled them, as a network failure would: the client must retry with the
+// same exactly-once identity and get the first result.
+type lossyTransport struct {
+	base    *http.Transport
+	percent int
+	dropped atomic.Int64
+}
+
+func (t *lossyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(r)
+	if err != nil || (r.Method != http.MethodPut && r.Method != http.MethodDelete) || mrand.IntN(100) >= t.percent {
+		return resp, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	t.dropped.Add(1)
+	return nil, errors.New("lossy transport: answer lost")
 }

@@ -113,11 +113,6 @@ func hintUint(h map[string]any, name string) (uint64, bool) {
 	return 0, false
 }
 
-func hintString(h map[string]any, name string) string {
-	s, _ := h[name].(string)
-	return s
-}
-
 // Sentinels for errors.Is, one per code.
 var (
 	ErrInvalidArgument = &Error{Code: CodeInvalidArgument}
