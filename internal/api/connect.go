@@ -41,9 +41,6 @@ const (
 	connectTimeout = 10 * time.Second
 )
 
-// Handler mounts the service (mount.go).
-func init() { connectHandler = ConnectHandler }
-
 // ConnectHandler returns the path prefix ("/nodedb.kv.v1.KV/") and the
 // handler of the KV service over svc, for an http.ServeMux. Serve it over
 // HTTP/2 (TLS, or h2c) for gRPC clients; Connect and gRPC-Web clients also

@@ -61,9 +61,9 @@ func nodeConfig(t *testing.T, dir string, tick time.Duration) server.Config {
 // startRESTCluster bootstraps node 1 and joins n-1 more, then serves each
 // node's API on a free loopback port.
 func startRESTCluster(t *testing.T, n int, tick time.Duration) *restCluster {
+	root := t.TempDir() // removed after c.stop: cleanups run last-in first-out
 	c := &restCluster{t: t}
 	t.Cleanup(c.stop)
-	root := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range n {

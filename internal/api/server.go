@@ -39,7 +39,8 @@ type Endpoint struct {
 func Handler(svc Service, metrics prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	(&rest{svc: svc}).register(mux)
-	mountConnect(mux, svc)
+	path, h := ConnectHandler(svc)
+	mux.Handle(path, h)
 	if metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
 	}
