@@ -81,4 +81,11 @@ func TestKVAndListCommands(t *testing.T) {
 	if out := run(false, newStatusCommand()); !strings.Contains(out, "64 vShards, RF 3") {
 		t.Fatalf("status: %s", out)
 	}
+	for _, w := range []string{"put", "mixed"} {
+		var rep benchReport
+		out := run(false, newBenchCommand(), "--workload", w, "--clients", "4", "--duration", "500ms", "--warmup", "0s", "--keys", "20", "--value-size", "64", "--json")
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || rep.Ops == 0 || rep.Errors != 0 || rep.OpsPerSec <= 0 || rep.P99ms < rep.P50ms {
+			t.Fatalf("bench %s: %+v (%v) from %s", w, rep, err, out)
+		}
+	}
 }
