@@ -29,6 +29,7 @@ const (
 	HeaderSeq            = "X-Nodedb-Seq"
 	HeaderAckedBelow     = "X-Nodedb-Acked-Below"
 	HeaderNoForward      = "X-Nodedb-No-Forward"
+	HeaderEpoch          = "X-Nodedb-Epoch"
 	// HeaderTimeout bounds the request's work in the cluster (a Go
 	// duration, 1ms to 60s; default 10s).
 	HeaderTimeout = "X-Nodedb-Timeout"
@@ -128,7 +129,22 @@ func writeOptions(r *http.Request) (server.WriteOptions, error) {
 		}
 	}
 	o.NoForward = r.Header.Get(HeaderNoForward) == "1"
-	return o, nil
+	var err error
+	o.Epoch, err = epochOf(r)
+	return o, err
+}
+
+// epochOf reads the optional X-Nodedb-Epoch header.
+func epochOf(r *http.Request) (uint64, error) {
+	v := r.Header.Get(HeaderEpoch)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, invalid("%s %q: want a decimal uint64", HeaderEpoch, v)
+	}
+	return n, nil
 }
 
 // readOptions reads consistency and max_staleness.
@@ -151,7 +167,9 @@ func readOptions(r *http.Request) (server.ReadOptions, error) {
 		return o, invalid("consistency %q: want linearizable or stale", c)
 	}
 	o.NoForward = r.Header.Get(HeaderNoForward) == "1"
-	return o, nil
+	var err error
+	o.Epoch, err = epochOf(r)
+	return o, err
 }
 
 // key returns the path's key, bounded.

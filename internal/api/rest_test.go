@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
@@ -333,6 +334,31 @@ func TestRESTThroughEveryNode(t *testing.T) {
 	}
 	if a := call(t, "GET", c.urls[1]+"/v1/kv/big", nil); a.status != 404 {
 		t.Fatalf("a refused value was stored: %d %s", a.status, a.body)
+	}
+
+	// A client routing with an older epoch is told the vShard moved; one
+	// ahead of this node's metadata is told to retry.
+	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, HeaderEpoch, "0"); a.status != 200 {
+		t.Fatalf("no epoch: %d %s", a.status, a.body)
+	}
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/k1", []byte("x"), HeaderEpoch, "2"); a.status != 503 || a.errCode(t).Code != "unavailable" {
+		t.Fatalf("epoch ahead: %d %s", a.status, a.body)
+	}
+	// Bump k1's vShard epoch in the metadata (a move to the same group).
+	vs, g := c.nodes[0].Route([]byte("k1"))
+	if _, err := c.nodes[1].ProposeMeta(context.Background(), meta.NewSetRoute(vs, uint64(g), 2)); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if st, err := c.nodes[0].ClusterStatus(); err == nil && st.VShards[vs].Epoch == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the new epoch never reached node 1")
+		}
+	}
+	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, HeaderEpoch, "1"); a.status != 421 || a.errCode(t).Code != "moved" || a.errCode(t).Hint["epoch"] != float64(2) {
+		t.Fatalf("stale epoch: %d %s", a.status, a.body)
 	}
 
 	// Health, cluster, metrics.

@@ -38,6 +38,9 @@ type ReadOptions struct {
 	MaxStaleness time.Duration
 	// NoForward: answer not_leader instead of forwarding (linearizable).
 	NoForward bool
+	// Epoch, when non-zero, is the routing epoch of the key's vShard the
+	// client routed with (see checkEpoch).
+	Epoch uint64
 }
 
 // WriteOptions shape a write.
@@ -52,6 +55,8 @@ type WriteOptions struct {
 	AckedBelow     uint64
 	// NoForward: answer not_leader instead of forwarding.
 	NoForward bool
+	// Epoch, when non-zero, is the routing epoch the client routed with.
+	Epoch uint64
 }
 
 // WriteResult is one applied write.
@@ -249,6 +254,9 @@ func (s *Server) kvWrite(ctx context.Context, key, cmd []byte, o WriteOptions) (
 		return nil, apiErrorf(CodeUnavailable, "no routing on this node yet")
 	}
 	vs, g := s.Route(key)
+	if err := s.checkEpoch(vs, o.Epoch); err != nil {
+		return nil, err
+	}
 	out, err := s.do(ctx, true, &request{group: g, vshard: vs, client: client, seq: seq, ackedBelow: acked, body: cmd, noForward: o.NoForward})
 	if err != nil {
 		return nil, s.apiError(err)
@@ -274,6 +282,9 @@ func (s *Server) KVGet(ctx context.Context, key []byte, o ReadOptions) (GetResul
 		return GetResult{}, s.apiError(err)
 	}
 	vs, g := s.Route(key)
+	if err := s.checkEpoch(vs, o.Epoch); err != nil {
+		return GetResult{}, err
+	}
 	out, err := s.kvRead(ctx, g, vs, q, o)
 	if err != nil {
 		return GetResult{}, err
@@ -307,6 +318,25 @@ func (s *Server) kvRead(ctx context.Context, g ids.GroupID, vs uint32, q []byte,
 		return out, nil
 	}
 	return nil, apiErrorf(CodeInvalidArgument, "unknown consistency %d", o.Consistency)
+}
+
+// checkEpoch compares the epoch a client routed vShard vs with to this
+// node's: an older one is moved (the client's routing is stale: here is the
+// owner), a newer one means this node's metadata is behind: unavailable,
+// retry (elsewhere or later).
+func (s *Server) checkEpoch(vs uint32, epoch uint64) error {
+	if epoch == 0 {
+		return nil
+	}
+	g, cur := meta.RouteOf(s.view.get(), vs)
+	switch {
+	case epoch < cur:
+		return &APIError{Code: CodeMoved, Message: fmt.Sprintf("vShard %d is at epoch %d, the request was routed at %d", vs, cur, epoch),
+			Hint: map[string]any{"vshard": vs, "group": g, "epoch": cur}}
+	case epoch > cur:
+		return &APIError{Code: CodeUnavailable, Message: fmt.Sprintf("this node's routing of vShard %d (epoch %d) is behind the request's (%d)", vs, cur, epoch)}
+	}
+	return nil
 }
 
 // Scan pages. A cursor is "vshard.hex(last key)": the scan goes through the

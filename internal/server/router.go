@@ -324,6 +324,13 @@ func (s *Server) leaderHint(g ids.GroupID) ids.NodeID {
 	return ids.NodeID(s.view.get().GetGroups()[uint64(g)].GetLeaderHint())
 }
 
+// ProposeMeta commits a metadata entry through the metadata leader and
+// returns its result; an entry the applier refused is a *meta.Error. It is
+// how operator tools change the metadata (the entries are in package meta).
+func (s *Server) ProposeMeta(ctx context.Context, e *metapb.Entry) (*metapb.Result, error) {
+	return s.proposeMeta(ctx, e)
+}
+
 // proposeMeta commits a metadata entry through the metadata leader and
 // returns its result; an entry the applier refused is a *meta.Error.
 func (s *Server) proposeMeta(ctx context.Context, e *metapb.Entry) (*metapb.Result, error) {
