@@ -343,7 +343,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 			return nil, c.giveUp(r, err, last, maybeApplied)
 		}
 		if c.closed.Load() {
-			return nil, ErrClosed
+			return nil, c.giveUp(r, ErrClosed, last, maybeApplied)
 		}
 		t, err := c.currentTable(ctx)
 		if err != nil {
@@ -370,10 +370,11 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 			netErrs++
 			c.log.Debug("nodedb client: network error", "node", tg.node, "addr", tg.addr, "attempt", attempt, "err", err)
 			last = &Error{Code: CodeUnavailable, Message: fmt.Sprintf("node %d (%s): %v", tg.node, tg.addr, err), Err: err}
-			if dial || errors.Is(err, context.DeadlineExceeded) || netErrs > 1 {
+			if dial || errors.Is(err, context.DeadlineExceeded) {
 				// The node is down or does not answer: avoid it for a
-				// while, and look for the group's leader elsewhere. (A
-				// connection broken once is retried at the same node.)
+				// while, and look for the group's leader elsewhere. A
+				// broken connection is retried at the same node (a node
+				// that went down refuses the next one).
 				c.markSuspect(tg.node)
 				_ = c.refresh(ctx)
 			}

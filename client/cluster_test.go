@@ -281,6 +281,9 @@ func (c *testCluster) newClient(t *testing.T, cfg Config) *Client {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = testLog()
+		if os.Getenv("NODEDB_CLIENT_LOG") != "" {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

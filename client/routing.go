@@ -302,7 +302,7 @@ func (c *Client) clearSuspect(node uint64) {
 // that the request can go there at once.
 func (c *Client) learnLeader(ctx context.Context, group uint64, hint map[string]any) bool {
 	node, ok := hintUint(hint, "leader")
-	if !ok || node == 0 {
+	if !ok || node == 0 || group == 0 {
 		return false
 	}
 	for range 2 {
@@ -348,7 +348,9 @@ func (c *Client) pick(t *table, vs int64, stale bool) target {
 	}
 	r := t.route(uint32(vs))
 	g := t.groups[r.group]
-	if g == nil || len(g.voters) == 0 {
+	if r.group == 0 || g == nil || len(g.voters) == 0 {
+		// An unrouted vShard (group 0 is the metadata group): any node
+		// knows more.
 		tg := c.anyNodeLocked(t)
 		tg.group, tg.epoch = r.group, r.epoch
 		return tg
