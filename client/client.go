@@ -399,6 +399,10 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 			_ = c.refresh(ctx)
 		case CodeMoved:
 			c.log.Debug("nodedb client: moved", "node", tg.node, "hint", e.Hint, "attempt", attempt)
+			if c.learnMoved(e.Hint) && hops < 3 {
+				hops++
+				continue
+			}
 			_ = c.refresh(ctx)
 		case CodeUnavailable, CodeFrozen:
 			c.log.Debug("nodedb client: retrying", "code", e.Code, "node", tg.node, "attempt", attempt, "message", e.Message)

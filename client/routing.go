@@ -328,6 +328,27 @@ func (c *Client) learnLeader(ctx context.Context, group uint64, hint map[string]
 	return false
 }
 
+// learnMoved records a moved hint: vShard hint.vshard is owned by group
+// hint.group at epoch hint.epoch. It reports whether the hint was news
+// about a group the table knows, so that the request can be retried at
+// once.
+func (c *Client) learnMoved(hint map[string]any) bool {
+	vs, ok1 := hintUint(hint, "vshard")
+	g, ok2 := hintUint(hint, "group")
+	e, ok3 := hintUint(hint, "epoch")
+	if !ok1 || !ok2 || !ok3 || g == 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tab
+	if t == nil || vs >= uint64(len(t.vshards)) || t.groups[g] == nil || e <= t.vshards[vs].epoch {
+		return false
+	}
+	t.vshards[vs] = vsRoute{group: g, epoch: e}
+	return true
+}
+
 // target is where one attempt goes.
 type target struct {
 	node  uint64
