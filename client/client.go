@@ -340,16 +340,16 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 	)
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
-			return nil, c.giveUp(r, err, last, maybeApplied)
+			return nil, c.giveUp(err, last, maybeApplied)
 		}
 		if c.closed.Load() {
-			return nil, c.giveUp(r, ErrClosed, last, maybeApplied)
+			return nil, c.giveUp(ErrClosed, last, maybeApplied)
 		}
 		t, err := c.currentTable(ctx)
 		if err != nil {
 			last = err
 			if !bo.wait(ctx) {
-				return nil, c.giveUp(r, ctx.Err(), last, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 			}
 			continue
 		}
@@ -365,7 +365,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				maybeApplied = true
 			}
 			if ctx.Err() != nil {
-				return nil, c.giveUp(r, ctx.Err(), err, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), err, maybeApplied)
 			}
 			netErrs++
 			c.log.Debug("nodedb client: network error", "node", tg.node, "addr", tg.addr, "attempt", attempt, "err", err)
@@ -379,7 +379,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				_ = c.refresh(ctx)
 			}
 			if netErrs > 1 && !bo.wait(ctx) {
-				return nil, c.giveUp(r, ctx.Err(), last, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 			}
 			continue
 		}
@@ -421,7 +421,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		}
 		hops = 0
 		if !bo.wait(ctx) {
-			return nil, c.giveUp(r, ctx.Err(), last, maybeApplied)
+			return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 		}
 	}
 }
@@ -429,7 +429,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 // giveUp is the error of a call whose context ended: outcome_unknown for a
 // write that may have been applied, unavailable otherwise; both wrap the
 // context's error.
-func (c *Client) giveUp(r *request, ctxErr, last error, maybeApplied bool) error {
+func (c *Client) giveUp(ctxErr, last error, maybeApplied bool) error {
 	if last == nil {
 		return ctxErr
 	}

@@ -355,8 +355,6 @@ type target struct {
 	addr  string
 	group uint64
 	epoch uint64
-	// leader: sent to the node believed to lead the group.
-	leader bool
 }
 
 // pick chooses the node for an attempt of a request on vShard vs (vs < 0:
@@ -378,7 +376,7 @@ func (c *Client) pick(t *table, vs int64, stale bool) target {
 	}
 	tg := target{group: r.group, epoch: r.epoch}
 	if !stale && g.leader != 0 && !c.suspectLocked(g.leader) {
-		tg.node, tg.addr, tg.leader = g.leader, t.nodes[g.leader], true
+		tg.node, tg.addr = g.leader, t.nodes[g.leader]
 		return tg
 	}
 	// Stale reads spread over every voter; a linearizable request whose
