@@ -63,9 +63,9 @@ func testLog() *slog.Logger {
 // startCluster bootstraps node 1 (64 vShards, 4 groups, RF 3) and joins
 // n-1 more, then serves each node's API on a free loopback port.
 func startCluster(t *testing.T, n int, tick time.Duration) *testCluster {
+	root := t.TempDir() // removed after c.stop: cleanups run last-in first-out
 	c := &testCluster{t: t}
 	t.Cleanup(c.stop)
-	root := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for i := range n {
