@@ -7,10 +7,8 @@ import (
 	"io"
 	"log/slog"
 	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,7 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/nodedb/nodedb-cluster/internal/api"
+	"github.com/nodedb/nodedb-cluster/internal/apitest"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
@@ -26,158 +24,29 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // testCluster is real nodes (QUIC between them) in this process, each with
-// its client API on a loopback port (the harness of internal/api's tests).
+// its client API on a loopback port (internal/apitest).
 type testCluster struct {
+	*apitest.Cluster
 	t     *testing.T
-	mu    sync.Mutex
-	nodes []*server.Server // nil once stopped
-	eps   []*api.Endpoint
-	addrs []string // API host:port
+	addrs []string // API host:port, node 1 first
 }
 
-func freeUDP(t *testing.T) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
-}
-
-func freeTCP(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func testLog() *slog.Logger {
-	if os.Getenv("NODEDB_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func testLog() *slog.Logger { return apitest.Log() }
 
 // startCluster bootstraps node 1 (64 vShards, 4 groups, RF 3) and joins
 // n-1 more, then serves each node's API on a free loopback port.
 func startCluster(t *testing.T, n int, tick time.Duration) *testCluster {
-	root := t.TempDir() // removed after c.stop: cleanups run last-in first-out
-	c := &testCluster{t: t}
-	t.Cleanup(c.stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for i := range n {
-		cfg := server.Config{
-			Dir: filepath.Join(root, fmt.Sprintf("n%d", i+1)), Listen: freeUDP(t), TickInterval: tick,
-			ControlInterval: 100 * time.Millisecond, MaxValueBytes: 64 << 10, Logger: testLog(),
-		}
-		if i == 0 {
-			cfg.Bootstrap, cfg.Settings = true, server.Settings{VShards: 64, Groups: 4, RF: 3}
-		} else {
-			var tok string
-			for {
-				var err error
-				if tok, _, err = c.nodes[0].CreateToken(ctx, time.Minute); err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			cfg.Join, cfg.Token = c.nodes[0].Addr().String(), tok
-		}
-		cfg.API = freeTCP(t)
-		s, err := server.Start(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.nodes = append(c.nodes, s)
-		ep, err := api.Listen(api.Config{Addr: cfg.API, Metrics: s.Registry()}, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.eps = append(c.eps, ep)
-		c.addrs = append(c.addrs, ep.Addr().String())
-	}
-	c.waitReady(ctx, n)
-	return c
+	c := apitest.Start(t, n, tick)
+	return &testCluster{Cluster: c, t: t, addrs: c.Addrs}
 }
 
-func (c *testCluster) waitReady(ctx context.Context, n int) {
-	for {
-		err := c.ready(n)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			c.t.Fatalf("cluster not ready: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
+func (c *testCluster) node(i int) *server.Server { return c.Node(i) }
 
-func (c *testCluster) ready(n int) error {
-	for _, s := range c.nodes {
-		if err := s.Ready(); err != nil {
-			return err
-		}
-	}
-	st, err := c.nodes[0].ClusterStatus()
-	if err != nil {
-		return err
-	}
-	for _, g := range st.Groups {
-		if len(g.Voters) != min(3, n) || len(g.Learners) > 0 {
-			return fmt.Errorf("group %d voters %v learners %v", g.ID, g.Voters, g.Learners)
-		}
-	}
-	return nil
-}
-
-// node returns node i (0-based), nil once stopped.
-func (c *testCluster) node(i int) *server.Server {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.nodes[i]
-}
-
-// stopNode stops node i abruptly: the server first, then its API.
-func (c *testCluster) stopNode(i int) {
-	c.mu.Lock()
-	s := c.nodes[i]
-	c.nodes[i] = nil
-	c.mu.Unlock()
-	if s == nil {
-		return
-	}
-	s.Stop()
-	c.eps[i].Close()
-}
-
-func (c *testCluster) stop() {
-	c.mu.Lock()
-	nodes := c.nodes
-	c.nodes = make([]*server.Server, len(nodes))
-	c.mu.Unlock()
-	for i, s := range nodes {
-		if s != nil {
-			c.eps[i].Close()
-		}
-	}
-	for _, s := range nodes {
-		if s != nil {
-			s.Stop()
-		}
-	}
-}
+func (c *testCluster) stopNode(i int) { c.StopNode(i) }
 
 // leader returns the index of the node that leads group g, or -1.
 func (c *testCluster) leader(g ids.GroupID) int {
-	for i := range c.nodes {
+	for i := range c.addrs {
 		if s := c.node(i); s != nil && s.Node().IsLeader(g) {
 			return i
 		}

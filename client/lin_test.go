@@ -331,7 +331,7 @@ func TestLinearizableWhileLeadersMove(t *testing.T) {
 		}
 		g := groups[nemesisRNG.IntN(len(groups))]
 		var live []int
-		for i := range c.nodes {
+		for i := range c.addrs {
 			if c.node(i) != nil && c.leader(g) != i {
 				live = append(live, i)
 			}

@@ -33,7 +33,7 @@ func (c *testCluster) waitStableLeaders(ctx context.Context, groups []ids.GroupI
 			count[l]++
 		}
 		lo, hi := len(groups), 0
-		for i := range c.nodes {
+		for i := range c.addrs {
 			if c.node(i) != nil {
 				lo, hi = min(lo, count[i]), max(hi, count[i])
 			}
@@ -147,7 +147,7 @@ func TestStraightToLeader(t *testing.T) {
 			g, from = gg, l
 		}
 	}
-	for i := range c.nodes {
+	for i := range c.addrs {
 		if i != from && (to < 0 || count[i] < count[to]) {
 			to = i
 		}

@@ -1,4 +1,4 @@
-package api
+package api_test
 
 import (
 	"bytes"
@@ -6,145 +6,29 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/api"
+	"github.com/nodedb/nodedb-cluster/internal/apitest"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
-	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
-// restCluster is three real nodes (QUIC between them) with their APIs.
+// restCluster is real nodes (QUIC between them) with their APIs
+// (internal/apitest).
 type restCluster struct {
-	t     *testing.T
-	nodes []*server.Server
-	eps   []*Endpoint
-	urls  []string
+	*apitest.Cluster
+	urls []string
 }
 
-func freeUDP(t *testing.T) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
-}
-
-func freeTCP(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-func testLog() *slog.Logger {
-	if os.Getenv("NODEDB_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-func nodeConfig(t *testing.T, dir string, tick time.Duration) server.Config {
-	return server.Config{
-		Dir: dir, Listen: freeUDP(t), TickInterval: tick, ControlInterval: 100 * time.Millisecond,
-		MaxValueBytes: 64 << 10, Logger: testLog(),
-	}
-}
-
-// startRESTCluster bootstraps node 1 and joins n-1 more, then serves each
-// node's API on a free loopback port.
 func startRESTCluster(t *testing.T, n int, tick time.Duration) *restCluster {
-	root := t.TempDir() // removed after c.stop: cleanups run last-in first-out
-	c := &restCluster{t: t}
-	t.Cleanup(c.stop)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for i := range n {
-		cfg := nodeConfig(t, filepath.Join(root, fmt.Sprintf("n%d", i+1)), tick)
-		if i == 0 {
-			cfg.Bootstrap, cfg.Settings = true, server.Settings{VShards: 64, Groups: 4, RF: 3}
-		} else {
-			var tok string
-			for {
-				var err error
-				if tok, _, err = c.nodes[0].CreateToken(ctx, time.Minute); err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			cfg.Join, cfg.Token = c.nodes[0].Addr().String(), tok
-		}
-		cfg.API = freeTCP(t)
-		s, err := server.Start(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.nodes = append(c.nodes, s)
-		ep, err := Listen(Config{Addr: cfg.API, Metrics: s.Registry()}, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.eps = append(c.eps, ep)
-		c.urls = append(c.urls, "http://"+ep.Addr().String())
+	c := &restCluster{Cluster: apitest.Start(t, n, tick)}
+	for _, a := range c.Addrs {
+		c.urls = append(c.urls, "http://"+a)
 	}
-	c.waitReady(ctx, n)
 	return c
-}
-
-// waitReady waits until every group has min(3, n) voters and every node is
-// ready.
-func (c *restCluster) waitReady(ctx context.Context, n int) {
-	for {
-		err := c.ready(n)
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			c.t.Fatalf("cluster not ready: %v", err)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func (c *restCluster) ready(n int) error {
-	for _, s := range c.nodes {
-		if err := s.Ready(); err != nil {
-			return err
-		}
-	}
-	st, err := c.nodes[0].ClusterStatus()
-	if err != nil {
-		return err
-	}
-	for _, g := range st.Groups {
-		if len(g.Voters) != min(3, n) || len(g.Learners) > 0 {
-			return fmt.Errorf("group %d voters %v learners %v", g.ID, g.Voters, g.Learners)
-		}
-	}
-	return nil
-}
-
-func (c *restCluster) stop() {
-	for _, e := range c.eps {
-		e.Close()
-	}
-	for _, s := range c.nodes {
-		if s != nil {
-			s.Stop()
-		}
-	}
 }
 
 // answer is an HTTP answer read in full.
@@ -161,9 +45,9 @@ func (a answer) json(t *testing.T, v any) {
 	}
 }
 
-func (a answer) errCode(t *testing.T) ErrorBody {
+func (a answer) errCode(t *testing.T) api.ErrorBody {
 	t.Helper()
-	var e ErrorBody
+	var e api.ErrorBody
 	a.json(t, &e)
 	return e
 }
@@ -208,12 +92,12 @@ func TestRESTThroughEveryNode(t *testing.T) {
 		a := call(t, "PUT", c.urls[i]+"/v1/kv/"+key, []byte("v"+key))
 		var w writeAnswer
 		a.json(t, &w)
-		if a.status != 200 || w.Version != 1 || a.header.Get(HeaderVersion) != "1" {
+		if a.status != 200 || w.Version != 1 || a.header.Get(api.HeaderVersion) != "1" {
 			t.Fatalf("put %s through node %d: %d %s", key, i+1, a.status, a.body)
 		}
 		for j := range 3 {
 			g := call(t, "GET", c.urls[j]+"/v1/kv/"+key, nil)
-			if g.status != 200 || string(g.body) != "v"+key || g.header.Get(HeaderVersion) != "1" || g.header.Get(HeaderVShard) != fmt.Sprint(w.VShard) {
+			if g.status != 200 || string(g.body) != "v"+key || g.header.Get(api.HeaderVersion) != "1" || g.header.Get(api.HeaderVShard) != fmt.Sprint(w.VShard) {
 				t.Fatalf("get %s through node %d: %d %q %v", key, j+1, g.status, g.body, g.header)
 			}
 		}
@@ -244,15 +128,15 @@ func TestRESTThroughEveryNode(t *testing.T) {
 	}
 
 	// Idempotency-Key: the replay gets the first result and applies nothing.
-	first := call(t, "PUT", c.urls[0]+"/v1/kv/idem", []byte("one"), HeaderIdempotencyKey, "req-1")
-	replay := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("two"), HeaderIdempotencyKey, "req-1")
+	first := call(t, "PUT", c.urls[0]+"/v1/kv/idem", []byte("one"), api.HeaderIdempotencyKey, "req-1")
+	replay := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("two"), api.HeaderIdempotencyKey, "req-1")
 	if first.status != 200 || replay.status != 200 || string(first.body) != string(replay.body) {
 		t.Fatalf("replay: first %d %s, replay %d %s", first.status, first.body, replay.status, replay.body)
 	}
-	if g := call(t, "GET", c.urls[2]+"/v1/kv/idem", nil); string(g.body) != "one" || g.header.Get(HeaderVersion) != "1" {
-		t.Fatalf("after the replay: %q version %s", g.body, g.header.Get(HeaderVersion))
+	if g := call(t, "GET", c.urls[2]+"/v1/kv/idem", nil); string(g.body) != "one" || g.header.Get(api.HeaderVersion) != "1" {
+		t.Fatalf("after the replay: %q version %s", g.body, g.header.Get(api.HeaderVersion))
 	}
-	if a := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("three"), HeaderIdempotencyKey, "req-2"); a.status != 200 {
+	if a := call(t, "PUT", c.urls[1]+"/v1/kv/idem", []byte("three"), api.HeaderIdempotencyKey, "req-2"); a.status != 200 {
 		t.Fatalf("a new key applies: %d %s", a.status, a.body)
 	}
 
@@ -280,7 +164,7 @@ func TestRESTThroughEveryNode(t *testing.T) {
 	cursor := ""
 	for pages := 0; ; pages++ {
 		a := call(t, "GET", c.urls[pages%3]+"/v1/kv?prefix=scan%2F&limit=4&cursor="+cursor, nil)
-		var page ScanAnswer
+		var page api.ScanAnswer
 		a.json(t, &page)
 		if a.status != 200 || len(page.Items) > 4 {
 			t.Fatalf("scan page: %d %s", a.status, a.body)
@@ -329,7 +213,7 @@ func TestRESTThroughEveryNode(t *testing.T) {
 			t.Fatalf("%s %.60s: %d %s, want %d %s", tc.method, tc.path, a.status, a.body, tc.status, tc.code)
 		}
 	}
-	if a := call(t, "PUT", c.urls[0]+"/v1/kv/both", []byte("v"), HeaderIdempotencyKey, "x", HeaderClientID, "5", HeaderSeq, "1"); a.status != 400 {
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/both", []byte("v"), api.HeaderIdempotencyKey, "x", api.HeaderClientID, "5", api.HeaderSeq, "1"); a.status != 400 {
 		t.Fatalf("idempotency key with a client ID: %d %s", a.status, a.body)
 	}
 	if a := call(t, "GET", c.urls[1]+"/v1/kv/big", nil); a.status != 404 {
@@ -338,26 +222,26 @@ func TestRESTThroughEveryNode(t *testing.T) {
 
 	// A client routing with an older epoch is told the vShard moved; one
 	// ahead of this node's metadata is told to retry.
-	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, HeaderEpoch, "0"); a.status != 200 {
+	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, api.HeaderEpoch, "0"); a.status != 200 {
 		t.Fatalf("no epoch: %d %s", a.status, a.body)
 	}
-	if a := call(t, "PUT", c.urls[0]+"/v1/kv/k1", []byte("x"), HeaderEpoch, "2"); a.status != 503 || a.errCode(t).Code != "unavailable" {
+	if a := call(t, "PUT", c.urls[0]+"/v1/kv/k1", []byte("x"), api.HeaderEpoch, "2"); a.status != 503 || a.errCode(t).Code != "unavailable" {
 		t.Fatalf("epoch ahead: %d %s", a.status, a.body)
 	}
 	// Bump k1's vShard epoch in the metadata (a move to the same group).
-	vs, g := c.nodes[0].Route([]byte("k1"))
-	if _, err := c.nodes[1].ProposeMeta(context.Background(), meta.NewSetRoute(vs, uint64(g), 2)); err != nil {
+	vs, g := c.Node(0).Route([]byte("k1"))
+	if _, err := c.Node(1).ProposeMeta(context.Background(), meta.NewSetRoute(vs, uint64(g), 2)); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if st, err := c.nodes[0].ClusterStatus(); err == nil && st.VShards[vs].Epoch == 2 {
+		if st, err := c.Node(0).ClusterStatus(); err == nil && st.VShards[vs].Epoch == 2 {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the new epoch never reached node 1")
 		}
 	}
-	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, HeaderEpoch, "1"); a.status != 421 || a.errCode(t).Code != "moved" || a.errCode(t).Hint["epoch"] != float64(2) {
+	if a := call(t, "GET", c.urls[0]+"/v1/kv/k1", nil, api.HeaderEpoch, "1"); a.status != 421 || a.errCode(t).Code != "moved" || a.errCode(t).Hint["epoch"] != float64(2) {
 		t.Fatalf("stale epoch: %d %s", a.status, a.body)
 	}
 
@@ -374,9 +258,10 @@ func TestRESTThroughEveryNode(t *testing.T) {
 func TestRESTNoForwardAnswersNotLeader(t *testing.T) {
 	c := startRESTCluster(t, 3, 20*time.Millisecond)
 	key := []byte("nf")
-	_, g := c.nodes[0].Route(key)
-	for i, s := range c.nodes {
-		a := call(t, "PUT", c.urls[i]+"/v1/kv/nf", []byte("v"), HeaderNoForward, "1")
+	_, g := c.Node(0).Route(key)
+	for i := range c.urls {
+		s := c.Node(i)
+		a := call(t, "PUT", c.urls[i]+"/v1/kv/nf", []byte("v"), api.HeaderNoForward, "1")
 		if s.Node().IsLeader(g) {
 			if a.status != 200 {
 				t.Fatalf("leader node %d: %d %s", i+1, a.status, a.body)
@@ -388,7 +273,7 @@ func TestRESTNoForwardAnswersNotLeader(t *testing.T) {
 			t.Fatalf("follower node %d: %d %s", i+1, a.status, a.body)
 		}
 		leader, _ := e.Hint["leader"].(float64)
-		if l := int(leader); l < 1 || l > 3 || !c.nodes[l-1].Node().IsLeader(g) || "http://"+e.Hint["leader_api"].(string) != c.urls[l-1] {
+		if l := int(leader); l < 1 || l > 3 || !c.Node(l-1).Node().IsLeader(g) || "http://"+e.Hint["leader_api"].(string) != c.urls[l-1] {
 			t.Fatalf("follower node %d: hint %v does not name the leader's API", i+1, e.Hint)
 		}
 	}
@@ -403,7 +288,7 @@ func TestRESTUnavailableAndOutcomeUnknown(t *testing.T) {
 	key := ""
 	for i := 0; key == ""; i++ {
 		k := fmt.Sprintf("u%d", i)
-		if _, g := c.nodes[0].Route([]byte(k)); c.nodes[survivor].Node().IsLeader(g) {
+		if _, g := c.Node(0).Route([]byte(k)); c.Node(survivor).Node().IsLeader(g) {
 			key = k
 		}
 		if i > 10000 {
@@ -411,17 +296,15 @@ func TestRESTUnavailableAndOutcomeUnknown(t *testing.T) {
 		}
 	}
 	for _, i := range []int{1, 2} {
-		c.eps[i].Close()
-		c.nodes[i].Stop()
-		c.nodes[i] = nil
+		c.StopNode(i)
 	}
-	a := call(t, "PUT", c.urls[0]+"/v1/kv/"+key, []byte("v"), HeaderTimeout, "300ms")
+	a := call(t, "PUT", c.urls[0]+"/v1/kv/"+key, []byte("v"), api.HeaderTimeout, "300ms")
 	if a.status != 504 || a.errCode(t).Code != "outcome_unknown" || a.header.Get("Retry-After") == "" {
 		t.Fatalf("write without a quorum: %d %s", a.status, a.body)
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		a := call(t, "GET", c.urls[0]+"/v1/kv/"+key, nil, HeaderTimeout, "300ms")
+		a := call(t, "GET", c.urls[0]+"/v1/kv/"+key, nil, api.HeaderTimeout, "300ms")
 		if a.status == 503 && a.errCode(t).Code == "unavailable" && a.header.Get("Retry-After") != "" {
 			break
 		}
