@@ -1,0 +1,218 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/apitest"
+	"github.com/nodedb/nodedb-cluster/internal/server"
+)
+
+// nodeProc is one node process of the built binary.
+type nodeProc struct {
+	args []string
+	dir  string
+	api  string
+	log  *os.File
+	cmd  *exec.Cmd
+}
+
+func (p *nodeProc) start(t *testing.T, bin string) {
+	t.Helper()
+	p.cmd = exec.Command(bin, p.args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// kill sends SIGKILL, as a crash would.
+func (p *nodeProc) kill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.cmd.Wait()
+		p.cmd = nil
+	}
+}
+
+// TestLinearizableWithAKilledNodeProcess runs three node processes of the
+// built binary, drives them with the Go client (six workers putting,
+// compare-and-setting and reading a few keys), SIGKILLs the node that leads
+// the most groups midway and restarts it, and checks the whole history with
+// porcupine: the client routes around the dead node and no acknowledged
+// write is lost or applied twice.
+func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	root := t.TempDir()
+	bin := filepath.Join(root, "nodedb-cluster")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	procs := make([]*nodeProc, 3)
+	for i := range procs {
+		dir := filepath.Join(root, fmt.Sprintf("n%d", i+1))
+		logf, err := os.Create(dir + ".log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &nodeProc{dir: dir, api: apitest.FreeTCP(t), log: logf,
+			args: []string{"start", "--dir", dir, "--listen", apitest.FreeUDP(t), "--tick", "20ms", "--log-level", "info"}}
+		p.args = append(p.args, "--api", p.api)
+		procs[i] = p
+		t.Cleanup(func() {
+			p.kill()
+			if t.Failed() {
+				b, _ := os.ReadFile(logf.Name())
+				t.Logf("node %d log:\n%s", i+1, b)
+			}
+			logf.Close()
+		})
+	}
+	procs[0].args = append(procs[0].args, "--bootstrap", "--groups", "4", "--vshards", "64")
+	procs[0].start(t, bin)
+	admin := func(i int) *server.AdminClient { return server.NewAdminClient(procs[i].dir) }
+	token := func() string {
+		for {
+			tk, err := admin(0).CreateToken(ctx, time.Minute)
+			if err == nil {
+				return tk.Token
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("token: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	join := procs[0].args[4] // node 1's --listen
+	for _, p := range procs[1:] {
+		p.args = append(p.args, "--join", join, "--token", token())
+		p.start(t, bin)
+	}
+	var st server.ClusterStatus
+	for placed := false; !placed; {
+		var err error
+		if st, err = admin(0).Cluster(ctx); err == nil {
+			placed = len(st.Nodes) == 3
+			for _, g := range st.Groups {
+				placed = placed && len(g.Voters) == 3 && len(g.Learners) == 0
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("cluster never placed: %v %+v", err, st.Groups)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var endpoints []string
+	for _, p := range procs {
+		endpoints = append(endpoints, p.api)
+	}
+	cl, err := New(ctx, Config{Endpoints: endpoints, RequestTimeout: time.Second, Logger: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	keys := []string{"p0", "p1", "p2", "{p}3"}
+	h := &history{start: time.Now()}
+	end := time.Now().Add(6 * time.Second)
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+			seen := map[string]uint64{}
+			for n := 0; time.Now().Before(end); n++ {
+				key := keys[rng.IntN(len(keys))]
+				octx, ocancel := context.WithTimeout(ctx, 4*time.Second)
+				in := kvIn{key: key, value: fmt.Sprintf("w%d-%d", w, n)}
+				var out kvOut
+				call := h.now()
+				switch p := rng.IntN(100); {
+				case p < 40:
+					in.kind, in.value = opGet, ""
+					g, err := cl.Get(octx, []byte(key))
+					switch {
+					case err == nil:
+						out = kvOut{found: true, value: string(g.Value), version: g.Version}
+						seen[key] = g.Version
+					case errors.Is(err, ErrNotFound):
+						seen[key] = 0
+					default:
+						ocancel()
+						continue // a failed read has no effect
+					}
+				case p < 75:
+					in.kind = opPut
+					wr, err := cl.Put(octx, []byte(key), []byte(in.value))
+					if err != nil {
+						out.unknown = true
+					} else {
+						out.version, seen[key] = wr.Version, wr.Version
+					}
+				default:
+					in.kind, in.ifVersion = opCAS, seen[key]
+					wr, err := cl.Put(octx, []byte(key), []byte(in.value), WithIfVersion(in.ifVersion))
+					cur, conflict := CurrentVersion(err)
+					switch {
+					case err == nil:
+						out, seen[key] = kvOut{ok: true, version: wr.Version}, wr.Version
+					case errors.Is(err, ErrConflict) && conflict:
+						out, seen[key] = kvOut{version: cur}, cur
+					default:
+						out.unknown = true
+					}
+				}
+				ret := h.now()
+				ocancel()
+				h.add(w, in, call, out, ret)
+			}
+		})
+	}
+	// The nemesis: SIGKILL the node leading the most groups, restart it.
+	time.Sleep(1500 * time.Millisecond)
+	victim, most := 0, -1
+	if st, err := admin(0).Cluster(ctx); err == nil {
+		count := map[uint64]int{}
+		for _, g := range st.Groups {
+			count[g.Leader]++
+		}
+		for i := range procs {
+			if count[uint64(i+1)] > most {
+				victim, most = i, count[uint64(i+1)]
+			}
+		}
+	}
+	procs[victim].kill()
+	killedAt := h.now()
+	time.Sleep(2 * time.Second)
+	procs[victim].args = []string{"start", "--dir", procs[victim].dir, "--tick", "20ms", "--log-level", "info"}
+	procs[victim].start(t, bin)
+	wg.Wait()
+
+	afterKill, unknown := 0, 0
+	for _, op := range h.ops {
+		if op.Output.(kvOut).unknown {
+			unknown++
+		} else if op.Call > killedAt {
+			afterKill++
+		}
+	}
+	t.Logf("%d operations, %d of unknown outcome, %d completed after node %d (leader of %d groups) was killed",
+		len(h.ops), unknown, afterKill, victim+1, most)
+	if afterKill < 50 {
+		t.Fatalf("only %d operations completed after the kill: the client did not route around the dead node", afterKill)
+	}
+	checkLinearizable(t, h.ops, time.Minute)
+}
