@@ -8,8 +8,10 @@
 // later. Commands are proposed to a group's leader (Propose) and reads are
 // linearizable by default (Read).
 //
-// Until the metadata group lands, group placement and routing are the
-// caller's job; the built-in server and the test cluster do it statically.
+// This package is the embeddable core: group placement and routing are the
+// caller's job. The built-in server (internal/server) places groups and
+// routes keys through its metadata group; the test cluster places them
+// statically.
 package cluster
 
 import (

@@ -59,8 +59,8 @@ type Config struct {
 	Listen string
 	// Advertise is the address other nodes dial; default Listen.
 	Advertise string
-	// API is the client API address this node announces (the API server
-	// itself arrives with the client API).
+	// API is the client API address this node announces in the metadata
+	// (internal/api serves it; clients find every node's API there).
 	API string
 	// Zone labels the node's failure domain; replicas of a group go to
 	// distinct zones when zones are given.
