@@ -291,6 +291,9 @@ func (s *Server) ClusterID() string { return s.clusterID }
 // Addr returns the QUIC address the node listens on.
 func (s *Server) Addr() net.Addr { return s.ep.Addr() }
 
+// Dir is the node's data dir.
+func (s *Server) Dir() string { return s.cfg.Dir }
+
 // Registry is the node's metrics registry.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
