@@ -1,0 +1,524 @@
+// Command compare runs the same closed-loop workloads against a 3-node
+// nodedb-cluster (through its Go client) and a 3-member etcd v3.7.3 (through
+// go.etcd.io/etcd/client/v3), both as separate processes on 127.0.0.1 with
+// fsync on, and prints one table with ops/s, latency quantiles, errors, the
+// servers' CPU time and ours/etcd ratios.
+//
+//	./build-etcd.sh            # once: bin/etcd and bin/nodedb-cluster
+//	go run .                   # every workload, 3 s warm-up + 10 s each
+//	go run . --quick           # 1 s + 3 s, a smoke test
+//	go run . --workloads put256,get256 --json
+//
+// See docs/comparison.md at the repository root.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// system is one cluster under test.
+type system interface {
+	name() string
+	servers() []*proc
+	put(ctx context.Context, w int, key, value []byte) error
+	get(ctx context.Context, w int, key []byte) error
+	close()
+}
+
+// workload is one load shape, run the same way against each system.
+type workload struct {
+	Name      string
+	Clients   int
+	ReadRatio float64 // share of linearizable gets; the rest are puts
+}
+
+var allWorkloads = []workload{
+	{"put1", 1, 0},
+	{"put16", 16, 0},
+	{"put256", 256, 0},
+	{"get256", 256, 1},
+	{"mixed256", 256, 0.9},
+}
+
+// row is one workload on one system.
+type row struct {
+	Workload   string  `json:"workload"`
+	System     string  `json:"system"`
+	Clients    int     `json:"clients"`
+	ReadRatio  float64 `json:"read_ratio"`
+	Ops        int     `json:"ops"`
+	Errors     int     `json:"errors"`
+	Seconds    float64 `json:"seconds"`
+	OpsPerSec  float64 `json:"ops_per_sec"`
+	P50ms      float64 `json:"p50_ms"`
+	P99ms      float64 `json:"p99_ms"`
+	P999ms     float64 `json:"p999_ms"`
+	MaxMs      float64 `json:"max_ms"`
+	ServerCPU  float64 `json:"server_cpu_s"`
+	CPUusPerOp float64 `json:"server_cpu_us_per_op"`
+	BenchCPU   float64 `json:"bench_cpu_s"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+// ratio is ours/etcd for one workload.
+type ratio struct {
+	Workload   string  `json:"workload"`
+	Throughput float64 `json:"ops_per_sec"`
+	P50        float64 `json:"p50"`
+	P99        float64 `json:"p99"`
+	CPUPerOp   float64 `json:"cpu_per_op"`
+}
+
+// target is one of issue 6's targets, evaluated on this run.
+type target struct {
+	Target string `json:"target"`
+	Value  string `json:"value"`
+	Holds  bool   `json:"holds"`
+}
+
+type conditions struct {
+	Date          string  `json:"date"`
+	CPUs          int     `json:"cpus"`
+	LoadAvgBefore string  `json:"loadavg_before"`
+	GoVersion     string  `json:"go_version"`
+	EtcdVersion   string  `json:"etcd_version"`
+	Fsync         string  `json:"fsync"`
+	OursPeerTLS   bool    `json:"ours_peer_tls"`
+	OursClientTLS bool    `json:"ours_client_tls"`
+	EtcdPeerTLS   bool    `json:"etcd_peer_tls"`
+	EtcdClientTLS bool    `json:"etcd_client_tls"`
+	ValueSize     int     `json:"value_size"`
+	Keys          int     `json:"keys"`
+	WarmupS       float64 `json:"warmup_s"`
+	DurationS     float64 `json:"duration_s"`
+	EtcdConns     int     `json:"etcd_conns"`
+	EtcdTarget    string  `json:"etcd_target"`
+	OursLeaders   string  `json:"ours_leaders"`
+	Root          string  `json:"root"`
+}
+
+type report struct {
+	Conditions conditions `json:"conditions"`
+	Results    []row      `json:"results"`
+	Ratios     []ratio    `json:"ratios"`
+	Targets    []target   `json:"targets"`
+}
+
+type options struct {
+	bin        string
+	root       string
+	workloads  string
+	systems    string
+	duration   time.Duration
+	warmup     time.Duration
+	pause      time.Duration
+	quick      bool
+	keep       bool
+	asJSON     bool
+	keys       int
+	valueSize  int
+	peerTLS    bool
+	clientTLS  bool
+	etcdConns  int
+	etcdTarget string
+	opTimeout  time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bin, "bin", "bin", "dir with the etcd and nodedb-cluster binaries (built by ./build-etcd.sh DIR when missing)")
+	flag.StringVar(&o.root, "root", "", "dir for the data dirs and logs (default: a new temp dir)")
+	flag.StringVar(&o.workloads, "workloads", "", "comma-separated subset of "+workloadNames()+" (default: all)")
+	flag.StringVar(&o.systems, "systems", "nodedb,etcd", "systems to run: nodedb, etcd or both")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of each workload")
+	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each measured window")
+	flag.DurationVar(&o.pause, "pause", time.Second, "idle time between two runs")
+	flag.BoolVar(&o.quick, "quick", false, "smoke test: 1 s warm-up, 3 s measured")
+	flag.BoolVar(&o.keep, "keep", false, "keep the data dirs and logs")
+	flag.BoolVar(&o.asJSON, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
+	flag.IntVar(&o.keys, "keys", 10000, "keyspace (keys written before the workloads, so every get finds its key)")
+	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
+	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
+	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
+	flag.IntVar(&o.etcdConns, "etcd-conns", 8, "etcd clients (each one gRPC connection), shared round-robin by the workers")
+	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
+	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
+	flag.Parse()
+	if o.quick {
+		o.warmup, o.duration = time.Second, 3*time.Second
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := runAll(ctx, o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "compare:", err)
+		os.Exit(1)
+	}
+}
+
+func workloadNames() string {
+	var s []string
+	for _, w := range allWorkloads {
+		s = append(s, w.Name)
+	}
+	return strings.Join(s, ",")
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+func runAll(ctx context.Context, o options) (err error) {
+	wls := allWorkloads
+	if o.workloads != "" {
+		wls = nil
+		for _, n := range strings.Split(o.workloads, ",") {
+			i := slices.IndexFunc(allWorkloads, func(w workload) bool { return w.Name == strings.TrimSpace(n) })
+			if i < 0 {
+				return fmt.Errorf("--workloads: unknown %q (want %s)", n, workloadNames())
+			}
+			wls = append(wls, allWorkloads[i])
+		}
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(o.systems, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "nodedb", "etcd":
+			want[s] = true
+		default:
+			return fmt.Errorf("--systems: unknown %q (want nodedb, etcd)", s)
+		}
+	}
+	if o.etcdTarget != "leader" && o.etcdTarget != "all" {
+		return fmt.Errorf("--etcd-target %q: want leader or all", o.etcdTarget)
+	}
+	if o.keys < 1 || o.valueSize < 0 || o.duration <= 0 || o.warmup < 0 {
+		return errors.New("--keys must be at least 1, --value-size, --duration and --warmup not negative")
+	}
+
+	bin, err := filepath.Abs(o.bin)
+	if err != nil {
+		return err
+	}
+	etcdBin, oursBin := filepath.Join(bin, "etcd"), filepath.Join(bin, "nodedb-cluster")
+	if !exists(etcdBin) || !exists(oursBin) {
+		logf("building the binaries into %s", bin)
+		cmd := exec.CommandContext(ctx, "./build-etcd.sh", bin)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("build-etcd.sh: %w", err)
+		}
+	}
+
+	root := o.root
+	if root == "" {
+		if root, err = os.MkdirTemp("", "bench-compare-"); err != nil {
+			return err
+		}
+	} else if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	if root, err = filepath.Abs(root); err != nil {
+		return err
+	}
+	var ps procs
+	defer func() {
+		logf("stopping every server")
+		ps.stopAll()
+		if o.keep {
+			logf("kept data dirs and logs in %s", root)
+		} else {
+			os.RemoveAll(root)
+		}
+	}()
+
+	rep := report{Conditions: conditions{
+		Date:          time.Now().UTC().Format(time.RFC3339),
+		CPUs:          runtime.NumCPU(),
+		LoadAvgBefore: loadavg(),
+		GoVersion:     runtime.Version(),
+		EtcdVersion:   version(etcdBin, "--version"),
+		Fsync:         "on (both systems' defaults)",
+		OursPeerTLS:   true,
+		OursClientTLS: o.clientTLS,
+		EtcdPeerTLS:   o.peerTLS,
+		EtcdClientTLS: o.clientTLS,
+		ValueSize:     o.valueSize,
+		Keys:          o.keys,
+		WarmupS:       o.warmup.Seconds(),
+		DurationS:     o.duration.Seconds(),
+		EtcdConns:     o.etcdConns,
+		EtcdTarget:    o.etcdTarget,
+		Root:          root,
+	}}
+	var certs *certFiles
+	if o.peerTLS || o.clientTLS {
+		if certs, err = makeCerts(filepath.Join(root, "certs")); err != nil {
+			return err
+		}
+	}
+	maxClients := 1
+	for _, w := range wls {
+		maxClients = max(maxClients, w.Clients)
+	}
+
+	var systems []system
+	if want["nodedb"] {
+		logf("starting a 3-node nodedb-cluster")
+		ours, err := startOurs(ctx, &ps, oursOptions{bin: oursBin, root: filepath.Join(root, "nodedb"), certs: certs,
+			clientTLS: o.clientTLS, nodes: 3, maxConns: maxClients + 8})
+		if err != nil {
+			return err
+		}
+		defer ours.close()
+		rep.Conditions.OursLeaders = fmt.Sprint(ours.status.leaders())
+		logf("nodedb-cluster ready: %d groups, data-group leaders per node %v", len(ours.status.Groups), ours.status.leaders())
+		systems = append(systems, ours)
+	}
+	if want["etcd"] {
+		logf("starting a 3-member etcd")
+		e, err := startEtcd(ctx, &ps, etcdOptions{bin: etcdBin, root: filepath.Join(root, "etcd"), certs: certs,
+			peerTLS: o.peerTLS, clientTLS: o.clientTLS, conns: o.etcdConns, target: o.etcdTarget, members: 3})
+		if err != nil {
+			return err
+		}
+		defer e.close()
+		logf("etcd ready, leader %s", e.leaderURL)
+		systems = append(systems, e)
+	}
+
+	value := make([]byte, o.valueSize)
+	for i := range value {
+		value[i] = byte('a' + i%26)
+	}
+	keys := make([][]byte, o.keys)
+	for i := range keys {
+		keys[i] = []byte(fmt.Sprintf("bench/%d", i))
+	}
+	for _, s := range systems {
+		logf("%s: writing %d keys", s.name(), len(keys))
+		if err := preload(ctx, s, keys, value, o.opTimeout); err != nil {
+			return fmt.Errorf("%s: preload: %w", s.name(), err)
+		}
+	}
+
+	for i, w := range wls {
+		order := slices.Clone(systems)
+		if i%2 == 1 {
+			slices.Reverse(order) // alternate which system goes first
+		}
+		for _, s := range order {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(o.pause)
+			r, err := runWorkload(ctx, s, w, keys, value, o)
+			if err != nil {
+				return err
+			}
+			logf("%-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op)",
+				w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp)
+			if r.FirstError != "" {
+				logf("%-8s %-6s first error: %s", w.Name, s.name(), r.FirstError)
+			}
+			rep.Results = append(rep.Results, r)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rep.Ratios, rep.Targets = ratiosAndTargets(rep.Results)
+	if o.asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printReport(os.Stdout, rep)
+	return nil
+}
+
+func exists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.TrimSpace(string(b))
+}
+
+func version(bin string, args ...string) string {
+	out, _ := exec.Command(bin, args...).Output()
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimSpace(first)
+}
+
+// preload writes every key once with 64 concurrent writers.
+func preload(ctx context.Context, s system, keys [][]byte, value []byte, timeout time.Duration) error {
+	const workers = 64
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			for i := w; i < len(keys); i += workers {
+				octx, cancel := context.WithTimeout(ctx, timeout)
+				err := s.put(octx, w, keys[i], value)
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("key %s: %w", keys[i], err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	var err error
+	for range workers {
+		err = errors.Join(err, <-errs)
+	}
+	return err
+}
+
+func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value []byte, o options) (row, error) {
+	var cpu0, cpu1, self0, self1 float64
+	srv := s.servers()
+	cfg := runConfig{
+		Workers: w.Clients, Warmup: o.warmup, Duration: o.duration, OpTimeout: o.opTimeout,
+		OnMeasure: func() { cpu0, self0 = totalCPU(srv), selfCPU() },
+		OnEnd:     func() { cpu1, self1 = totalCPU(srv), selfCPU() },
+	}
+	rngs := make([]*rand.Rand, w.Clients)
+	for i := range rngs {
+		rngs[i] = rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))
+	}
+	res := run(ctx, cfg, func(ctx context.Context, wk int) error {
+		rng := rngs[wk]
+		k := keys[rng.IntN(len(keys))]
+		if w.ReadRatio >= 1 || (w.ReadRatio > 0 && rng.Float64() < w.ReadRatio) {
+			return s.get(ctx, wk, k)
+		}
+		return s.put(ctx, wk, k, value)
+	})
+	for _, p := range srv {
+		if p.exited() {
+			return row{}, fmt.Errorf("%s exited during %s: %v\n%s", p.name, w.Name, p.err, p.tail(20))
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	r := row{
+		Workload: w.Name, System: s.name(), Clients: w.Clients, ReadRatio: w.ReadRatio,
+		Ops: res.Ops, Errors: res.Errors, Seconds: res.Seconds, OpsPerSec: res.OpsPerSec,
+		P50ms: ms(res.P50), P99ms: ms(res.P99), P999ms: ms(res.P999), MaxMs: ms(res.Max),
+		ServerCPU: cpu1 - cpu0, BenchCPU: self1 - self0, FirstError: res.FirstError,
+	}
+	if res.Ops > 0 {
+		r.CPUusPerOp = r.ServerCPU / float64(res.Ops) * 1e6
+	}
+	return r, nil
+}
+
+func ratiosAndTargets(rows []row) ([]ratio, []target) {
+	find := func(wl, sys string) *row {
+		for i := range rows {
+			if rows[i].Workload == wl && rows[i].System == sys {
+				return &rows[i]
+			}
+		}
+		return nil
+	}
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return math.NaN()
+		}
+		return a / b
+	}
+	var rs []ratio
+	var ts []target
+	for _, w := range allWorkloads {
+		a, b := find(w.Name, "nodedb"), find(w.Name, "etcd")
+		if a == nil || b == nil {
+			continue
+		}
+		rs = append(rs, ratio{Workload: w.Name, Throughput: div(a.OpsPerSec, b.OpsPerSec), P50: div(a.P50ms, b.P50ms),
+			P99: div(a.P99ms, b.P99ms), CPUPerOp: div(a.CPUusPerOp, b.CPUusPerOp)})
+		switch w.Name {
+		case "put256":
+			ts = append(ts, target{"put 256 B, 256 clients: ours >= 3x etcd ops/s, our p99 <= etcd's",
+				fmt.Sprintf("%.2fx ops/s, p99 %.1f vs %.1f ms", div(a.OpsPerSec, b.OpsPerSec), a.P99ms, b.P99ms),
+				a.OpsPerSec >= 3*b.OpsPerSec && a.P99ms <= b.P99ms})
+		case "put1":
+			ts = append(ts, target{"put 256 B, 1 client: our p50 <= etcd's",
+				fmt.Sprintf("p50 %.2f vs %.2f ms", a.P50ms, b.P50ms), a.P50ms <= b.P50ms})
+		case "get256":
+			ts = append(ts, target{"linearizable get, 256 clients: ours >= 2x etcd ops/s",
+				fmt.Sprintf("%.2fx ops/s", div(a.OpsPerSec, b.OpsPerSec)), a.OpsPerSec >= 2*b.OpsPerSec})
+		}
+		if w.ReadRatio == 0 {
+			ts = append(ts, target{fmt.Sprintf("server CPU per 1,000 writes (%s): ours <= etcd's", w.Name),
+				fmt.Sprintf("%.0f vs %.0f ms", a.CPUusPerOp, b.CPUusPerOp), a.CPUusPerOp <= b.CPUusPerOp})
+		}
+	}
+	return rs, ts
+}
+
+func printReport(out io.Writer, rep report) {
+	c := rep.Conditions
+	tlsWord := func(b bool) string {
+		if b {
+			return "TLS"
+		}
+		return "plain"
+	}
+	fmt.Fprintf(out, "%s, %d CPUs, load before %s, %s, %s\n", c.Date, c.CPUs, c.LoadAvgBefore, c.GoVersion, c.EtcdVersion)
+	fmt.Fprintf(out, "3 nodedb-cluster nodes (peers mutual TLS, clients %s; data-group leaders per node %s) and 3 etcd members (peers %s, clients %s; clients -> %s, %d connections), all on 127.0.0.1 and one disk, fsync on\n",
+		tlsWord(c.OursClientTLS), c.OursLeaders, tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns)
+	fmt.Fprintf(out, "%d-byte values over %d keys (all written first), closed loop, %.0fs warm-up + %.0fs measured per run, load generator in this process\n\n",
+		c.ValueSize, c.Keys, c.WarmupS, c.DurationS)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s\tCPU µs/op\tbench CPU s\t")
+	for _, r := range rep.Results {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.2f\t%.0f\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, r.BenchCPU)
+	}
+	tw.Flush()
+	if len(rep.Ratios) > 0 {
+		fmt.Fprintln(out, "\nours/etcd")
+		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\tops/s\tp50\tp99\tCPU/op\t")
+		for _, r := range rep.Ratios {
+			fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", r.Workload, r.Throughput, r.P50, r.P99, r.CPUPerOp)
+		}
+		tw.Flush()
+	}
+	if len(rep.Targets) > 0 {
+		fmt.Fprintln(out, "\ntargets (issue 6)")
+		for _, t := range rep.Targets {
+			v := "does not hold"
+			if t.Holds {
+				v = "holds"
+			}
+			fmt.Fprintf(out, "  %-60s %-36s %s\n", t.Target, t.Value, v)
+		}
+	}
+	for _, r := range rep.Results {
+		if r.FirstError != "" {
+			fmt.Fprintf(out, "\n%s %s: first error: %s\n", r.Workload, r.System, r.FirstError)
+		}
+	}
+}
