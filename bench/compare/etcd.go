@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -55,6 +56,9 @@ func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, err
 		m := member{name: fmt.Sprintf("e%d", i+1), peer: peerScheme + "://" + pa, client: clientScheme + "://" + ca}
 		ms = append(ms, m)
 		initial = append(initial, m.name+"="+m.peer)
+	}
+	if err := os.MkdirAll(o.root, 0o755); err != nil {
+		return nil, err
 	}
 	c := &etcdCluster{target: o.target}
 	for _, m := range ms {

@@ -72,6 +72,7 @@ type row struct {
 	P999ms     float64 `json:"p999_ms"`
 	MaxMs      float64 `json:"max_ms"`
 	ServerCPU  float64 `json:"server_cpu_s"`
+	ServerSys  float64 `json:"server_sys_cpu_s"` // the kernel's part of ServerCPU
 	CPUusPerOp float64 `json:"server_cpu_us_per_op"`
 	BenchCPU   float64 `json:"bench_cpu_s"`
 	FirstError string  `json:"first_error,omitempty"`
@@ -111,6 +112,10 @@ type conditions struct {
 	EtcdConns     int     `json:"etcd_conns"`
 	EtcdTarget    string  `json:"etcd_target"`
 	OursLeaders   string  `json:"ours_leaders"`
+	// IdleCPU is each system's server CPU use with no load (cores), measured
+	// over IdleS seconds after the keys were written.
+	IdleCPU map[string]float64 `json:"idle_server_cpu_cores"`
+	IdleS   float64            `json:"idle_s"`
 	Root          string  `json:"root"`
 }
 
@@ -139,6 +144,7 @@ type options struct {
 	etcdConns  int
 	etcdTarget string
 	opTimeout  time.Duration
+	idle       time.Duration
 }
 
 func main() {
@@ -160,9 +166,10 @@ func main() {
 	flag.IntVar(&o.etcdConns, "etcd-conns", 8, "etcd clients (each one gRPC connection), shared round-robin by the workers")
 	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
+	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
 	flag.Parse()
 	if o.quick {
-		o.warmup, o.duration = time.Second, 3*time.Second
+		o.warmup, o.duration, o.idle = time.Second, 3*time.Second, time.Second
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -319,6 +326,23 @@ func runAll(ctx context.Context, o options) (err error) {
 		}
 	}
 
+	rep.Conditions.IdleCPU = map[string]float64{}
+	rep.Conditions.IdleS = o.idle.Seconds()
+	if o.idle > 0 {
+		time.Sleep(o.pause)
+		c0 := make([]float64, len(systems))
+		for i, s := range systems {
+			c0[i] = totalCPU(s.servers())
+		}
+		t0 := time.Now()
+		time.Sleep(o.idle)
+		el := time.Since(t0).Seconds()
+		for i, s := range systems {
+			rep.Conditions.IdleCPU[s.name()] = (totalCPU(s.servers()) - c0[i]) / el
+		}
+		logf("idle server CPU (cores): %v", rep.Conditions.IdleCPU)
+	}
+
 	for i, w := range wls {
 		order := slices.Clone(systems)
 		if i%2 == 1 {
@@ -396,12 +420,12 @@ func preload(ctx context.Context, s system, keys [][]byte, value []byte, timeout
 }
 
 func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value []byte, o options) (row, error) {
-	var cpu0, cpu1, self0, self1 float64
+	var u0, s0, u1, s1, self0, self1 float64
 	srv := s.servers()
 	cfg := runConfig{
 		Workers: w.Clients, Warmup: o.warmup, Duration: o.duration, OpTimeout: o.opTimeout,
-		OnMeasure: func() { cpu0, self0 = totalCPU(srv), selfCPU() },
-		OnEnd:     func() { cpu1, self1 = totalCPU(srv), selfCPU() },
+		OnMeasure: func() { u0, s0 = totalUserSys(srv); self0 = selfCPU() },
+		OnEnd:     func() { u1, s1 = totalUserSys(srv); self1 = selfCPU() },
 	}
 	rngs := make([]*rand.Rand, w.Clients)
 	for i := range rngs {
@@ -425,7 +449,7 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 		Workload: w.Name, System: s.name(), Clients: w.Clients, ReadRatio: w.ReadRatio,
 		Ops: res.Ops, Errors: res.Errors, Seconds: res.Seconds, OpsPerSec: res.OpsPerSec,
 		P50ms: ms(res.P50), P99ms: ms(res.P99), P999ms: ms(res.P999), MaxMs: ms(res.Max),
-		ServerCPU: cpu1 - cpu0, BenchCPU: self1 - self0, FirstError: res.FirstError,
+		ServerCPU: (u1 + s1) - (u0 + s0), ServerSys: s1 - s0, BenchCPU: self1 - self0, FirstError: res.FirstError,
 	}
 	if res.Ops > 0 {
 		r.CPUusPerOp = r.ServerCPU / float64(res.Ops) * 1e6
@@ -488,13 +512,22 @@ func printReport(out io.Writer, rep report) {
 	fmt.Fprintf(out, "%s, %d CPUs, load before %s, %s, %s\n", c.Date, c.CPUs, c.LoadAvgBefore, c.GoVersion, c.EtcdVersion)
 	fmt.Fprintf(out, "3 nodedb-cluster nodes (peers mutual TLS, clients %s; data-group leaders per node %s) and 3 etcd members (peers %s, clients %s; clients -> %s, %d connections), all on 127.0.0.1 and one disk, fsync on\n",
 		tlsWord(c.OursClientTLS), c.OursLeaders, tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns)
+	if len(c.IdleCPU) > 0 {
+		var parts []string
+		for _, n := range []string{"nodedb", "etcd"} {
+			if v, ok := c.IdleCPU[n]; ok {
+				parts = append(parts, fmt.Sprintf("%s %.3f cores", n, v))
+			}
+		}
+		fmt.Fprintf(out, "servers' CPU with no load (%.0fs, both clusters up): %s\n", c.IdleS, strings.Join(parts, ", "))
+	}
 	fmt.Fprintf(out, "%d-byte values over %d keys (all written first), closed loop, %.0fs warm-up + %.0fs measured per run, load generator in this process\n\n",
 		c.ValueSize, c.Keys, c.WarmupS, c.DurationS)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s\tCPU µs/op\tbench CPU s\t")
+	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tbench CPU s\t")
 	for _, r := range rep.Results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.2f\t%.0f\t%.2f\t\n",
-			r.Workload, r.System, r.Clients, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, r.BenchCPU)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
 	}
 	tw.Flush()
 	if len(rep.Ratios) > 0 {
@@ -513,7 +546,7 @@ func printReport(out io.Writer, rep report) {
 			if t.Holds {
 				v = "holds"
 			}
-			fmt.Fprintf(out, "  %-60s %-36s %s\n", t.Target, t.Value, v)
+			fmt.Fprintf(out, "  %-66s %-38s %s\n", t.Target, t.Value, v)
 		}
 	}
 	for _, r := range rep.Results {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -96,6 +97,9 @@ func (st clusterStatus) leaders() map[uint64]int {
 }
 
 func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, error) {
+	if err := os.MkdirAll(o.root, 0o755); err != nil {
+		return nil, err
+	}
 	c := &oursCluster{}
 	var listens []string
 	for i := range o.nodes {

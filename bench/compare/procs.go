@@ -111,38 +111,50 @@ const clockTicks = 100
 // /proc/PID/stat (fields 14 and 15, counted after the command name, which
 // may contain spaces).
 func cpuSeconds(pid int) (float64, error) {
+	u, s, err := cpuUserSys(pid)
+	return u + s, err
+}
+
+// cpuUserSys returns a process's user and system CPU seconds.
+func cpuUserSys(pid int) (user, sys float64, err error) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	if i < 0 {
-		return 0, errors.New("malformed /proc stat")
+		return 0, 0, errors.New("malformed /proc stat")
 	}
 	f := strings.Fields(s[i+1:])
 	// f[0] is field 3 (state), so field N is f[N-3].
 	if len(f) < 13 {
-		return 0, errors.New("short /proc stat")
+		return 0, 0, errors.New("short /proc stat")
 	}
 	ut, err1 := strconv.ParseUint(f[11], 10, 64)
 	st, err2 := strconv.ParseUint(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(ut+st) / clockTicks, nil
+	return float64(ut) / clockTicks, float64(st) / clockTicks, nil
+}
+
+// totalUserSys sums cpuUserSys over processes.
+func totalUserSys(ps []*proc) (user, sys float64) {
+	for _, p := range ps {
+		u, s, err := cpuUserSys(p.pid())
+		if err == nil {
+			user += u
+			sys += s
+		}
+	}
+	return user, sys
 }
 
 // totalCPU sums cpuSeconds over processes.
 func totalCPU(ps []*proc) float64 {
-	var t float64
-	for _, p := range ps {
-		s, err := cpuSeconds(p.pid())
-		if err == nil {
-			t += s
-		}
-	}
-	return t
+	u, s := totalUserSys(ps)
+	return u + s
 }
 
 // selfCPU is this process's user+system CPU time (the load generator and
