@@ -41,19 +41,24 @@ func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, err
 	if o.clientTLS {
 		clientScheme = "https"
 	}
-	type member struct{ name, peer, client string }
+	type member struct{ name, peer, client, http string }
 	var ms []member
 	var initial []string
 	for i := range o.members {
-		pa, err := freeTCP()
+		pa, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		ca, err := freeTCP()
+		ca, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		m := member{name: fmt.Sprintf("e%d", i+1), peer: peerScheme + "://" + pa, client: clientScheme + "://" + ca}
+		ha, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		m := member{name: fmt.Sprintf("e%d", i+1), peer: peerScheme + "://" + pa, client: clientScheme + "://" + ca,
+			http: clientScheme + "://" + ha}
 		ms = append(ms, m)
 		initial = append(initial, m.name+"="+m.peer)
 	}
@@ -69,6 +74,11 @@ func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, err
 			"--initial-advertise-peer-urls", m.peer,
 			"--listen-client-urls", m.client,
 			"--advertise-client-urls", m.client,
+			// HTTP (the gateway, /health, /metrics) on a port of its own, so
+			// that the client port serves gRPC alone with the native gRPC
+			// server: gRPC muxed with HTTP goes through grpc-go's much slower
+			// ServeHTTP once TLS is on (etcd's recommended setting since v3.5.8).
+			"--listen-client-http-urls", m.http,
 			"--initial-cluster", strings.Join(initial, ","),
 			"--initial-cluster-state", "new",
 			"--initial-cluster-token", "bench-compare",

@@ -100,6 +100,7 @@ type conditions struct {
 	LoadAvgBefore string  `json:"loadavg_before"`
 	GoVersion     string  `json:"go_version"`
 	EtcdVersion   string  `json:"etcd_version"`
+	RepoCommit    string  `json:"repo_commit"`
 	Fsync         string  `json:"fsync"`
 	OursPeerTLS   bool    `json:"ours_peer_tls"`
 	OursClientTLS bool    `json:"ours_client_tls"`
@@ -116,7 +117,7 @@ type conditions struct {
 	// over IdleS seconds after the keys were written.
 	IdleCPU map[string]float64 `json:"idle_server_cpu_cores"`
 	IdleS   float64            `json:"idle_s"`
-	Root          string  `json:"root"`
+	Root    string             `json:"root"`
 }
 
 type report struct {
@@ -163,7 +164,7 @@ func main() {
 	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
 	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
-	flag.IntVar(&o.etcdConns, "etcd-conns", 8, "etcd clients (each one gRPC connection), shared round-robin by the workers")
+	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
 	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
@@ -261,7 +262,6 @@ func runAll(ctx context.Context, o options) (err error) {
 		CPUs:          runtime.NumCPU(),
 		LoadAvgBefore: loadavg(),
 		GoVersion:     runtime.Version(),
-		EtcdVersion:   version(etcdBin, "--version"),
 		Fsync:         "on (both systems' defaults)",
 		OursPeerTLS:   true,
 		OursClientTLS: o.clientTLS,
@@ -275,6 +275,10 @@ func runAll(ctx context.Context, o options) (err error) {
 		EtcdTarget:    o.etcdTarget,
 		Root:          root,
 	}}
+	if want["etcd"] {
+		rep.Conditions.EtcdVersion = version(etcdBin, "--version")
+	}
+	rep.Conditions.RepoCommit = version("git", "rev-parse", "--short", "HEAD")
 	var certs *certFiles
 	if o.peerTLS || o.clientTLS {
 		if certs, err = makeCerts(filepath.Join(root, "certs")); err != nil {
@@ -509,9 +513,17 @@ func printReport(out io.Writer, rep report) {
 		}
 		return "plain"
 	}
-	fmt.Fprintf(out, "%s, %d CPUs, load before %s, %s, %s\n", c.Date, c.CPUs, c.LoadAvgBefore, c.GoVersion, c.EtcdVersion)
-	fmt.Fprintf(out, "3 nodedb-cluster nodes (peers mutual TLS, clients %s; data-group leaders per node %s) and 3 etcd members (peers %s, clients %s; clients -> %s, %d connections), all on 127.0.0.1 and one disk, fsync on\n",
-		tlsWord(c.OursClientTLS), c.OursLeaders, tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns)
+	fmt.Fprintf(out, "%s, %d CPUs, load before %s, %s, repo at %s, %s\n", c.Date, c.CPUs, c.LoadAvgBefore, c.GoVersion, c.RepoCommit, c.EtcdVersion)
+	var parts []string
+	if c.OursLeaders != "" {
+		parts = append(parts, fmt.Sprintf("3 nodedb-cluster nodes (peers mutual TLS 1.3 over QUIC, clients %s over HTTP; data-group leaders per node %s)",
+			tlsWord(c.OursClientTLS), c.OursLeaders))
+	}
+	if c.EtcdVersion != "" {
+		parts = append(parts, fmt.Sprintf("3 etcd members (peers %s, clients %s over gRPC; clients -> %s, %d connections)",
+			tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns))
+	}
+	fmt.Fprintf(out, "%s, all on 127.0.0.1 and one disk, fsync on\n", strings.Join(parts, " and "))
 	if len(c.IdleCPU) > 0 {
 		var parts []string
 		for _, n := range []string{"nodedb", "etcd"} {

@@ -103,11 +103,11 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 	c := &oursCluster{}
 	var listens []string
 	for i := range o.nodes {
-		l, err := freeUDP()
+		l, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}
-		a, err := freeTCP()
+		a, err := freeAddr()
 		if err != nil {
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -168,22 +169,50 @@ func selfCPU() float64 {
 	return tv(ru.Utime) + tv(ru.Stime)
 }
 
-// freeTCP returns a free TCP address on 127.0.0.1.
-func freeTCP() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
+// ports hands out ports on 127.0.0.1 that are free for both TCP and UDP,
+// counting up from a random base below Linux's ephemeral range (32768 and
+// up), so that no outgoing connection of the clients can take one before
+// its server binds it, and no port is handed out twice.
+type ports struct {
+	mu   sync.Mutex
+	next int
 }
 
-// freeUDP returns a free UDP address on 127.0.0.1.
-func freeUDP() (string, error) {
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+func (p *ports) take() (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.next == 0 {
+		p.next = 20000 + rand.IntN(10000)
+	}
+	for tries := 0; tries < 1000; tries++ {
+		port := p.next
+		p.next++
+		if p.next >= 32768 {
+			p.next = 20000
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		c, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		c.Close()
+		return port, nil
+	}
+	return 0, errors.New("no free port on 127.0.0.1")
+}
+
+var freePorts ports
+
+// freeAddr returns a free 127.0.0.1:PORT (for TCP or UDP).
+func freeAddr() (string, error) {
+	port, err := freePorts.take()
 	if err != nil {
 		return "", err
 	}
-	defer c.Close()
-	return c.LocalAddr().String(), nil
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), nil
 }
