@@ -76,6 +76,74 @@ type row struct {
 	CPUusPerOp float64 `json:"server_cpu_us_per_op"`
 	BenchCPU   float64 `json:"bench_cpu_s"`
 	FirstError string  `json:"first_error,omitempty"`
+	// Round is the round of a single run; Rounds, OpsMin and OpsMax
+	// describe a median row.
+	Round  int     `json:"round,omitempty"`
+	Rounds int     `json:"rounds,omitempty"`
+	OpsMin float64 `json:"ops_per_sec_min,omitempty"`
+	OpsMax float64 `json:"ops_per_sec_max,omitempty"`
+}
+
+// medians folds the rounds of each workload and system into one row: the
+// median of every figure (each taken on its own), errors summed.
+func medians(runs []row) []row {
+	var out []row
+	idx := map[[2]string]int{}
+	groups := [][]row{}
+	for _, r := range runs {
+		k := [2]string{r.Workload, r.System}
+		i, ok := idx[k]
+		if !ok {
+			i = len(groups)
+			idx[k] = i
+			groups = append(groups, nil)
+		}
+		groups[i] = append(groups[i], r)
+	}
+	for _, g := range groups {
+		med := func(f func(row) float64) float64 {
+			v := make([]float64, len(g))
+			for i, r := range g {
+				v[i] = f(r)
+			}
+			slices.Sort(v)
+			if len(v)%2 == 1 {
+				return v[len(v)/2]
+			}
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
+		m := row{Workload: g[0].Workload, System: g[0].System, Clients: g[0].Clients, ReadRatio: g[0].ReadRatio, Rounds: len(g)}
+		m.OpsPerSec = med(func(r row) float64 { return r.OpsPerSec })
+		m.P50ms = med(func(r row) float64 { return r.P50ms })
+		m.P99ms = med(func(r row) float64 { return r.P99ms })
+		m.P999ms = med(func(r row) float64 { return r.P999ms })
+		m.MaxMs = med(func(r row) float64 { return r.MaxMs })
+		m.Seconds = med(func(r row) float64 { return r.Seconds })
+		m.ServerCPU = med(func(r row) float64 { return r.ServerCPU })
+		m.ServerSys = med(func(r row) float64 { return r.ServerSys })
+		m.CPUusPerOp = med(func(r row) float64 { return r.CPUusPerOp })
+		m.BenchCPU = med(func(r row) float64 { return r.BenchCPU })
+		m.Ops = int(med(func(r row) float64 { return float64(r.Ops) }))
+		m.OpsMin, m.OpsMax = g[0].OpsPerSec, g[0].OpsPerSec
+		for _, r := range g {
+			m.Errors += r.Errors
+			m.OpsMin, m.OpsMax = min(m.OpsMin, r.OpsPerSec), max(m.OpsMax, r.OpsPerSec)
+			if m.FirstError == "" {
+				m.FirstError = r.FirstError
+			}
+		}
+		out = append(out, m)
+	}
+	wi := func(n string) int {
+		return slices.IndexFunc(allWorkloads, func(w workload) bool { return w.Name == n })
+	}
+	slices.SortStableFunc(out, func(a, b row) int {
+		if d := wi(a.Workload) - wi(b.Workload); d != 0 {
+			return d
+		}
+		return strings.Compare(b.System, a.System) // nodedb, then etcd
+	})
+	return out
 }
 
 // ratio is ours/etcd for one workload.
@@ -109,6 +177,7 @@ type conditions struct {
 	ValueSize     int     `json:"value_size"`
 	Keys          int     `json:"keys"`
 	WarmupS       float64 `json:"warmup_s"`
+	Rounds        int     `json:"rounds"`
 	DurationS     float64 `json:"duration_s"`
 	EtcdConns     int     `json:"etcd_conns"`
 	EtcdTarget    string  `json:"etcd_target"`
@@ -122,9 +191,13 @@ type conditions struct {
 
 type report struct {
 	Conditions conditions `json:"conditions"`
-	Results    []row      `json:"results"`
-	Ratios     []ratio    `json:"ratios"`
-	Targets    []target   `json:"targets"`
+	// Results has one row per workload and system: with several rounds,
+	// each figure is the median over the rounds (OpsMin and OpsMax give the
+	// range of ops/s); Runs has every round's rows.
+	Results []row    `json:"results"`
+	Runs    []row    `json:"runs"`
+	Ratios  []ratio  `json:"ratios"`
+	Targets []target `json:"targets"`
 }
 
 type options struct {
@@ -146,6 +219,7 @@ type options struct {
 	etcdTarget string
 	opTimeout  time.Duration
 	idle       time.Duration
+	rounds     int
 }
 
 func main() {
@@ -167,6 +241,7 @@ func main() {
 	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
 	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
+	flag.IntVar(&o.rounds, "rounds", 1, "run the workloads this many times, interleaved, and report medians")
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
 	flag.Parse()
 	if o.quick {
@@ -216,6 +291,9 @@ func runAll(ctx context.Context, o options) (err error) {
 	}
 	if o.etcdTarget != "leader" && o.etcdTarget != "all" {
 		return fmt.Errorf("--etcd-target %q: want leader or all", o.etcdTarget)
+	}
+	if o.rounds < 1 {
+		return errors.New("--rounds must be at least 1")
 	}
 	if o.keys < 1 || o.valueSize < 0 || o.duration <= 0 || o.warmup < 0 {
 		return errors.New("--keys must be at least 1, --value-size, --duration and --warmup not negative")
@@ -270,6 +348,7 @@ func runAll(ctx context.Context, o options) (err error) {
 		ValueSize:     o.valueSize,
 		Keys:          o.keys,
 		WarmupS:       o.warmup.Seconds(),
+		Rounds:        o.rounds,
 		DurationS:     o.duration.Seconds(),
 		EtcdConns:     o.etcdConns,
 		EtcdTarget:    o.etcdTarget,
@@ -347,31 +426,35 @@ func runAll(ctx context.Context, o options) (err error) {
 		logf("idle server CPU (cores): %v", rep.Conditions.IdleCPU)
 	}
 
-	for i, w := range wls {
-		order := slices.Clone(systems)
-		if i%2 == 1 {
-			slices.Reverse(order) // alternate which system goes first
-		}
-		for _, s := range order {
-			if err := ctx.Err(); err != nil {
-				return err
+	for round := 1; round <= o.rounds; round++ {
+		for i, w := range wls {
+			order := slices.Clone(systems)
+			if (i+round)%2 == 0 {
+				slices.Reverse(order) // alternate which system goes first
 			}
-			time.Sleep(o.pause)
-			r, err := runWorkload(ctx, s, w, keys, value, o)
-			if err != nil {
-				return err
+			for _, s := range order {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				time.Sleep(o.pause)
+				r, err := runWorkload(ctx, s, w, keys, value, o)
+				if err != nil {
+					return err
+				}
+				r.Round = round
+				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op)",
+					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp)
+				if r.FirstError != "" {
+					logf("%-8s %-6s first error: %s", w.Name, s.name(), r.FirstError)
+				}
+				rep.Runs = append(rep.Runs, r)
 			}
-			logf("%-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op)",
-				w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp)
-			if r.FirstError != "" {
-				logf("%-8s %-6s first error: %s", w.Name, s.name(), r.FirstError)
-			}
-			rep.Results = append(rep.Results, r)
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	rep.Results = medians(rep.Runs)
 	rep.Ratios, rep.Targets = ratiosAndTargets(rep.Results)
 	if o.asJSON {
 		enc := json.NewEncoder(os.Stdout)
@@ -520,7 +603,7 @@ func printReport(out io.Writer, rep report) {
 			tlsWord(c.OursClientTLS), c.OursLeaders))
 	}
 	if c.EtcdVersion != "" {
-		parts = append(parts, fmt.Sprintf("3 etcd members (peers %s, clients %s over gRPC; clients -> %s, %d connections)",
+		parts = append(parts, fmt.Sprintf("3 etcd members (peers %s, clients %s over gRPC; clients -> %s, %d gRPC connection(s))",
 			tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns))
 	}
 	fmt.Fprintf(out, "%s, all on 127.0.0.1 and one disk, fsync on\n", strings.Join(parts, " and "))
@@ -533,13 +616,21 @@ func printReport(out io.Writer, rep report) {
 		}
 		fmt.Fprintf(out, "servers' CPU with no load (%.0fs, both clusters up): %s\n", c.IdleS, strings.Join(parts, ", "))
 	}
-	fmt.Fprintf(out, "%d-byte values over %d keys (all written first), closed loop, %.0fs warm-up + %.0fs measured per run, load generator in this process\n\n",
+	fmt.Fprintf(out, "%d-byte values over %d keys (all written first), closed loop, %.0fs warm-up + %.0fs measured per run, load generator in this process\n",
 		c.ValueSize, c.Keys, c.WarmupS, c.DurationS)
+	if c.Rounds > 1 {
+		fmt.Fprintf(out, "medians of %d interleaved rounds (ops/s range in brackets; errors summed)\n", c.Rounds)
+	}
+	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tbench CPU s\t")
 	for _, r := range rep.Results {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.2f\t\n",
-			r.Workload, r.System, r.Clients, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
+		ops := fmt.Sprintf("%.0f", r.OpsPerSec)
+		if r.Rounds > 1 {
+			ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
 	}
 	tw.Flush()
 	if len(rep.Ratios) > 0 {
