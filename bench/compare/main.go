@@ -211,6 +211,7 @@ type options struct {
 	quick      bool
 	keep       bool
 	asJSON     bool
+	jsonFile   string
 	keys       int
 	valueSize  int
 	peerTLS    bool
@@ -234,6 +235,7 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", false, "smoke test: 1 s warm-up, 3 s measured")
 	flag.BoolVar(&o.keep, "keep", false, "keep the data dirs and logs")
 	flag.BoolVar(&o.asJSON, "json", false, "print the report as JSON on stdout (progress goes to stderr)")
+	flag.StringVar(&o.jsonFile, "json-file", "", "also write the report as JSON to this file")
 	flag.IntVar(&o.keys, "keys", 10000, "keyspace (keys written before the workloads, so every get finds its key)")
 	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
@@ -456,6 +458,15 @@ func runAll(ctx context.Context, o options) (err error) {
 	}
 	rep.Results = medians(rep.Runs)
 	rep.Ratios, rep.Targets = ratiosAndTargets(rep.Results)
+	if o.jsonFile != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.jsonFile, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
 	if o.asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
