@@ -443,6 +443,9 @@ func runAll(ctx context.Context, o options) (err error) {
 				if err != nil {
 					return err
 				}
+				if err := ctx.Err(); err != nil {
+					return err // interrupted: the run is incomplete
+				}
 				r.Round = round
 				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op)",
 					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp)
