@@ -61,27 +61,7 @@ type ErrorBody struct {
 }
 
 // Status returns the HTTP status of an API error code.
-func Status(code string) int {
-	switch code {
-	case server.CodeInvalidArgument:
-		return http.StatusBadRequest
-	case server.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case server.CodeNotFound:
-		return http.StatusNotFound
-	case server.CodeConflict:
-		return http.StatusConflict
-	case server.CodeTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case server.CodeNotLeader, server.CodeMoved:
-		return http.StatusMisdirectedRequest
-	case server.CodeFrozen, server.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case server.CodeOutcomeUnknown:
-		return http.StatusGatewayTimeout
-	}
-	return http.StatusInternalServerError
-}
+func Status(code string) int { return server.HTTPStatus(code) }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -18,7 +18,6 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
-	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 )
@@ -223,96 +222,50 @@ type ReadAnswer struct {
 }
 
 func (s *Server) handlePut(w http.ResponseWriter, r *http.Request) {
-	key := []byte(r.PathValue("key"))
 	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminValue))
 	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+		writeError(w, http.StatusRequestEntityTooLarge, CodeTooLarge, err.Error())
 		return
 	}
-	cmd, err := kv.EncodePut(key, value, nil, kv.DefaultLimits())
-	if err != nil {
-		s.writeKVError(w, err)
-		return
-	}
-	s.write(w, r, key, cmd)
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	res, err := s.KVPut(ctx, []byte(r.PathValue("key")), value, WriteOptions{})
+	s.answerWrite(w, res, err)
 }
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
-	key := []byte(r.PathValue("key"))
-	cmd, err := kv.EncodeDelete(key, nil, kv.DefaultLimits())
-	if err != nil {
-		s.writeKVError(w, err)
-		return
-	}
-	s.write(w, r, key, cmd)
-}
-
-func (s *Server) write(w http.ResponseWriter, r *http.Request, key, cmd []byte) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	out, err := s.Propose(ctx, key, cmd)
+	res, err := s.KVDelete(ctx, []byte(r.PathValue("key")), WriteOptions{})
+	s.answerWrite(w, res, err)
+}
+
+func (s *Server) answerWrite(w http.ResponseWriter, res WriteResult, err error) {
 	if err != nil {
-		s.writeKVError(w, err)
+		s.writeAPIError(w, err)
 		return
 	}
-	res, err := kv.DecodeResult(out)
-	if err != nil {
-		s.writeKVError(w, err)
-		return
-	}
-	vs, _ := s.Route(key)
-	var v uint64
-	if len(res.Ops) > 0 {
-		v = res.Ops[0].Version
-	}
-	writeJSON(w, http.StatusOK, WriteAnswer{Version: v, VShard: vs})
+	writeJSON(w, http.StatusOK, WriteAnswer{Version: res.Version, VShard: res.VShard})
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
-	key := []byte(r.PathValue("key"))
-	q, err := kv.EncodeGet(key, kv.DefaultLimits())
-	if err != nil {
-		s.writeKVError(w, err)
-		return
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
-	out, err := s.Read(ctx, key, q)
+	g, err := s.KVGet(ctx, []byte(r.PathValue("key")), ReadOptions{})
 	if err != nil {
-		s.writeKVError(w, err)
-		return
-	}
-	g, err := kv.DecodeGetResponse(out)
-	if err != nil {
-		s.writeKVError(w, err)
+		s.writeAPIError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, ReadAnswer{Found: g.Found, Value: string(g.Value), Version: g.Version})
 }
 
-func (s *Server) writeKVError(w http.ResponseWriter, err error) {
-	var ke *kv.Error
-	switch {
-	case errors.As(err, &ke):
-		status := http.StatusBadRequest
-		switch ke.Code {
-		case kv.CodeConflict:
-			status = http.StatusConflict
-		case kv.CodeNotFound:
-			status = http.StatusNotFound
-		case kv.CodeTooLarge:
-			status = http.StatusRequestEntityTooLarge
-		}
-		writeError(w, status, string(ke.Code), ke.Message)
-	case errors.Is(err, cluster.ErrOutcomeUnknown):
+// writeAPIError answers a KV service error with its code (docs/api.md).
+func (s *Server) writeAPIError(w http.ResponseWriter, err error) {
+	ae := s.apiError(err)
+	if ae.Retryable() {
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "outcome_unknown", err.Error())
-	case errors.Is(err, ErrUnavailable):
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "unavailable", err.Error())
-	default:
-		writeError(w, http.StatusInternalServerError, "internal", err.Error())
 	}
+	writeError(w, HTTPStatus(ae.Code), ae.Code, ae.Message)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/cluster"
@@ -121,6 +122,29 @@ func (e *APIError) Retryable() bool {
 		return true
 	}
 	return false
+}
+
+// HTTPStatus is the HTTP status that answers an API error code.
+func HTTPStatus(code string) int {
+	switch code {
+	case CodeInvalidArgument:
+		return http.StatusBadRequest
+	case CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeConflict:
+		return http.StatusConflict
+	case CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeNotLeader, CodeMoved:
+		return http.StatusMisdirectedRequest
+	case CodeFrozen, CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeOutcomeUnknown:
+		return http.StatusGatewayTimeout
+	}
+	return http.StatusInternalServerError
 }
 
 func apiErrorf(code, format string, args ...any) *APIError {
@@ -374,7 +398,8 @@ func (s *Server) KVScan(ctx context.Context, prefix []byte, cursor string, limit
 		if err != nil {
 			return ScanPage{}, s.apiError(err)
 		}
-		g, _ := routeOf(s, vs)
+		g64, _ := meta.RouteOf(s.view.get(), vs)
+		g := ids.GroupID(g64)
 		out, err := s.kvRead(ctx, g, vs, q, o)
 		if err != nil {
 			return ScanPage{}, err
@@ -410,11 +435,6 @@ func prefixVShard(prefix []byte, vshards int) (uint32, bool) {
 		return 0, false
 	}
 	return vshard.ForKey(prefix[:open+1+end+1], vshards), true
-}
-
-func routeOf(s *Server, vs uint32) (ids.GroupID, uint64) {
-	g, e := metaRoute(s, vs)
-	return ids.GroupID(g), e
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }

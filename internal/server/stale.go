@@ -13,7 +13,6 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/cluster"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
-	"github.com/nodedb/nodedb-cluster/internal/meta"
 )
 
 // Stale reads.
@@ -124,5 +123,3 @@ func parseCursor(c string, vshards int) (uint32, []byte, error) {
 	}
 	return uint32(vs), key, nil
 }
-
-func metaRoute(s *Server, vs uint32) (uint64, uint64) { return meta.RouteOf(s.view.get(), vs) }
