@@ -100,10 +100,15 @@ func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, err
 
 // stepProposals hands queued proposals to Raft. Caller holds r.mu.
 func (r *replica) stepProposals(props []*proposal) {
+	if len(r.heldConfChanges) > 0 {
+		props = append(r.heldConfChanges, props...)
+		r.heldConfChanges = nil
+	}
 	if len(props) == 0 {
 		return
 	}
-	if r.rn.BasicStatus().RaftState != raft.StateLeader {
+	st := r.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader {
 		for _, p := range props {
 			p.finish(nil, r.notLeader())
 		}
@@ -112,6 +117,15 @@ func (r *replica) stepProposals(props []*proposal) {
 	ents := make([]raftpb.Entry, 0, len(props))
 	for _, p := range props {
 		if p.cc != nil {
+			if r.applied.Term < st.Term {
+				// A new leader refuses configuration changes until it
+				// has applied an entry of its own term (Raft cannot
+				// know yet whether an earlier change is still pending).
+				// Hold the change rather than fail it: it is proposed
+				// on the first processing after that entry applies.
+				r.heldConfChanges = append(r.heldConfChanges, p)
+				continue
+			}
 			r.stepConfChange(p)
 			continue
 		}

@@ -43,22 +43,25 @@ type replica struct {
 	inReads []*readRequest
 	inCtrl  []func()
 
-	mu        sync.Mutex
-	rn        *raft.RawNode
-	applied   storage.AppliedState
-	peers     map[ids.ReplicaID]ids.NodeID // learned from traffic, beyond applied.Replicas
-	pending   map[uint64]*proposal         // by proposal ID, until answered
-	indexed   []*proposal                  // proposals with a known log index, in append order
-	stepped   []*proposal                  // proposals stepped in the current processing
-	reads     map[uint64]*readBatch        // ReadIndex requests in flight, by request ID
-	waiting   []*readRequest               // reads with a read index, waiting for apply
-	staged    *stagedSnapshot              // received snapshot not yet installed
-	clients   dedupCache                   // exactly-once client records, see dedupCache
-	coalesce  []raftpb.Message             // scratch of supersededCommitNotices
-	notices   []raftpb.Message             // deferred empty appends, at most one per peer (see deferNotices)
-	noticeDue atomic.Bool                  // the notices' delay has passed
-	destroyed bool
-	removed   bool // applied a configuration without this replica
+	mu      sync.Mutex
+	rn      *raft.RawNode
+	applied storage.AppliedState
+	peers   map[ids.ReplicaID]ids.NodeID // learned from traffic, beyond applied.Replicas
+	pending map[uint64]*proposal         // by proposal ID, until answered
+	indexed []*proposal                  // proposals with a known log index, in append order
+	stepped []*proposal                  // proposals stepped in the current processing
+	// heldConfChanges are configuration changes proposed to a leader that
+	// has not applied an entry of its term yet; see stepProposals.
+	heldConfChanges []*proposal
+	reads           map[uint64]*readBatch // ReadIndex requests in flight, by request ID
+	waiting         []*readRequest        // reads with a read index, waiting for apply
+	staged          *stagedSnapshot       // received snapshot not yet installed
+	clients         dedupCache            // exactly-once client records, see dedupCache
+	coalesce        []raftpb.Message      // scratch of supersededCommitNotices
+	notices         []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
+	noticeDue       atomic.Bool           // the notices' delay has passed
+	destroyed       bool
+	removed         bool // applied a configuration without this replica
 
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult
@@ -98,6 +101,10 @@ func (r *replica) failAll(err error) {
 	for _, p := range props {
 		p.finish(nil, err)
 	}
+	for _, p := range r.heldConfChanges {
+		p.finish(nil, err)
+	}
+	r.heldConfChanges = nil
 	for _, rr := range reads {
 		rr.finish(0, err)
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -152,6 +155,117 @@ func waitFor(ctx context.Context, t *testing.T, what string, cond func() bool) {
 		case <-ctx.Done():
 			t.Fatalf("timed out waiting for %s", what)
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// TestConfChangeRightAfterElection proposes a configuration change the
+// moment a node becomes leader, before it has applied an entry of its term.
+// Raft itself would drop such a change (it cannot yet know whether an older
+// one is pending); the host holds it until the new term's first entry
+// applies, so the caller sees success, not a spurious rejection.
+func TestConfChangeRightAfterElection(t *testing.T) {
+	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	// Writers keep entries in flight, so a new leader usually has committed
+	// entries it has not applied yet when it takes over: that is when Raft
+	// refuses configuration changes.
+	stop := make(chan struct{})
+	var writers sync.WaitGroup
+	var writes atomic.Int64
+	for w := range 4 {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			cl := c.NewClient(uint64(100 + w))
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := cl.Put(ctx, []byte(fmt.Sprintf("w%d-%d", w, i)), []byte("v"), nil); err == nil {
+					writes.Add(1)
+				}
+			}
+		}()
+	}
+	defer func() {
+		close(stop)
+		writers.Wait()
+		if writes.Load() == 0 {
+			t.Error("the writers wrote nothing")
+		}
+	}()
+	for round := range 6 {
+		leader, err := c.WaitLeader(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := leader.Status(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var to cluster.Replica
+		var spare ids.NodeID
+		hosts := map[ids.NodeID]bool{}
+		for _, r := range st.Config.Replicas {
+			hosts[r.Node] = true
+			if r.Node != leader.ID() && to.Replica == 0 {
+				to = r
+			}
+		}
+		for _, id := range c.NodeIDs() {
+			if !hosts[id] {
+				spare = id
+			}
+		}
+		if to.Replica == 0 {
+			t.Fatalf("round %d: no follower in %+v", round, st.Config)
+		}
+		next := c.Node(to.Node)
+		transferred := make(chan error, 1)
+		go func() { transferred <- leader.TransferLeadership(ctx, g, to.Replica) }()
+		fresh := st.Config.MaxReplicaID + 1
+		if err := c.Node(spare).CreateReplica(g, fresh); err != nil {
+			t.Fatal(err)
+		}
+		// The moment next leads: add a learner on the spare node...
+		for {
+			err := next.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: fresh, Node: spare}})
+			var nl *cluster.NotLeaderError
+			if errors.As(err, &nl) && ctx.Err() == nil {
+				runtime.Gosched()
+				continue
+			}
+			if err != nil {
+				t.Fatalf("round %d: add learner right after election: %v", round, err)
+			}
+			break
+		}
+		if err := <-transferred; err != nil {
+			t.Fatalf("round %d: transfer: %v", round, err)
+		}
+		waitFor(ctx, t, "learner caught up", func() bool {
+			st, err := next.Status(g)
+			return err == nil && st.Progress[fresh].Match >= st.Commit
+		})
+		// ...then swap it in for the old leader's replica in one joint step,
+		// so the voters rotate and the next round has a new spare node.
+		var old ids.ReplicaID
+		for _, r := range st.Config.Replicas {
+			if r.Node == leader.ID() {
+				old = r.Replica
+			}
+		}
+		if err := next.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddVoter, Replica: fresh}, {Op: cluster.RemoveReplica, Replica: old}}); err != nil {
+			t.Fatalf("round %d: swap: %v", round, err)
+		}
+		// The removed replica's node drops its data (the server's control
+		// loop does this on its own; here the test plays that part).
+		if err := leader.DestroyReplica(g); err != nil && !errors.Is(err, cluster.ErrGroupNotFound) {
+			t.Fatal(err)
 		}
 	}
 }
