@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,20 +42,34 @@ func newBenchCommand() *cobra.Command {
 		consistency string
 		staleness   time.Duration
 		asJSON      bool
+		rate        float64
+		check       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure ops/s and latency of puts, gets or a mix against a cluster",
-		Long: `Run a closed-loop load against the cluster's client API with the Go client
-(requests go straight to each key's leader): --clients workers each issue one
-request at a time for --duration after a --warmup. Reports ops/s, p50, p99,
-p99.9, max and errors.
+		Long: `Run a load against the cluster's client API with the Go client (requests
+go straight to each key's leader) for --duration after a --warmup. Reports
+ops/s, p50, p99, p99.9, max and errors.
+
+Closed loop (the default): --clients workers each issue one request at a
+time, back to back. With --rate R: open loop at R requests/s in total,
+scheduled at fixed intervals and run by the next free one of the --clients
+workers; latency counts from the scheduled start, so queueing shows in it. A
+request that cannot start within 1 s of its scheduled time (every worker busy)
+is skipped and reported as missed, which bounds the backlog of a stalled
+cluster.
+
+--check exits non-zero, saying why, if any request failed, none succeeded,
+or (with --rate) the achieved rate is below 90% of R: a smoke test that the
+cluster sustains a low fixed rate without errors.
 
 Workloads: put (each write a new version of one of --keys keys, --value-size
 bytes), get (reads of --keys keys written first), mixed (--read-ratio reads,
 the rest writes).`,
 		Example: `  nodedb-cluster bench --workload put --clients 16 --value-size 256 --duration 10s
-  nodedb-cluster bench --workload mixed --clients 64 --json`,
+  nodedb-cluster bench --workload mixed --clients 64 --json
+  nodedb-cluster bench --workload mixed --rate 200 --clients 8 --duration 5s --check`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			switch workload {
@@ -62,6 +79,9 @@ the rest writes).`,
 			}
 			if clients < 1 || valueSize < 0 || keys < 1 || readRatio < 0 || readRatio > 1 {
 				return fmt.Errorf("--clients and --keys must be at least 1, --value-size at least 0, --read-ratio in [0, 1]")
+			}
+			if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+				return fmt.Errorf("--rate %v: want 0 (closed loop) or a positive number of requests per second", rate)
 			}
 			var eps []string
 			for _, u := range e.urls() {
@@ -86,10 +106,11 @@ the rest writes).`,
 			}
 			if workload != "put" {
 				// Reads need the keys to exist.
-				for i := range keys {
-					if _, err := c.Put(ctx, key(i), value); err != nil {
-						return fmt.Errorf("load key %d: %w", i, err)
-					}
+				if err := preload(ctx, clients, keys, func(ctx context.Context, i int) error {
+					_, err := c.Put(ctx, key(i), value)
+					return err
+				}); err != nil {
+					return err
 				}
 			}
 			op := func(ctx context.Context, w, n int) error {
@@ -102,7 +123,7 @@ the rest writes).`,
 				_, err := c.Put(ctx, k, value)
 				return err
 			}
-			res, err := loadgen.Run(ctx, loadgen.Config{Workers: clients, Duration: duration, Warmup: warmup}, op)
+			res, err := loadgen.Run(ctx, loadgen.Config{Workers: clients, Duration: duration, Warmup: warmup, Rate: rate}, op)
 			if err != nil {
 				return err
 			}
@@ -111,11 +132,24 @@ the rest writes).`,
 				rep.ReadRatio = readRatio
 			}
 			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+				if err := json.NewEncoder(cmd.OutOrStdout()).Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				pacing := "closed loop"
+				if rate > 0 {
+					pacing = fmt.Sprintf("fixed rate %g ops/s", rate)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "workload %s, %s, %d clients, %d-byte values, %d keys, %s reads, %s measured after %s warm-up\n",
+					workload, pacing, clients, valueSize, keys, consistency, duration, warmup)
+				res.Print(cmd.OutOrStdout(), workload)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "workload %s, %d clients, %d-byte values, %d keys, %s reads, %s measured after %s warm-up\n",
-				workload, clients, valueSize, keys, consistency, duration, warmup)
-			res.Print(cmd.OutOrStdout(), workload)
+			if check {
+				if err := checkResult(res); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), "check passed")
+			}
 			return nil
 		},
 	}
@@ -131,5 +165,61 @@ the rest writes).`,
 	f.StringVar(&consistency, "consistency", "linearizable", "reads: linearizable or stale")
 	f.DurationVar(&staleness, "max-staleness", time.Second, "with --consistency stale")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.Float64Var(&rate, "rate", 0, "total requests per second, paced at fixed intervals (open loop); 0 runs closed loop")
+	f.BoolVar(&check, "check", false, "exit non-zero if any request failed, none succeeded, or the achieved rate is below 90% of --rate")
 	return cmd
+}
+
+// checkMinRateShare is the share of --rate that --check requires.
+const checkMinRateShare = 0.9
+
+// checkResult is bench --check: an error saying why the run failed, or nil.
+func checkResult(r loadgen.Result) error {
+	var why []string
+	if r.Errors > 0 {
+		why = append(why, fmt.Sprintf("%d of %d requests failed (first error: %s)", r.Errors, r.Ops+r.Errors, r.FirstError))
+	}
+	if r.Ops == 0 {
+		why = append(why, "no request succeeded")
+	}
+	if r.Rate > 0 && r.OpsPerSec < checkMinRateShare*r.Rate {
+		why = append(why, fmt.Sprintf("achieved %.1f ops/s, below %.0f%% of --rate %g (%d scheduled requests missed: not started within %s)",
+			r.OpsPerSec, 100*checkMinRateShare, r.Rate, r.Missed, r.MaxLateness))
+	}
+	if len(why) > 0 {
+		return fmt.Errorf("check failed: %s", strings.Join(why, "; "))
+	}
+	return nil
+}
+
+// preload runs put for keys 0..keys-1 on up to workers goroutines and
+// returns the first error.
+func preload(ctx context.Context, workers, keys int, put func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	for range min(workers, keys) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= keys || ctx.Err() != nil {
+					return
+				}
+				if err := put(ctx, i); err != nil {
+					errOnce.Do(func() { firstErr = fmt.Errorf("load key %d: %w", i, err) })
+					cancel()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
 }
