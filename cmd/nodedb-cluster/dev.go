@@ -28,16 +28,21 @@ func newDevCommand() *cobra.Command {
 		Use:   "dev",
 		Short: "Run a local N-node cluster in one process",
 		Long: `Run a local cluster of --nodes nodes in this process, each with its own
-data dir under --dir and its own QUIC listener: node i on 127.0.0.1:(7400+i)
-(--port-base shifts the ports), mutual TLS between all of them. The first run
-takes the operator's path: node 1 bootstraps the cluster (its CA, metadata
-group and data groups), every other node joins it with a join token, and the
-groups are up-replicated to RF as nodes join. The endpoints are written one
-per line to DIR/endpoints. Running again on the same --dir restarts every
+data dir under --dir, its own QUIC listener (node i on 127.0.0.1:(7400+i),
+mutual TLS between all of them) and its client API on 127.0.0.1:(8400+i):
+plain HTTP on loopback, serving the REST API under /v1/, the KV service over
+Connect and gRPC (h2c), /metrics and /debug/pprof. --port-base P puts node i
+on P+i and its API on P+1000+i; --port-base 0 picks free ports for both. The
+ports are chosen at the first run and kept by later runs.
+
+The first run takes the operator's path: node 1 bootstraps the cluster (its
+CA, metadata group and data groups), every other node joins it with a join
+token, and the groups are up-replicated to RF as nodes join. The API
+addresses are written one per line to DIR/endpoints (for --endpoints of the
+client commands and bench). Running again on the same --dir restarts every
 node from its data. Ctrl-C stops it cleanly.
 
-Each node has an admin socket, DIR/nodeI/admin.sock. The client API (HTTP and
-gRPC on 127.0.0.1:(8400+i)) arrives in a later release.`,
+Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
@@ -50,7 +55,7 @@ gRPC on 127.0.0.1:(8400+i)) arrives in a later release.`,
 	cmd.Flags().StringVar(&dir, "dir", ".nodedb-dev", "parent of the nodes' data dirs")
 	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
-	cmd.Flags().IntVar(&portBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i); 0 picks free ports")
+	cmd.Flags().IntVar(&portBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i), its API on (port-base+1000+i); 0 picks free ports (first run only)")
 	return cmd
 }
 
