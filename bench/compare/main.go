@@ -8,6 +8,7 @@
 //	go run .                   # every workload, 3 s warm-up + 10 s each
 //	go run . --quick           # 1 s + 3 s, a smoke test
 //	go run . --workloads put256,get256 --json
+//	go run . --manygroups      # our library API against dragonboat, in-process
 //
 // See docs/comparison.md at the repository root.
 package main
@@ -76,6 +77,9 @@ type row struct {
 	CPUusPerOp float64 `json:"server_cpu_us_per_op"`
 	BenchCPU   float64 `json:"bench_cpu_s"`
 	FirstError string  `json:"first_error,omitempty"`
+	// NewTerms counts Raft term changes (elections) over all groups during
+	// the measured window (--manygroups only; summed over rounds).
+	NewTerms int `json:"new_terms,omitempty"`
 	// Round is the round of a single run; Rounds, OpsMin and OpsMax
 	// describe a median row.
 	Round  int     `json:"round,omitempty"`
@@ -127,6 +131,7 @@ func medians(runs []row) []row {
 		m.OpsMin, m.OpsMax = g[0].OpsPerSec, g[0].OpsPerSec
 		for _, r := range g {
 			m.Errors += r.Errors
+			m.NewTerms += r.NewTerms
 			m.OpsMin, m.OpsMax = min(m.OpsMin, r.OpsPerSec), max(m.OpsMax, r.OpsPerSec)
 			if m.FirstError == "" {
 				m.FirstError = r.FirstError
@@ -221,6 +226,8 @@ type options struct {
 	opTimeout  time.Duration
 	idle       time.Duration
 	rounds     int
+	manyGroups bool
+	mg         mgOptions
 }
 
 func main() {
@@ -228,7 +235,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "bin", "dir with the etcd and nodedb-cluster binaries (built by ./build-etcd.sh DIR when missing)")
 	flag.StringVar(&o.root, "root", "", "dir for the data dirs and logs (default: a new temp dir)")
 	flag.StringVar(&o.workloads, "workloads", "", "comma-separated subset of "+workloadNames()+" (default: all)")
-	flag.StringVar(&o.systems, "systems", "nodedb,etcd", "systems to run: nodedb, etcd or both")
+	flag.StringVar(&o.systems, "systems", "nodedb,etcd", "systems to run: nodedb, etcd or both (with --manygroups: nodedb, dragonboat or both, default both)")
 	flag.DurationVar(&o.duration, "duration", 10*time.Second, "measured time of each workload")
 	flag.DurationVar(&o.warmup, "warmup", 3*time.Second, "warm-up before each measured window")
 	flag.DurationVar(&o.pause, "pause", time.Second, "idle time between two runs")
@@ -245,13 +252,30 @@ func main() {
 	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
 	flag.IntVar(&o.rounds, "rounds", 1, "run the workloads this many times, interleaved, and report medians")
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
+	flag.BoolVar(&o.manyGroups, "manygroups", false, "instead of the etcd comparison: many-group proposals on our library API (package cluster) against dragonboat v3.3.8, both in this process")
+	flag.StringVar(&o.mg.shapes, "shapes", "48x256,48x48,1x256", "with --manygroups: comma-separated GROUPSxPROPOSERS to run")
+	flag.DurationVar(&o.mg.tick, "raft-tick", 10*time.Millisecond, "with --manygroups: Raft tick of both systems (dragonboat's RTTMillisecond); election 10 ticks, heartbeat 1")
+	flag.BoolVar(&o.mg.dragonboatTLS, "dragonboat-tls", true, "with --manygroups: mutual TLS between dragonboat's NodeHosts (ours always uses mutual TLS between nodes)")
+	flag.IntVar(&o.mg.oursWorkers, "ours-workers", 0, "with --manygroups: Raft workers per node of ours (0: the cluster package's default, GOMAXPROCS)")
+	flag.Uint64Var(&o.mg.snapshotEntries, "dragonboat-snapshot-entries", 0, "with --manygroups: dragonboat's Config.SnapshotEntries (0: its default, no snapshots)")
 	flag.Parse()
 	if o.quick {
 		o.warmup, o.duration, o.idle = time.Second, 3*time.Second, time.Second
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	err := runAll(ctx, o)
+	var err error
+	if o.manyGroups {
+		o.mg.systems = "nodedb,dragonboat"
+		flag.Visit(func(f *flag.Flag) {
+			if f.Name == "systems" {
+				o.mg.systems = o.systems
+			}
+		})
+		_, err = runManyGroups(ctx, o, o.mg, os.Stdout)
+	} else {
+		err = runAll(ctx, o)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)
