@@ -196,8 +196,11 @@ type pendingCmd struct {
 // exactly-once semantics. Caller holds r.mu.
 func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	vs := cmds[0].c.vshard
+	if r.values == nil {
+		r.values = storage.NewValueCache(valueCacheBytes)
+	}
 	var w storage.VShardWriter
-	w.Reset(b, r.group, vs)
+	w.Reset(b, r.group, vs, r.values)
 	if r.clients == nil {
 		r.clients = dedupCache{}
 	}

@@ -82,6 +82,11 @@ func storeClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64,
 	return b.Set(clientKey(g, vs, client), v, nil)
 }
 
+// valueCacheBytes bounds each replica's storage.ValueCache. Sized for a
+// group's working set of recently written keys; 16 groups per node make
+// 16 MiB at most.
+const valueCacheBytes = 1 << 20
+
 // maxCachedClients bounds a replica's cache of client records; past it the
 // cache starts over.
 const maxCachedClients = 1024

@@ -57,6 +57,7 @@ type replica struct {
 	waiting         []*readRequest        // reads with a read index, waiting for apply
 	staged          *stagedSnapshot       // received snapshot not yet installed
 	clients         dedupCache            // exactly-once client records, see dedupCache
+	values          *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
 	coalesce        []raftpb.Message      // scratch of supersededCommitNotices
 	notices         []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
 	noticeDue       atomic.Bool           // the notices' delay has passed

@@ -527,6 +527,7 @@ func (r *replica) installSnapshot(st *stagedSnapshot, snap *raftpb.Snapshot) err
 // an unknown outcome: they may be inside the snapshot. Caller holds r.mu.
 func (r *replica) didInstall(snap *raftpb.Snapshot, st *stagedSnapshot) {
 	clear(r.clients)
+	r.values.Clear()
 	r.applied = st.applied
 	r.applied.ConfState = snap.Metadata.ConfState
 	r.appliedIndex.Store(r.applied.Index)

@@ -178,8 +178,9 @@ func (r *replica) applyIngest(b *pebble.Batch, e *raftpb.Entry) error {
 		answer(fmt.Errorf("%w: ingest entry: %v", errMalformedEntry, err))
 		return nil
 	}
-	// The vShard's exactly-once records may change under the cache.
+	// The vShard's data and exactly-once records change under the caches.
 	clear(r.clients)
+	r.values.Clear()
 	prefix := storage.VShardPrefix(r.group, vs)
 	if flags&ingestClear != 0 {
 		if err := b.DeleteRange(prefix, storage.PrefixEnd(prefix), nil); err != nil {

@@ -76,25 +76,64 @@ func (v *VShardReader) Scan(start, end []byte, fn func(key, value []byte) bool) 
 // batch. The batch must be indexed so that reads see earlier writes.
 type VShardWriter struct {
 	VShardReader
-	b *pebble.Batch
+	b     *pebble.Batch
+	cache *ValueCache
 }
 
 var _ statemachine.Writer = (*VShardWriter)(nil)
 
-// Reset points w at vshard of group g inside batch b.
-func (w *VShardWriter) Reset(b *pebble.Batch, g ids.GroupID, vshard uint32) {
+// Reset points w at vshard of group g inside batch b. cache, when not nil,
+// is the group's ValueCache: Get consults it and Set and Delete keep it in
+// step with the batch.
+func (w *VShardWriter) Reset(b *pebble.Batch, g ids.GroupID, vshard uint32, cache *ValueCache) {
 	w.VShardReader.Reset(b, g, vshard)
 	w.b = b
+	w.cache = cache
+}
+
+// Get implements statemachine.Reader, through the cache when there is one.
+func (w *VShardWriter) Get(key []byte) ([]byte, error) {
+	if w.cache == nil {
+		return w.VShardReader.Get(key)
+	}
+	k := w.key(key)
+	v, ok := w.cache.get(k)
+	if !ok {
+		val, present, err := getCopy(w.b, k)
+		if err != nil {
+			return nil, err
+		}
+		v = cachedValue{val: val, present: present}
+		w.cache.put(k, v)
+	}
+	if !v.present {
+		return nil, statemachine.ErrNotFound
+	}
+	return append([]byte(nil), v.val...), nil // a copy, as Reader promises
 }
 
 // Set implements statemachine.Writer.
 func (w *VShardWriter) Set(key, value []byte) error {
-	return w.b.Set(w.key(key), value, nil)
+	k := w.key(key)
+	if err := w.b.Set(k, value, nil); err != nil {
+		return err
+	}
+	if w.cache != nil {
+		w.cache.put(k, cachedValue{val: append([]byte(nil), value...), present: true})
+	}
+	return nil
 }
 
 // Delete implements statemachine.Writer.
 func (w *VShardWriter) Delete(key []byte) error {
-	return w.b.Delete(w.key(key), nil)
+	k := w.key(key)
+	if err := w.b.Delete(k, nil); err != nil {
+		return err
+	}
+	if w.cache != nil {
+		w.cache.put(k, cachedValue{})
+	}
+	return nil
 }
 
 // ScanRange calls fn for every key in [start, end) of r, in order. Slices

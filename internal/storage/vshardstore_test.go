@@ -72,7 +72,7 @@ func TestVShardStore(t *testing.T) {
 	}
 
 	var w VShardWriter
-	w.Reset(b, g, vs)
+	w.Reset(b, g, vs, nil)
 	keyBuf := []byte("b")
 	valBuf := []byte("B")
 	for _, p := range []kv{{"a", "A"}, {"c", "C"}, {"", "empty key"}, {"\xff\xff", "high"}, {"a\x00", "A0"}, {"d", ""}} {
@@ -149,7 +149,7 @@ func TestVShardStore(t *testing.T) {
 
 	// Another vShard of the same batch sees none of it.
 	var w2 VShardWriter
-	w2.Reset(b, g, vs+1)
+	w2.Reset(b, g, vs+1, nil)
 	if got := scanAll(t, &w2, nil, nil); !reflect.DeepEqual(got, []kv{{"", "neighbour"}}) {
 		t.Fatalf("vShard %d sees %q", vs+1, got)
 	}
@@ -201,7 +201,7 @@ func TestVShardStoreEdgeVShards(t *testing.T) {
 	}{{0, 0}, {1<<64 - 1, 1<<32 - 1}, {1<<64 - 1, 0}, {0, 1<<32 - 1}}
 	for i, tg := range targets {
 		var w VShardWriter
-		w.Reset(b, tg.g, tg.vs)
+		w.Reset(b, tg.g, tg.vs, nil)
 		for j := range 3 {
 			if err := w.Set([]byte{byte(j), 0xff}, fmt.Appendf(nil, "%d", i)); err != nil {
 				t.Fatal(err)
@@ -213,7 +213,7 @@ func TestVShardStoreEdgeVShards(t *testing.T) {
 	}
 	for i, tg := range targets {
 		var w VShardWriter
-		w.Reset(b, tg.g, tg.vs)
+		w.Reset(b, tg.g, tg.vs, nil)
 		got := scanAll(t, &w, nil, nil)
 		v := fmt.Sprint(i)
 		want := []kv{{"\x00\xff", v}, {"\x01\xff", v}, {"\x02\xff", v}}
