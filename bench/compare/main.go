@@ -80,6 +80,9 @@ type row struct {
 	// NewTerms counts Raft term changes (elections) over all groups during
 	// the measured window (--manygroups only; summed over rounds).
 	NewTerms int `json:"new_terms,omitempty"`
+	// IdleCores is this process's CPU use (cores) with the groups up and no
+	// load, measured before the run (--manygroups only).
+	IdleCores float64 `json:"idle_cores,omitempty"`
 	// Round is the round of a single run; Rounds, OpsMin and OpsMax
 	// describe a median row.
 	Round  int     `json:"round,omitempty"`
@@ -127,6 +130,7 @@ func medians(runs []row) []row {
 		m.ServerSys = med(func(r row) float64 { return r.ServerSys })
 		m.CPUusPerOp = med(func(r row) float64 { return r.CPUusPerOp })
 		m.BenchCPU = med(func(r row) float64 { return r.BenchCPU })
+		m.IdleCores = med(func(r row) float64 { return r.IdleCores })
 		m.Ops = int(med(func(r row) float64 { return float64(r.Ops) }))
 		m.OpsMin, m.OpsMax = g[0].OpsPerSec, g[0].OpsPerSec
 		for _, r := range g {

@@ -116,6 +116,7 @@ type mgConditions struct {
 	DurationS     float64 `json:"duration_s"`
 	Rounds        int     `json:"rounds"`
 	Shapes        string  `json:"shapes"`
+	IdleS         float64 `json:"idle_s"`
 	Root          string  `json:"root"`
 	// Leaders has, per run, how many groups each node led.
 	Leaders map[string][]int `json:"leaders_per_node"`
@@ -228,6 +229,7 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 		DurationS:     o.duration.Seconds(),
 		Rounds:        o.rounds,
 		Shapes:        m.shapes,
+		IdleS:         o.idle.Seconds(),
 		Root:          root,
 		Leaders:       map[string][]int{},
 	}}
@@ -320,6 +322,14 @@ func runShape(ctx context.Context, sys string, sh shape, g groupOptions, cmds []
 	logf("%s: ready in %.1fs, groups led per node %v", sys, time.Since(t0).Seconds(), leaders)
 	runtime.GC()
 	time.Sleep(o.pause)
+	if o.idle > 0 {
+		// The cost of keeping the groups alive (ticks, heartbeats) with no load.
+		iu, is := selfUserSys()
+		it := time.Now()
+		time.Sleep(o.idle)
+		iu1, is1 := selfUserSys()
+		r.IdleCores = (iu1 + is1 - iu - is) / time.Since(it).Seconds()
+	}
 
 	var u0, s0, u1, s1 float64
 	var t0terms, t1terms uint64
@@ -345,8 +355,9 @@ func runShape(ctx context.Context, sys string, sh shape, g groupOptions, cmds []
 		return s.propose(ctx, grp, cmds[wk.rng.IntN(len(cmds))])
 	})
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	idle := r.IdleCores
 	r = row{
-		Workload: sh.name(), System: sys, Clients: sh.Proposers,
+		IdleCores: idle, Workload: sh.name(), System: sys, Clients: sh.Proposers,
 		Ops: res.Ops, Errors: res.Errors, Seconds: res.Seconds, OpsPerSec: res.OpsPerSec,
 		P50ms: ms(res.P50), P99ms: ms(res.P99), P999ms: ms(res.P999), MaxMs: ms(res.Max),
 		ServerCPU: (u1 + s1) - (u0 + s0), ServerSys: s1 - s0, FirstError: res.FirstError,
@@ -419,21 +430,22 @@ func printMGReport(out io.Writer, rep *mgReport) {
 		c.TickMs, c.ElectionTicks, c.HeartbeatTick)
 	fmt.Fprintf(out, "%d-byte proposals (%d-byte value, key of %d keys), synchronous (SyncPropose / Node.Propose) on the leader, each proposer takes the groups in turn,\n",
 		c.CmdSize, c.ValueSize, c.Keys)
-	fmt.Fprintf(out, "closed loop, %gs warm-up + %gs measured per run, each run on a freshly started system; CPU is the whole process's (nodes and proposers)\n",
+	fmt.Fprintf(out, "closed loop, %gs warm-up + %gs measured per run, each run on a freshly started system; CPU is the whole process's (nodes and proposers);\n",
 		c.WarmupS, c.DurationS)
+	fmt.Fprintf(out, "idle cores: the process's CPU use with the groups up and no load, over %gs before each run; new terms: elections during the measured window\n", c.IdleS)
 	if c.Rounds > 1 {
 		fmt.Fprintf(out, "medians of %d interleaved rounds (ops/s range in brackets; errors summed)\n", c.Rounds)
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "groups/proposers\tsystem\tproposers\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tnew terms\tprocess CPU s (sys)\tCPU µs/op\t")
+	fmt.Fprintln(tw, "groups/proposers\tsystem\tproposers\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tnew terms\tprocess CPU s (sys)\tCPU µs/op\tidle cores\t")
 	for _, r := range rep.Results {
 		ops := fmt.Sprintf("%.0f", r.OpsPerSec)
 		if r.Rounds > 1 {
 			ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%d\t%.2f (%.2f)\t%.0f\t\n",
-			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t\n",
+			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.IdleCores)
 	}
 	tw.Flush()
 	if len(rep.Ratios) > 0 {

@@ -62,9 +62,11 @@ func TestManyGroupsBothSystems(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	o := options{
 		root: t.TempDir(), rounds: 1, keys: 100, valueSize: 256,
-		warmup: 300 * time.Millisecond, duration: time.Second, pause: 10 * time.Millisecond, opTimeout: 10 * time.Second,
+		warmup: 300 * time.Millisecond, duration: time.Second, pause: 10 * time.Millisecond, opTimeout: 10 * time.Second, idle: 100 * time.Millisecond,
 	}
-	m := mgOptions{shapes: "4x8", systems: "nodedb,dragonboat", tick: 10 * time.Millisecond, dragonboatTLS: true}
+	// A 50ms tick (elections after 0.5-1s of silence): no election on a
+	// busy machine, which would fail proposals.
+	m := mgOptions{shapes: "4x8", systems: "nodedb,dragonboat", tick: 50 * time.Millisecond, dragonboatTLS: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out bytes.Buffer

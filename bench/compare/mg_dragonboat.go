@@ -205,8 +205,8 @@ func startDragonboat(ctx context.Context, o groupOptions) (_ groupSystem, err er
 	return c, nil
 }
 
-// leaderOf returns the index of the NodeHost that leads group g as NodeHost
-// 0 sees it, or -1.
+// leaderOf returns the index of the NodeHost that leads group g, as the
+// first NodeHost that knows a leader sees it, or -1.
 func (c *dbCluster) leaderOf(g int) int {
 	for _, nh := range c.nhs {
 		id, ok, err := nh.GetLeaderID(uint64(g + 1))
@@ -217,6 +217,20 @@ func (c *dbCluster) leaderOf(g int) int {
 	return -1
 }
 
+// agreedLeader returns the index of the NodeHost that leads group g if
+// every NodeHost sees it so, or -1.
+func (c *dbCluster) agreedLeader(g int) int {
+	l := -1
+	for _, nh := range c.nhs {
+		id, ok, err := nh.GetLeaderID(uint64(g + 1))
+		if err != nil || !ok || id < 1 || int(id) > len(c.nhs) || (l >= 0 && int(id)-1 != l) {
+			return -1
+		}
+		l = int(id) - 1
+	}
+	return l
+}
+
 // spreadLeaders waits for a leader in every group and moves leaderships so
 // that group g is led by NodeHost g mod 3.
 func (c *dbCluster) spreadLeaders(ctx context.Context) error {
@@ -225,7 +239,7 @@ func (c *dbCluster) spreadLeaders(ctx context.Context) error {
 	for {
 		done := true
 		for g := range c.leader {
-			l := c.leaderOf(g)
+			l := c.agreedLeader(g)
 			want := spreadTarget(g, len(c.nhs))
 			switch {
 			case l < 0:

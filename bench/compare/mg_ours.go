@@ -150,6 +150,21 @@ func (c *oursGroups) leaderOf(g int) int {
 	return -1
 }
 
+// agreedLeader returns the index of the node that leads group g if every
+// node sees it so, or -1.
+func (c *oursGroups) agreedLeader(g int) int {
+	l := c.leaderOf(g)
+	if l < 0 {
+		return -1
+	}
+	for _, n := range c.nodes {
+		if _, node, err := n.Leader(cluster.GroupID(g + 1)); err != nil || int(node)-1 != l {
+			return -1
+		}
+	}
+	return l
+}
+
 func (c *oursGroups) spreadLeaders(ctx context.Context) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	var moved time.Time
@@ -157,7 +172,7 @@ func (c *oursGroups) spreadLeaders(ctx context.Context) error {
 		done := true
 		var moves []func()
 		for g := range c.leader {
-			l := c.leaderOf(g)
+			l := c.agreedLeader(g)
 			want := spreadTarget(g, len(c.nodes))
 			switch {
 			case l < 0:
