@@ -387,7 +387,7 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["etcd"] {
 		rep.Conditions.EtcdVersion = version(etcdBin, "--version")
 	}
-	rep.Conditions.RepoCommit = version("git", "rev-parse", "--short", "HEAD")
+	rep.Conditions.RepoCommit = repoCommitID()
 	var certs *certFiles
 	if o.peerTLS || o.clientTLS {
 		if certs, err = makeCerts(filepath.Join(root, "certs")); err != nil {
@@ -505,6 +505,17 @@ func runAll(ctx context.Context, o options) (err error) {
 	}
 	printReport(os.Stdout, rep)
 	return nil
+}
+
+// repoCommit names the measured code when it is not the checkout's HEAD
+// (for a binary built from an export: -ldflags "-X main.repoCommit=ID").
+var repoCommit string
+
+func repoCommitID() string {
+	if repoCommit != "" {
+		return repoCommit
+	}
+	return version("git", "rev-parse", "--short", "HEAD")
 }
 
 func exists(p string) bool {

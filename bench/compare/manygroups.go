@@ -213,7 +213,7 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 		LoadAvgBefore: loadavg(),
 		GoVersion:     runtime.Version(),
 		Dragonboat:    dragonboatVersion,
-		RepoCommit:    version("git", "rev-parse", "--short", "HEAD"),
+		RepoCommit:    repoCommitID(),
 		Fsync:         "on (both systems' defaults)",
 		OursTLS:       "mutual TLS 1.3 over QUIC",
 		DragonboatTLS: dbTLS,
