@@ -148,7 +148,11 @@ the rest writes).`,
 				if err := checkResult(res); err != nil {
 					return err
 				}
-				fmt.Fprintln(cmd.ErrOrStderr(), "check passed")
+				if asJSON {
+					fmt.Fprintln(cmd.ErrOrStderr(), "check passed")
+				} else {
+					fmt.Fprintln(cmd.OutOrStdout(), "check passed")
+				}
 			}
 			return nil
 		},

@@ -34,19 +34,24 @@ type Config struct {
 	// the next free worker (so Workers bounds the operations in flight).
 	// 0 runs closed loop.
 	Rate float64
-	// MaxBacklog bounds, at a fixed rate, the operations that are due but
-	// not started because every worker is busy. When a stalled target
-	// lets the backlog grow past it, the oldest due operations are
-	// skipped and counted in Result.Missed instead of being issued in a
-	// burst later. 0 means one second of the schedule (at least Workers).
-	MaxBacklog int
+	// MaxLateness bounds the backlog at a fixed rate: an operation that
+	// has not started within MaxLateness of its scheduled time (every
+	// worker busy) is skipped and counted in Result.Missed, so a stalled
+	// target neither gets the backlog in a burst later nor keeps the run
+	// going long past its end. 0 means one second.
+	MaxLateness time.Duration
 }
+
+// DefaultMaxLateness is the backlog bound of a fixed-rate run.
+const DefaultMaxLateness = time.Second
 
 // Result summarizes a run.
 type Result struct {
 	Workers int `json:"clients"`
-	// Rate is Config.Rate (0: closed loop).
-	Rate float64 `json:"target_ops_per_sec,omitempty"`
+	// Rate is Config.Rate (0: closed loop), MaxLateness the backlog bound
+	// that applied.
+	Rate        float64       `json:"target_ops_per_sec,omitempty"`
+	MaxLateness time.Duration `json:"-"`
 	// Duration is the measured time. Closed loop, it runs until the last
 	// operation returned. At a fixed rate, it is the schedule's span
 	// (Config.Duration), or longer when the operations started late: until
@@ -55,8 +60,8 @@ type Result struct {
 	Duration time.Duration `json:"-"`
 	Seconds  float64       `json:"seconds"`
 	// Ops counts the operations that succeeded, Errors those that failed,
-	// Missed (at a fixed rate) the scheduled ones skipped because the
-	// backlog was full.
+	// Missed (at a fixed rate) the scheduled ones skipped because they
+	// could not start within Config.MaxLateness.
 	Ops       int           `json:"ops"`
 	Errors    int           `json:"errors"`
 	Missed    int           `json:"missed,omitempty"`
@@ -100,8 +105,8 @@ func Run(ctx context.Context, cfg Config, op Op) (Result, error) {
 	if cfg.Duration <= 0 {
 		return Result{}, errors.New("loadgen: duration must be positive")
 	}
-	if cfg.Warmup < 0 || cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) || cfg.MaxBacklog < 0 {
-		return Result{}, errors.New("loadgen: warm-up, rate and backlog must not be negative")
+	if cfg.Warmup < 0 || cfg.Rate < 0 || math.IsNaN(cfg.Rate) || math.IsInf(cfg.Rate, 0) || cfg.MaxLateness < 0 {
+		return Result{}, errors.New("loadgen: warm-up, rate and lateness must not be negative")
 	}
 	var p *pacer
 	if cfg.Rate > 0 {
@@ -149,7 +154,7 @@ func Run(ctx context.Context, cfg Config, op Op) (Result, error) {
 		for _, t := range lastStart {
 			elapsed = max(elapsed, t.Sub(measureFrom))
 		}
-		r.Missed = int(p.missedMeasured())
+		r.Missed, r.MaxLateness = int(p.missedMeasured()), p.maxLate
 	}
 	r.Duration, r.Seconds = elapsed, elapsed.Seconds()
 	var all []time.Duration
@@ -229,7 +234,7 @@ type pacer struct {
 	// first is the first measured slot; total the number of slots (slot
 	// k runs at k*interval, before Warmup+Duration).
 	first, total int64
-	maxBacklog   int64
+	maxLate      time.Duration
 
 	mu             sync.Mutex
 	next           int64
@@ -241,36 +246,38 @@ func newPacer(cfg Config) (*pacer, error) {
 	if interval <= 0 {
 		return nil, fmt.Errorf("loadgen: rate %g is too high", cfg.Rate)
 	}
-	ceilDiv := func(d time.Duration) int64 { return int64((d + interval - 1) / interval) }
 	p := &pacer{
-		interval:   interval,
-		first:      ceilDiv(cfg.Warmup),
-		total:      ceilDiv(cfg.Warmup + cfg.Duration),
-		maxBacklog: int64(cfg.MaxBacklog),
+		interval: interval,
+		maxLate:  cfg.MaxLateness,
 	}
-	if p.maxBacklog == 0 {
-		p.maxBacklog = max(int64(cfg.Workers), int64(time.Second/interval))
+	p.first, p.total = p.slotsBefore(cfg.Warmup), p.slotsBefore(cfg.Warmup+cfg.Duration)
+	if p.maxLate == 0 {
+		p.maxLate = DefaultMaxLateness
 	}
 	return p, nil
 }
 
+// slotsBefore is the number of slots scheduled before d.
+func (p *pacer) slotsBefore(d time.Duration) int64 {
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + p.interval - 1) / p.interval)
+}
+
 // take returns the next slot to run, now being the time since the start.
 // Slots are handed out in order, each once; the returned one may lie in
-// the future (the caller waits for it). If more than maxBacklog slots are
-// due (scheduled at or before now) and not taken, the oldest are skipped
-// and counted as missed. ok is false once the schedule is exhausted.
+// the future (the caller waits for it). Slots scheduled more than maxLate
+// before now are skipped and counted as missed. ok is false once the
+// schedule is exhausted.
 func (p *pacer) take(now time.Duration) (s slot, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if now >= 0 {
-		due := min(int64(now/p.interval)+1, p.total)
-		if backlog := due - p.next; backlog > p.maxBacklog {
-			skip := backlog - p.maxBacklog
-			p.missed += skip
-			// The skipped slots [next, next+skip) that are measured.
-			p.missMe += max(0, p.next+skip-max(p.next, p.first))
-			p.next += skip
-		}
+	if late := min(p.slotsBefore(now-p.maxLate), p.total); late > p.next {
+		p.missed += late - p.next
+		// The skipped slots [next, late) that are measured.
+		p.missMe += max(0, late-max(p.next, p.first))
+		p.next = late
 	}
 	if p.next >= p.total {
 		return slot{}, false
@@ -305,8 +312,8 @@ func (r Result) Print(w io.Writer, label string) {
 		label, r.Workers, r.Ops, r.OpsPerSec, r.P50.Round(10*time.Microsecond), r.P99.Round(10*time.Microsecond),
 		r.P999.Round(10*time.Microsecond), r.Max.Round(10*time.Microsecond), r.Errors)
 	if r.Rate > 0 {
-		fmt.Fprintf(w, "%-12s target %.0f ops/s, achieved %.1f%%, %d scheduled operations missed (backlog full); latency counts from the scheduled start\n",
-			"", r.Rate, 100*r.OpsPerSec/r.Rate, r.Missed)
+		fmt.Fprintf(w, "%-12s target %g ops/s, achieved %.1f%%, %d scheduled operations missed (not started within %s); latency counts from the scheduled start\n",
+			"", r.Rate, 100*r.OpsPerSec/r.Rate, r.Missed, r.MaxLateness)
 	}
 	if r.FirstError != "" {
 		fmt.Fprintf(w, "%-12s first error: %s\n", "", r.FirstError)

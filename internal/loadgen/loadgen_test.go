@@ -76,7 +76,7 @@ func TestPacerSchedulesSlotsInOrderAtFixedIntervals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.interval != 10*time.Millisecond || p.first != 20 || p.total != 120 || p.maxBacklog != 100 {
+	if p.interval != 10*time.Millisecond || p.first != 20 || p.total != 120 || p.maxLate != time.Second {
 		t.Fatalf("pacer %+v", p)
 	}
 	// A caller that is always on time (now = the slot's own time) gets
@@ -126,10 +126,10 @@ func TestPacerHandsOutFutureSlotsWithoutSkipping(t *testing.T) {
 }
 
 func TestPacerBoundsTheBacklog(t *testing.T) {
-	// 1000 ops/s, a backlog of at most 10 due slots. A caller that stalls
-	// for 100 ms finds 101 slots due: the oldest 91 are skipped, and it
-	// gets the 10 most recent before the future ones.
-	p, err := newPacer(Config{Workers: 1, Rate: 1000, Duration: time.Second, MaxBacklog: 10})
+	// 1000 ops/s; a slot not started within 10 ms of its time is skipped.
+	// A caller that stalls for 100 ms finds slots 1-100 due: 1-89 are over
+	// 10 ms late and skipped, and it gets 90-100 before the future ones.
+	p, err := newPacer(Config{Workers: 1, Rate: 1000, Duration: time.Second, MaxLateness: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,10 +137,10 @@ func TestPacerBoundsTheBacklog(t *testing.T) {
 		t.Fatalf("first slot %+v", s)
 	}
 	s, ok := p.take(100 * time.Millisecond)
-	if !ok || s.index != 91 || p.missed != 90 {
-		t.Fatalf("after a stall: slot %+v, missed %d; want slot 91, 90 missed", s, p.missed)
+	if !ok || s.index != 90 || p.missed != 89 {
+		t.Fatalf("after a stall: slot %+v, missed %d; want slot 90, 89 missed", s, p.missed)
 	}
-	for want := int64(92); want <= 100; want++ {
+	for want := int64(91); want <= 100; want++ {
 		if s, _ := p.take(100 * time.Millisecond); s.index != want {
 			t.Fatalf("slot %d, want %d", s.index, want)
 		}
@@ -149,25 +149,25 @@ func TestPacerBoundsTheBacklog(t *testing.T) {
 	if s, _ := p.take(100 * time.Millisecond); s.index != 101 || s.at <= 100*time.Millisecond {
 		t.Fatalf("slot %+v", s)
 	}
-	// A stall past the end: the last 10 slots of the schedule remain.
-	rest := takeAll(p, time.Hour)
-	if len(rest) != 10 || rest[0].index != 990 || rest[9].index != 999 {
+	// A stall past the end plus the lateness bound: nothing is left to
+	// run, so a stalled run ends instead of draining its backlog.
+	if rest := takeAll(p, time.Second+10*time.Millisecond); len(rest) != 0 {
 		t.Fatalf("%d slots after the end, from %+v", len(rest), rest[0])
 	}
-	if p.missed != 90+888 || p.missedMeasured() != p.missed {
-		t.Fatalf("missed %d (measured %d), want %d", p.missed, p.missedMeasured(), 90+888)
+	if p.missed != 89+898 || p.missedMeasured() != p.missed {
+		t.Fatalf("missed %d (measured %d), want %d", p.missed, p.missedMeasured(), 89+898)
 	}
-	// Every slot was either taken (0, 91-100, 101, 990-999) or missed, once.
-	if got := 1 + 10 + 1 + 10 + p.missed; got != 1000 {
+	// Every slot was either taken (0, 90-100, 101) or missed, once.
+	if got := 1 + 11 + 1 + p.missed; got != 1000 {
 		t.Fatalf("accounted %d slots", got)
 	}
 }
 
 func TestPacerCountsOnlyMeasuredMisses(t *testing.T) {
-	// 100 ops/s, 100 ms warm-up (slots 0-9), backlog 5. A first call at
-	// 150 ms finds slots 0-15 due and skips 0-10: ten in the warm-up, one
-	// measured.
-	p, err := newPacer(Config{Workers: 1, Rate: 100, Warmup: 100 * time.Millisecond, Duration: time.Second, MaxBacklog: 5})
+	// 100 ops/s, 100 ms warm-up (slots 0-9), lateness bound 45 ms. A first
+	// call at 150 ms skips the slots before 105 ms, 0-10: ten in the
+	// warm-up, one measured.
+	p, err := newPacer(Config{Workers: 1, Rate: 100, Warmup: 100 * time.Millisecond, Duration: time.Second, MaxLateness: 45 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +183,7 @@ func TestPacerRefusesAnImpossibleRate(t *testing.T) {
 	}
 	for _, cfg := range []Config{
 		{Workers: 1, Duration: time.Second, Rate: -1},
-		{Workers: 1, Duration: time.Second, MaxBacklog: -1},
+		{Workers: 1, Duration: time.Second, MaxLateness: -1},
 		{Workers: 1, Duration: time.Second, Warmup: -time.Second},
 	} {
 		if _, err := Run(context.Background(), cfg, nil); err == nil {
@@ -195,7 +195,8 @@ func TestPacerRefusesAnImpossibleRate(t *testing.T) {
 func TestRunAtAFixedRateIssuesTheSchedule(t *testing.T) {
 	// 2000 ops/s for 100 ms after 50 ms of warm-up: 300 slots, 200 of them
 	// measured. Every slot runs once (or, on a machine stalled for over a
-	// second, is counted missed); the warm-up's are not counted.
+	// second, is counted missed); the warm-up's are not counted, and each
+	// worker numbers its calls.
 	var calls atomic.Int64
 	var mu sync.Mutex
 	seen := map[[2]int]bool{}
@@ -234,13 +235,13 @@ func TestRunAtAFixedRateIssuesTheSchedule(t *testing.T) {
 func TestRunAtAFixedRateCountsQueueingInLatency(t *testing.T) {
 	// One worker, an operation every millisecond, each taking at least 5:
 	// the worker falls behind, and latency measured from the scheduled
-	// start grows well past the operation's own time. The backlog bound
-	// skips slots instead of queueing them all.
+	// start grows well past the operation's own time. Slots more than
+	// 20 ms late are skipped instead of queueing them all.
 	op := func(ctx context.Context, w, n int) error {
 		time.Sleep(5 * time.Millisecond)
 		return nil
 	}
-	r, err := Run(context.Background(), Config{Workers: 1, Rate: 1000, Duration: 200 * time.Millisecond, MaxBacklog: 20}, op)
+	r, err := Run(context.Background(), Config{Workers: 1, Rate: 1000, Duration: 200 * time.Millisecond, MaxLateness: 20 * time.Millisecond}, op)
 	if err != nil {
 		t.Fatal(err)
 	}
