@@ -258,7 +258,7 @@ func main() {
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
 	flag.BoolVar(&o.manyGroups, "manygroups", false, "instead of the etcd comparison: many-group proposals on our library API (package cluster) against dragonboat v3.3.8, both in this process")
 	flag.StringVar(&o.mg.shapes, "shapes", "48x256,48x48,1x256", "with --manygroups: comma-separated GROUPSxPROPOSERS to run")
-	flag.DurationVar(&o.mg.tick, "raft-tick", 10*time.Millisecond, "with --manygroups: Raft tick of both systems (dragonboat's RTTMillisecond); election 10 ticks, heartbeat 1")
+	flag.DurationVar(&o.mg.tick, "raft-tick", 100*time.Millisecond, "with --manygroups: Raft tick of both systems (dragonboat's RTTMillisecond; our default); election 10 ticks, heartbeat 1")
 	flag.BoolVar(&o.mg.dragonboatTLS, "dragonboat-tls", true, "with --manygroups: mutual TLS between dragonboat's NodeHosts (ours always uses mutual TLS between nodes)")
 	flag.IntVar(&o.mg.oursWorkers, "ours-workers", 0, "with --manygroups: Raft workers per node of ours (0: the cluster package's default, GOMAXPROCS)")
 	flag.Uint64Var(&o.mg.snapshotEntries, "dragonboat-snapshot-entries", 0, "with --manygroups: dragonboat's Config.SnapshotEntries (0: its default, no snapshots)")
