@@ -85,6 +85,17 @@ type Config struct {
 	// SuspectFor is how long a node that failed at the network level is
 	// avoided while another node can serve (default 1s).
 	SuspectFor time.Duration
+
+	// DisableMulti sends every request in its own HTTP exchange. By default
+	// the single-key requests that callers have in flight to one node share
+	// POST /v1/multi exchanges (see docs/client.md): each is still an
+	// independent request with its own result, but the HTTP cost is paid
+	// once per exchange instead of once per request. A node that does not
+	// know /v1/multi gets single requests.
+	DisableMulti bool
+	// MultiMaxRequests bounds the requests one exchange carries (default
+	// 256).
+	MultiMaxRequests int
 }
 
 // Client is a client of a nodedb cluster. It is safe for concurrent use.
@@ -99,6 +110,10 @@ type Client struct {
 	seqs      seqTracker
 	rr        atomic.Uint64
 	closed    atomic.Bool
+
+	pipesMu sync.Mutex
+	pipes   map[string]*pipe // by node address
+	pipesWG sync.WaitGroup   // the pipes' exchanges in flight
 
 	mu      sync.RWMutex // guards tab, the tables' leaders and suspect
 	tab     *table
@@ -132,6 +147,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	cfg.BackoffMax = max(cfg.BackoffMax, cfg.BackoffBase)
 	if cfg.SuspectFor <= 0 {
 		cfg.SuspectFor = time.Second
+	}
+	if cfg.MultiMaxRequests <= 0 {
+		cfg.MultiMaxRequests = 256
 	}
 	c := &Client{
 		cfg:     cfg,
@@ -224,6 +242,7 @@ func (c *Client) ID() uint64 { return c.id }
 // with ErrClosed.
 func (c *Client) Close() error {
 	c.closed.Store(true)
+	c.pipesWG.Wait()
 	if c.ownHTTP != nil {
 		c.ownHTTP.CloseIdleConnections()
 	}
@@ -444,7 +463,9 @@ func isDialError(err error) bool {
 	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
-// send makes one attempt of r at tg.
+// send makes one attempt of r at tg: carried in a POST /v1/multi with
+// the other requests in flight to the same node when it is a single-key
+// request (see pipe), on its own otherwise.
 func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*response, error) {
 	if tg.addr == "" {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("no node to send to")}
@@ -455,40 +476,53 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 	}
 	actx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
-	u := c.scheme + "://" + tg.addr + r.path
+	uri := r.path
 	if len(r.query) > 0 {
-		u += "?" + r.query.Encode()
+		uri += "?" + r.query.Encode()
+	}
+	h := make(http.Header, 8)
+	// The cluster gets a tenth less time than the attempt, so that it can
+	// answer (outcome_unknown at worst) before the client stops waiting.
+	srv := (d - d/10).Truncate(time.Millisecond)
+	h.Set(headerTimeout, max(srv, time.Millisecond).String())
+	if r.body != nil {
+		h.Set("Content-Type", "application/octet-stream")
+	}
+	if !r.stale && vs >= 0 {
+		h.Set(headerNoForward, "1")
+	}
+	if vs >= 0 && tg.epoch != 0 {
+		h.Set(headerEpoch, strconv.FormatUint(tg.epoch, 10))
+	}
+	if r.write {
+		if r.idem != "" {
+			h.Set(headerIdempotencyKey, r.idem)
+		} else {
+			h.Set(headerClientID, strconv.FormatUint(c.id, 10))
+			h.Set(headerSeq, strconv.FormatUint(r.seq, 10))
+			h.Set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
+		}
+	}
+	if !c.cfg.DisableMulti && strings.HasPrefix(r.path, "/v1/kv/") {
+		if p := c.pipeTo(tg.addr); p != nil {
+			resp, err := p.do(actx, r.method, uri, h, r.body)
+			if !errors.Is(err, errMultiUnsupported) {
+				if resp != nil {
+					resp.node = tg.node
+				}
+				return resp, err
+			}
+		}
 	}
 	var body io.Reader
 	if r.body != nil {
 		body = bytes.NewReader(r.body)
 	}
-	req, err := http.NewRequestWithContext(actx, r.method, u, body)
+	req, err := http.NewRequestWithContext(actx, r.method, c.scheme+"://"+tg.addr+uri, body)
 	if err != nil {
 		return nil, invalidArg("%v", err)
 	}
-	// The cluster gets a tenth less time than the attempt, so that it can
-	// answer (outcome_unknown at worst) before the client stops waiting.
-	srv := (d - d/10).Truncate(time.Millisecond)
-	req.Header.Set(headerTimeout, max(srv, time.Millisecond).String())
-	if r.body != nil {
-		req.Header.Set("Content-Type", "application/octet-stream")
-	}
-	if !r.stale && vs >= 0 {
-		req.Header.Set(headerNoForward, "1")
-	}
-	if vs >= 0 && tg.epoch != 0 {
-		req.Header.Set(headerEpoch, strconv.FormatUint(tg.epoch, 10))
-	}
-	if r.write {
-		if r.idem != "" {
-			req.Header.Set(headerIdempotencyKey, r.idem)
-		} else {
-			req.Header.Set(headerClientID, strconv.FormatUint(c.id, 10))
-			req.Header.Set(headerSeq, strconv.FormatUint(r.seq, 10))
-			req.Header.Set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
-		}
-	}
+	req.Header = h
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err

@@ -175,9 +175,12 @@ type lossyTransport struct {
 
 func (t *lossyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := t.base.RoundTrip(r)
-	if err != nil || (r.Method != http.MethodPut && r.Method != http.MethodDelete) || mrand.IntN(100) >= t.percent {
+	carriesWrites := r.Method == http.MethodPut || r.Method == http.MethodDelete ||
+		r.Method == http.MethodPost && r.URL.Path == "/v1/multi" // an exchange of many requests
+	if err != nil || !carriesWrites || mrand.IntN(100) >= t.percent {
 		return resp, err
 	}
+	// Every answer is read (so every write was applied), then lost.
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	t.dropped.Add(1)

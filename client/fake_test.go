@@ -111,7 +111,7 @@ func (f *fakeCluster) setKV(kv func(node int, w http.ResponseWriter, r *http.Req
 func (f *fakeCluster) client(t *testing.T) *Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := New(ctx, Config{Endpoints: []string{f.addr(1)}, RequestTimeout: time.Second, Logger: testLog()})
+	c, err := New(ctx, Config{Endpoints: []string{f.addr(1)}, RequestTimeout: time.Second, Logger: testLog(), DisableMulti: true})
 	if err != nil {
 		t.Fatal(err)
 	}

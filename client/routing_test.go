@@ -90,7 +90,9 @@ func TestStraightToLeader(t *testing.T) {
 	}
 	ct := newCountingTransport()
 	t.Cleanup(ct.close)
-	cl := c.newClient(t, Config{HTTPClient: &http.Client{Transport: ct}})
+	// Requests one by one, so that the transport counts each (exchanges
+	// of POST /v1/multi are tested in multi_test.go).
+	cl := c.newClient(t, Config{HTTPClient: &http.Client{Transport: ct}, DisableMulti: true})
 
 	leaders := c.waitStableLeaders(ctx, groups)
 	// Warm up: the first requests may meet leaders that moved since the

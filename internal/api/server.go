@@ -39,6 +39,7 @@ type Endpoint struct {
 func Handler(svc Service, metrics prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	(&rest{svc: svc}).register(mux)
+	mux.Handle("POST /v1/multi", newMulti(mux, svc.Limits().MaxValueSize))
 	path, h := ConnectHandler(svc)
 	mux.Handle(path, h)
 	if metrics != nil {

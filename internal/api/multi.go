@@ -1,0 +1,142 @@
+package api
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/nodedb/nodedb-cluster/internal/multiwire"
+	"github.com/nodedb/nodedb-cluster/internal/server"
+)
+
+// newMulti returns the POST /v1/multi handler over inner, carrying values up
+// to maxValue bytes.
+func newMulti(inner http.Handler, maxValue int) *multi {
+	lim := multiwire.DefaultLimits()
+	lim.MaxBody = max(lim.MaxBody, maxValue+64<<10)
+	return &multi{inner: inner, lim: lim}
+}
+
+// multi serves POST /v1/multi: many independent single-key requests in one
+// HTTP exchange (see package multiwire for why and how). Each request runs
+// through the same handler it would reach alone, concurrently with the
+// others, and its answer is streamed back as soon as it is ready. Only the
+// single-key KV routes may be carried: a batch cannot nest another, nor
+// reach the operator or profiling routes.
+type multi struct {
+	inner http.Handler
+	lim   multiwire.Limits
+}
+
+// maxMultiBody bounds a POST /v1/multi body before it is read.
+const maxMultiBody = 64 << 20
+
+func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxMultiBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, &server.APIError{Code: server.CodeTooLarge, Message: fmt.Sprintf("multi body larger than %d bytes", maxMultiBody)})
+			return
+		}
+		writeError(w, invalid("read multi body: %v", err))
+		return
+	}
+	reqs, err := multiwire.DecodeRequests(body, m.lim)
+	if err != nil {
+		writeError(w, invalid("%v", err))
+		return
+	}
+	done := make(chan multiwire.Response, len(reqs))
+	var wg sync.WaitGroup
+	for i := range reqs {
+		wg.Go(func() { done <- m.serveOne(r, i, &reqs[i]) })
+	}
+	go func() { wg.Wait(); close(done) }()
+
+	w.Header().Set("Content-Type", multiwire.ContentType)
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	out := []byte{multiwire.Version}
+	for resp := range done {
+		out = multiwire.AppendResponse(out, &resp)
+		// Write what is ready now in one go: answers that finish together
+		// (one fsync covers many) share a system call.
+	drain:
+		for {
+			select {
+			case more, ok := <-done:
+				if !ok {
+					break drain
+				}
+				out = multiwire.AppendResponse(out, &more)
+			default:
+				break drain
+			}
+		}
+		if _, err := w.Write(out); err != nil {
+			// The client is gone; the requests still finish (their
+			// contexts end with the connection's) and are drained.
+			for range done {
+			}
+			return
+		}
+		_ = rc.Flush()
+		out = out[:0]
+	}
+}
+
+// serveOne runs one carried request through the inner handler.
+func (m *multi) serveOne(outer *http.Request, i int, sr *multiwire.Request) multiwire.Response {
+	if !strings.HasPrefix(sr.URI, "/v1/kv/") || (sr.Method != http.MethodPut && sr.Method != http.MethodGet && sr.Method != http.MethodDelete) {
+		rec := newRecorder()
+		writeError(rec, invalid("a multi request carries only PUT, GET and DELETE of /v1/kv/{key}, not %s %.100q", sr.Method, sr.URI))
+		return rec.response(i)
+	}
+	req, err := http.NewRequestWithContext(outer.Context(), sr.Method, sr.URI, bytes.NewReader(sr.Body))
+	if err != nil {
+		rec := newRecorder()
+		writeError(rec, invalid("request %d: %v", i, err))
+		return rec.response(i)
+	}
+	req.Header = sr.Header
+	req.RemoteAddr = outer.RemoteAddr
+	req.TLS = outer.TLS
+	req.Host = outer.Host
+	rec := newRecorder()
+	m.inner.ServeHTTP(rec, req)
+	return rec.response(i)
+}
+
+// recorder is the http.ResponseWriter of a carried request.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func newRecorder() *recorder { return &recorder{header: http.Header{}} }
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+func (r *recorder) response(i int) multiwire.Response {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return multiwire.Response{Index: i, Status: r.status, Header: r.header, Body: r.body.Bytes()}
+}

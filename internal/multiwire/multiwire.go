@@ -1,0 +1,312 @@
+// Package multiwire is the framing of POST /v1/multi, which carries many
+// independent REST requests in one HTTP exchange (docs/api.md).
+//
+// Why: under load most of a request's cost is the HTTP exchange itself
+// (a read and a write system call on each side, header parsing, a
+// goroutine wake-up), not the work. The Go client coalesces the requests
+// that its callers have in flight to one node into one POST /v1/multi; the
+// node runs them concurrently, each exactly as if it had come alone, and
+// streams each answer back as soon as it is ready, so a slow request never
+// holds up a fast one.
+//
+// A request body is a version byte and a count, then per request its
+// method, request URI, headers and body. The response is a stream of
+// frames, each the index of the request it answers, its status, headers
+// and body. Every length is a uvarint and is checked against the bytes that
+// remain and against Limits before anything is allocated.
+package multiwire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// Version is the framing version, the first byte of a request body and of
+// a response stream.
+const Version byte = 1
+
+// ContentType marks both directions.
+const ContentType = "application/x-nodedb-multi"
+
+// ErrMalformed is wrapped by every decoding error.
+var ErrMalformed = errors.New("multiwire: malformed")
+
+// Limits bound what a decoder accepts.
+type Limits struct {
+	MaxRequests int // requests per body
+	MaxHeaders  int // headers per request or response
+	MaxString   int // bytes of a method, URI, header name or value
+	MaxBody     int // bytes of one request's or response's body
+}
+
+// DefaultLimits suit the KV API: bodies up to the largest value plus room.
+func DefaultLimits() Limits {
+	return Limits{MaxRequests: 1024, MaxHeaders: 32, MaxString: 8 << 10, MaxBody: 2 << 20}
+}
+
+// Request is one request of a batch.
+type Request struct {
+	Method string
+	URI    string // path and query, escaped
+	Header http.Header
+	Body   []byte
+}
+
+// Response is the answer to the request at Index.
+type Response struct {
+	Index  int
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+// AppendRequests appends the encoding of reqs to b.
+func AppendRequests(b []byte, reqs []Request) []byte {
+	b = append(b, Version)
+	b = binary.AppendUvarint(b, uint64(len(reqs)))
+	for i := range reqs {
+		r := &reqs[i]
+		b = appendString(b, r.Method)
+		b = appendString(b, r.URI)
+		b = appendHeader(b, r.Header)
+		b = appendString(b, string(r.Body))
+	}
+	return b
+}
+
+// DecodeRequests decodes a request body.
+func DecodeRequests(b []byte, lim Limits) ([]Request, error) {
+	d := decoder{b: b, lim: lim}
+	if v := d.byte(); d.err == nil && v != Version {
+		return nil, fmt.Errorf("%w: version %d, want %d", ErrMalformed, v, Version)
+	}
+	n := d.count(lim.MaxRequests, "requests")
+	if d.err != nil {
+		return nil, d.err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("%w: no requests", ErrMalformed)
+	}
+	reqs := make([]Request, 0, n)
+	for range n {
+		var r Request
+		r.Method = d.string(lim.MaxString, "method")
+		r.URI = d.string(lim.MaxString, "URI")
+		r.Header = d.header()
+		r.Body = d.bytes(lim.MaxBody, "body")
+		if d.err != nil {
+			return nil, d.err
+		}
+		reqs = append(reqs, r)
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %d bytes after the last request", ErrMalformed, len(d.b))
+	}
+	return reqs, nil
+}
+
+// AppendResponse appends the frame of one response to b.
+func AppendResponse(b []byte, r *Response) []byte {
+	b = binary.AppendUvarint(b, uint64(r.Index))
+	b = binary.AppendUvarint(b, uint64(r.Status))
+	b = appendHeader(b, r.Header)
+	return appendString(b, string(r.Body))
+}
+
+// ResponseReader reads a response stream frame by frame.
+type ResponseReader struct {
+	r       *bufio.Reader
+	lim     Limits
+	started bool
+}
+
+// NewResponseReader reads the stream in r.
+func NewResponseReader(r io.Reader, lim Limits) *ResponseReader {
+	return &ResponseReader{r: bufio.NewReader(r), lim: lim}
+}
+
+// Next returns the next response, or io.EOF at the end of a well-formed
+// stream. n is the number of requests sent: indexes are checked against it.
+func (rr *ResponseReader) Next(n int) (Response, error) {
+	if !rr.started {
+		v, err := rr.r.ReadByte()
+		if err != nil {
+			return Response{}, unexpected(err)
+		}
+		if v != Version {
+			return Response{}, fmt.Errorf("%w: version %d, want %d", ErrMalformed, v, Version)
+		}
+		rr.started = true
+	}
+	idx, err := binary.ReadUvarint(rr.r)
+	if err == io.EOF {
+		return Response{}, io.EOF
+	}
+	if err != nil {
+		return Response{}, unexpected(err)
+	}
+	if idx >= uint64(n) {
+		return Response{}, fmt.Errorf("%w: answer to request %d of %d", ErrMalformed, idx, n)
+	}
+	status, err := binary.ReadUvarint(rr.r)
+	if err != nil {
+		return Response{}, unexpected(err)
+	}
+	if status < 100 || status > 999 {
+		return Response{}, fmt.Errorf("%w: status %d", ErrMalformed, status)
+	}
+	resp := Response{Index: int(idx), Status: int(status)}
+	nh, err := rr.readLen(rr.lim.MaxHeaders, "headers")
+	if err != nil {
+		return Response{}, err
+	}
+	resp.Header = make(http.Header, nh)
+	for range nh {
+		k, err := rr.readBytes(rr.lim.MaxString, "header name")
+		if err != nil {
+			return Response{}, err
+		}
+		v, err := rr.readBytes(rr.lim.MaxString, "header value")
+		if err != nil {
+			return Response{}, err
+		}
+		ck := http.CanonicalHeaderKey(string(k))
+		resp.Header[ck] = append(resp.Header[ck], string(v))
+	}
+	if resp.Body, err = rr.readBytes(rr.lim.MaxBody, "body"); err != nil {
+		return Response{}, err
+	}
+	return resp, nil
+}
+
+func (rr *ResponseReader) readLen(max int, what string) (int, error) {
+	n, err := binary.ReadUvarint(rr.r)
+	if err != nil {
+		return 0, unexpected(err)
+	}
+	if n > uint64(max) {
+		return 0, fmt.Errorf("%w: %d %s, at most %d", ErrMalformed, n, what, max)
+	}
+	return int(n), nil
+}
+
+func (rr *ResponseReader) readBytes(max int, what string) ([]byte, error) {
+	n, err := rr.readLen(max, what+" bytes")
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(rr.r, b); err != nil {
+		return nil, unexpected(err)
+	}
+	return b, nil
+}
+
+// unexpected maps a stream that ends inside a frame to a malformed-stream
+// error; other read errors pass through.
+func unexpected(err error) error {
+	if err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) {
+		return fmt.Errorf("%w: stream ends inside a frame", ErrMalformed)
+	}
+	return err
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendHeader(b []byte, h http.Header) []byte {
+	n := 0
+	for _, vs := range h {
+		n += len(vs)
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	for k, vs := range h {
+		for _, v := range vs {
+			b = appendString(b, k)
+			b = appendString(b, v)
+		}
+	}
+	return b
+}
+
+type decoder struct {
+	b   []byte
+	lim Limits
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
+	}
+}
+
+func (d *decoder) byte() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) == 0 {
+		d.fail("empty")
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) count(max int, what string) int {
+	if d.err != nil {
+		return 0
+	}
+	n, k := binary.Uvarint(d.b)
+	if k <= 0 {
+		d.fail("bad length of %s", what)
+		return 0
+	}
+	d.b = d.b[k:]
+	if n > uint64(max) {
+		d.fail("%d %s, at most %d", n, what, max)
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) bytes(max int, what string) []byte {
+	n := d.count(max, what+" bytes")
+	if d.err != nil {
+		return nil
+	}
+	if n > len(d.b) {
+		d.fail("%s of %d bytes, %d left", what, n, len(d.b))
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) string(max int, what string) string { return string(d.bytes(max, what)) }
+
+func (d *decoder) header() http.Header {
+	n := d.count(d.lim.MaxHeaders, "headers")
+	if d.err != nil {
+		return nil
+	}
+	h := make(http.Header, n)
+	for range n {
+		k := d.string(d.lim.MaxString, "header name")
+		v := d.string(d.lim.MaxString, "header value")
+		if d.err != nil {
+			return nil
+		}
+		k = http.CanonicalHeaderKey(k)
+		h[k] = append(h[k], v)
+	}
+	return h
+}
