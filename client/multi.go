@@ -85,6 +85,17 @@ func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body [
 		p.mu.Unlock()
 		return nil, errMultiUnsupported
 	}
+	if p.sending == 0 && len(p.queue) == 0 {
+		// An idle pipe: the caller makes the exchange itself, sparing a
+		// goroutine hand-off on the latency of a lone request.
+		p.sending++
+		p.c.pipesWG.Add(1)
+		p.mu.Unlock()
+		p.exchange([]*piped{pr})
+		p.c.pipesWG.Done()
+		res := <-pr.done // exchange answers every request it is given
+		return res.resp, res.err
+	}
 	p.queue = append(p.queue, pr)
 	p.startLocked()
 	p.mu.Unlock()
@@ -135,7 +146,8 @@ func (p *pipe) exchange(batch []*piped) {
 	live := batch[:0]
 	var deadline time.Time
 	for _, pr := range batch {
-		if pr.ctx.Err() != nil {
+		if err := pr.ctx.Err(); err != nil {
+			pr.done <- pipedResult{err: err}
 			continue
 		}
 		live = append(live, pr)
@@ -149,7 +161,11 @@ func (p *pipe) exchange(batch []*piped) {
 	if deadline.IsZero() {
 		deadline = time.Now().Add(p.c.cfg.RequestTimeout)
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	base := context.Background()
+	if len(live) == 1 {
+		base = live[0].ctx // one caller: its cancellation ends the exchange
+	}
+	ctx, cancel := context.WithDeadline(base, deadline)
 	defer cancel()
 	reqs := make([]multiwire.Request, len(live))
 	for i, pr := range live {

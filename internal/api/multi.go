@@ -62,8 +62,10 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	out := []byte{multiwire.Version}
+	left := len(reqs)
 	for resp := range done {
 		out = multiwire.AppendResponse(out, &resp)
+		left--
 		// Write what is ready now in one go: answers that finish together
 		// (one fsync covers many) share a system call.
 	drain:
@@ -74,6 +76,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					break drain
 				}
 				out = multiwire.AppendResponse(out, &more)
+				left--
 			default:
 				break drain
 			}
@@ -85,8 +88,14 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			return
 		}
-		_ = rc.Flush()
 		out = out[:0]
+		if left > 0 {
+			// Others are still running: send these answers now. The
+			// last ones go out when the handler returns, in the same
+			// write as the end of the response (a lone request's whole
+			// answer is then one write with a Content-Length).
+			_ = rc.Flush()
+		}
 	}
 }
 

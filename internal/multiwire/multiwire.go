@@ -142,7 +142,7 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 		}
 		rr.started = true
 	}
-	idx, err := binary.ReadUvarint(rr.r)
+	idx, err := readUvarint(rr.r)
 	if err == io.EOF {
 		return Response{}, io.EOF
 	}
@@ -152,7 +152,7 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 	if idx >= uint64(n) {
 		return Response{}, fmt.Errorf("%w: answer to request %d of %d", ErrMalformed, idx, n)
 	}
-	status, err := binary.ReadUvarint(rr.r)
+	status, err := readUvarint(rr.r)
 	if err != nil {
 		return Response{}, unexpected(err)
 	}
@@ -184,7 +184,7 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 }
 
 func (rr *ResponseReader) readLen(max int, what string) (int, error) {
-	n, err := binary.ReadUvarint(rr.r)
+	n, err := readUvarint(rr.r)
 	if err != nil {
 		return 0, unexpected(err)
 	}
@@ -204,6 +204,31 @@ func (rr *ResponseReader) readBytes(max int, what string) ([]byte, error) {
 		return nil, unexpected(err)
 	}
 	return b, nil
+}
+
+// readUvarint is binary.ReadUvarint with an overflow reported as
+// ErrMalformed (bytes from the network, not a program error).
+func readUvarint(r io.ByteReader) (uint64, error) {
+	var x uint64
+	var s uint
+	for i := range binary.MaxVarintLen64 {
+		b, err := r.ReadByte()
+		if err != nil {
+			if i > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if b < 0x80 {
+			if i == binary.MaxVarintLen64-1 && b > 1 {
+				break
+			}
+			return x | uint64(b)<<s, nil
+		}
+		x |= uint64(b&0x7f) << s
+		s += 7
+	}
+	return 0, fmt.Errorf("%w: a varint overflows 64 bits", ErrMalformed)
 }
 
 // unexpected maps a stream that ends inside a frame to a malformed-stream

@@ -1,0 +1,137 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/multiwire"
+)
+
+// multiCounter is a transport that counts POST /v1/multi exchanges and the
+// requests they carry, and can play a node that does not know the route.
+type multiCounter struct {
+	base      *http.Transport
+	oldNode   bool // answer 404 to /v1/multi, as a node from before it would
+	exchanges atomic.Int64
+	carried   atomic.Int64
+	largest   atomic.Int64
+	singles   atomic.Int64 // KV requests sent alone
+	refused   atomic.Int64
+}
+
+func (m *multiCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/multi" {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, err
+		}
+		if m.oldNode {
+			m.refused.Add(1)
+			return &http.Response{StatusCode: http.StatusNotFound, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("404 page not found\n")), Request: r}, nil
+		}
+		reqs, err := multiwire.DecodeRequests(body, multiwire.DefaultLimits())
+		if err != nil {
+			return nil, fmt.Errorf("client sent a malformed exchange: %w", err)
+		}
+		m.exchanges.Add(1)
+		m.carried.Add(int64(len(reqs)))
+		for {
+			l := m.largest.Load()
+			if int64(len(reqs)) <= l || m.largest.CompareAndSwap(l, int64(len(reqs))) {
+				break
+			}
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	} else if strings.HasPrefix(r.URL.Path, "/v1/kv/") {
+		m.singles.Add(1)
+	}
+	return m.base.RoundTrip(r)
+}
+
+// TestMultiCoalesces: concurrent callers share exchanges, every request is
+// carried exactly once, and each caller gets its own answer.
+func TestMultiCoalesces(t *testing.T) {
+	c := startCluster(t, 3, 20*time.Millisecond)
+	mc := &multiCounter{base: &http.Transport{MaxIdleConnsPerHost: 16}}
+	t.Cleanup(mc.base.CloseIdleConnections)
+	cl := c.newClient(t, Config{HTTPClient: &http.Client{Transport: mc}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const callers, each = 64, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, callers)
+	for w := range callers {
+		wg.Go(func() {
+			for i := range each {
+				k := []byte(fmt.Sprintf("mc/%d/%d", w, i))
+				r, err := cl.Put(ctx, k, []byte(fmt.Sprint(w*1000+i)))
+				if err == nil && r.Version != 1 {
+					err = fmt.Errorf("put %s: version %d", k, r.Version)
+				}
+				if err == nil {
+					var g GetResult
+					g, err = cl.Get(ctx, k)
+					if err == nil && string(g.Value) != fmt.Sprint(w*1000+i) {
+						err = fmt.Errorf("get %s: %q", k, g.Value)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	ops := int64(2 * callers * each)
+	t.Logf("%d requests in %d exchanges (largest %d), %d alone", mc.carried.Load(), mc.exchanges.Load(), mc.largest.Load(), mc.singles.Load())
+	if mc.singles.Load() != 0 {
+		t.Errorf("%d KV requests were sent alone", mc.singles.Load())
+	}
+	// Retries (a leader hint, say) are carried again: at least one
+	// carriage per operation.
+	if mc.carried.Load() < ops {
+		t.Errorf("%d requests carried for %d operations", mc.carried.Load(), ops)
+	}
+	if mc.largest.Load() < 2 || mc.exchanges.Load() >= mc.carried.Load() {
+		t.Errorf("no exchange carried more than one request (%d exchanges for %d requests)", mc.exchanges.Load(), mc.carried.Load())
+	}
+}
+
+// TestMultiFallsBackOnAnOldNode: a node that answers 404 to /v1/multi gets
+// single requests from then on, and the caller never sees the 404.
+func TestMultiFallsBackOnAnOldNode(t *testing.T) {
+	c := startCluster(t, 3, 20*time.Millisecond)
+	mc := &multiCounter{base: &http.Transport{MaxIdleConnsPerHost: 16}, oldNode: true}
+	t.Cleanup(mc.base.CloseIdleConnections)
+	cl := c.newClient(t, Config{HTTPClient: &http.Client{Transport: mc}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := range 30 {
+		k := []byte(fmt.Sprintf("old/%d", i))
+		if _, err := cl.Put(ctx, k, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if g, err := cl.Get(ctx, k); err != nil || string(g.Value) != "v" {
+			t.Fatalf("get %s: %q %v", k, g.Value, err)
+		}
+	}
+	if r := mc.refused.Load(); r == 0 || r > int64(len(c.addrs)) {
+		t.Errorf("%d exchanges refused by %d nodes: want at most one per node", r, len(c.addrs))
+	}
+	if mc.singles.Load() < 60 {
+		t.Errorf("%d requests sent alone, want 60", mc.singles.Load())
+	}
+}
