@@ -15,10 +15,10 @@ import (
 
 // newMulti returns the POST /v1/multi handler over inner, carrying values up
 // to maxValue bytes.
-func newMulti(inner http.Handler, maxValue int) *multi {
+func newMulti(inner http.Handler, maxValue int, w *workers) *multi {
 	lim := multiwire.DefaultLimits()
 	lim.MaxBody = max(lim.MaxBody, maxValue+64<<10)
-	return &multi{inner: inner, lim: lim}
+	return &multi{inner: inner, lim: lim, workers: w}
 }
 
 // multi serves POST /v1/multi: many independent single-key requests in one
@@ -28,8 +28,9 @@ func newMulti(inner http.Handler, maxValue int) *multi {
 // single-key KV routes may be carried: a batch cannot nest another, nor
 // reach the operator or profiling routes.
 type multi struct {
-	inner http.Handler
-	lim   multiwire.Limits
+	inner   http.Handler
+	lim     multiwire.Limits
+	workers *workers
 }
 
 // maxMultiBody bounds a POST /v1/multi body before it is read.
@@ -53,8 +54,12 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	done := make(chan multiwire.Response, len(reqs))
 	var wg sync.WaitGroup
+	wg.Add(len(reqs))
 	for i := range reqs {
-		wg.Go(func() { done <- m.serveOne(r, i, &reqs[i]) })
+		m.workers.run(func() {
+			defer wg.Done()
+			done <- m.serveOne(r, i, &reqs[i])
+		})
 	}
 	go func() { wg.Wait(); close(done) }()
 

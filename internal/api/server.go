@@ -29,17 +29,20 @@ type Config struct {
 
 // Endpoint is a running API endpoint.
 type Endpoint struct {
+	stop func() // the handler's
 	srv  *http.Server
 	ln   net.Listener
 	done chan struct{}
 }
 
-// Handler returns the API's routes over svc: REST, the Connect service,
-// metrics and profiling.
-func Handler(svc Service, metrics prometheus.Gatherer) http.Handler {
+// Handler returns the API's routes over svc: REST, POST /v1/multi, the
+// Connect service, metrics and profiling. Call stop once the handler
+// serves no more: it ends the goroutines that run carried requests.
+func Handler(svc Service, metrics prometheus.Gatherer) (h http.Handler, stop func()) {
 	mux := http.NewServeMux()
 	(&rest{svc: svc}).register(mux)
-	mux.Handle("POST /v1/multi", newMulti(mux, svc.Limits().MaxValueSize))
+	w := newWorkers()
+	mux.Handle("POST /v1/multi", newMulti(mux, svc.Limits().MaxValueSize, w))
 	path, h := ConnectHandler(svc)
 	mux.Handle(path, h)
 	if metrics != nil {
@@ -50,7 +53,7 @@ func Handler(svc Service, metrics prometheus.Gatherer) http.Handler {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
+	return mux, w.stop
 }
 
 // Listen starts serving svc on cfg.Addr.
@@ -69,9 +72,11 @@ func Listen(cfg Config, svc Service) (*Endpoint, error) {
 	} else {
 		protocols.SetUnencryptedHTTP2(true)
 	}
+	h, stop := Handler(svc, cfg.Metrics)
 	e := &Endpoint{
+		stop: stop,
 		srv: &http.Server{
-			Handler:           Handler(svc, cfg.Metrics),
+			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			MaxHeaderBytes:    64 << 10,
 			Protocols:         &protocols,
@@ -106,5 +111,6 @@ func (e *Endpoint) Close() error {
 	defer cancel()
 	err := e.srv.Shutdown(ctx)
 	<-e.done
+	e.stop()
 	return err
 }
