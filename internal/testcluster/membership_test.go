@@ -25,14 +25,7 @@ func TestLeadershipTransfer(t *testing.T) {
 	cl := c.NewClient(1)
 	key := []byte("k")
 	for round := range 3 {
-		leader, err := c.WaitLeader(ctx, g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := leader.Status(g)
-		if err != nil {
-			t.Fatal(err)
-		}
+		leader, st := leaderStatus(ctx, t, c, g)
 		var to cluster.Replica
 		for _, r := range st.Config.Replicas {
 			if r.Node != leader.ID() {
@@ -45,7 +38,7 @@ func TestLeadershipTransfer(t *testing.T) {
 		}
 		// The old leader now refuses writes and names the new leader.
 		cmd, _ := kv.EncodePut(key, []byte("x"), nil, kv.DefaultLimits())
-		_, err = leader.Propose(ctx, g, cluster.Proposal{Payload: cmd})
+		_, err := leader.Propose(ctx, g, cluster.Proposal{Payload: cmd})
 		var nl *cluster.NotLeaderError
 		if !errors.As(err, &nl) || nl.Leader != to.Replica || nl.LeaderNode != to.Node {
 			t.Fatalf("round %d: propose on the old leader: %v, want NotLeaderError naming %s on %s", round, err, to.Replica, to.Node)
@@ -199,14 +192,7 @@ func TestConfChangeRightAfterElection(t *testing.T) {
 		}
 	}()
 	for round := range 6 {
-		leader, err := c.WaitLeader(ctx, g)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := leader.Status(g)
-		if err != nil {
-			t.Fatal(err)
-		}
+		leader, st := leaderStatus(ctx, t, c, g)
 		var to cluster.Replica
 		var spare ids.NodeID
 		hosts := map[ids.NodeID]bool{}
@@ -268,4 +254,18 @@ func TestConfChangeRightAfterElection(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// leaderStatus waits for g's leader and returns it with its view of g.
+func leaderStatus(ctx context.Context, t *testing.T, c *Cluster, g ids.GroupID) (*cluster.Node, cluster.GroupStatus) {
+	t.Helper()
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := leader.Status(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leader, st
 }
