@@ -83,6 +83,9 @@ type row struct {
 	// IdleCores is this process's CPU use (cores) with the groups up and no
 	// load, measured before the run (--manygroups only).
 	IdleCores float64 `json:"idle_cores,omitempty"`
+	// OtherCores is the CPU that the rest of the machine used during the
+	// measured window (cores; --manygroups only): interference.
+	OtherCores float64 `json:"other_cores,omitempty"`
 	// Round is the round of a single run; Rounds, OpsMin and OpsMax
 	// describe a median row.
 	Round  int     `json:"round,omitempty"`
@@ -131,6 +134,7 @@ func medians(runs []row) []row {
 		m.CPUusPerOp = med(func(r row) float64 { return r.CPUusPerOp })
 		m.BenchCPU = med(func(r row) float64 { return r.BenchCPU })
 		m.IdleCores = med(func(r row) float64 { return r.IdleCores })
+		m.OtherCores = med(func(r row) float64 { return r.OtherCores })
 		m.Ops = int(med(func(r row) float64 { return float64(r.Ops) }))
 		m.OpsMin, m.OpsMax = g[0].OpsPerSec, g[0].OpsPerSec
 		for _, r := range g {

@@ -257,8 +257,8 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 				}
 				r.Round = round
 				rep.Conditions.Leaders[fmt.Sprintf("%d %s %s", round, sh.name(), sys)] = leaders
-				logf("round %d %-8s %-10s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d process CPU %.2fs (%.0f µs/op) leaders %v, new terms %d",
-					round, sh.name(), sys, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, leaders, r.NewTerms)
+				logf("round %d %-8s %-10s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d process CPU %.2fs (%.0f µs/op) leaders %v, new terms %d, rest of the machine %.2f cores",
+					round, sh.name(), sys, r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, leaders, r.NewTerms, r.OtherCores)
 				if r.FirstError != "" {
 					logf("%-8s %-10s first error: %s", sh.name(), sys, r.FirstError)
 				}
@@ -333,10 +333,11 @@ func runShape(ctx context.Context, sys string, sh shape, g groupOptions, cmds []
 
 	var u0, s0, u1, s1 float64
 	var t0terms, t1terms uint64
+	var m0, m1 float64
 	cfg := runConfig{
 		Workers: sh.Proposers, Warmup: o.warmup, Duration: o.duration, OpTimeout: o.opTimeout,
-		OnMeasure: func() { u0, s0 = selfUserSys(); t0terms = s.terms() },
-		OnEnd:     func() { u1, s1 = selfUserSys(); t1terms = s.terms() },
+		OnMeasure: func() { u0, s0 = selfUserSys(); m0 = machineBusy(); t0terms = s.terms() },
+		OnEnd:     func() { u1, s1 = selfUserSys(); m1 = machineBusy(); t1terms = s.terms() },
 	}
 	type worker struct {
 		rng  *rand.Rand
@@ -365,6 +366,9 @@ func runShape(ctx context.Context, sys string, sh shape, g groupOptions, cmds []
 	}
 	if res.Ops > 0 {
 		r.CPUusPerOp = r.ServerCPU / float64(res.Ops) * 1e6
+	}
+	if res.Seconds > 0 && m1 > 0 {
+		r.OtherCores = max(0, (m1-m0)-r.ServerCPU) / res.Seconds
 	}
 	logf("%s: stopping", sys)
 	return r, leaders, nil
@@ -432,20 +436,20 @@ func printMGReport(out io.Writer, rep *mgReport) {
 		c.CmdSize, c.ValueSize, c.Keys)
 	fmt.Fprintf(out, "closed loop, %gs warm-up + %gs measured per run, each run on a freshly started system; CPU is the whole process's (nodes and proposers);\n",
 		c.WarmupS, c.DurationS)
-	fmt.Fprintf(out, "idle cores: the process's CPU use with the groups up and no load, over %gs before each run; new terms: elections during the measured window\n", c.IdleS)
+	fmt.Fprintf(out, "idle cores: the process's CPU use with the groups up and no load, over %gs before each run; new terms: elections during the measured window;\nother cores: CPU that the rest of the machine used during the measured window (interference)\n", c.IdleS)
 	if c.Rounds > 1 {
 		fmt.Fprintf(out, "medians of %d interleaved rounds (ops/s range in brackets; errors summed)\n", c.Rounds)
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "groups/proposers\tsystem\tproposers\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tnew terms\tprocess CPU s (sys)\tCPU µs/op\tidle cores\t")
+	fmt.Fprintln(tw, "groups/proposers\tsystem\tproposers\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tnew terms\tprocess CPU s (sys)\tCPU µs/op\tidle cores\tother cores\t")
 	for _, r := range rep.Results {
 		ops := fmt.Sprintf("%.0f", r.OpsPerSec)
 		if r.Rounds > 1 {
 			ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t\n",
-			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.IdleCores)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.IdleCores, r.OtherCores)
 	}
 	tw.Flush()
 	if len(rep.Ratios) > 0 {

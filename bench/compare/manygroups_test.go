@@ -93,3 +93,13 @@ func TestManyGroupsBothSystems(t *testing.T) {
 		t.Errorf("no ratios in the report:\n%s", out.String())
 	}
 }
+
+func TestMachineBusyGrows(t *testing.T) {
+	b0 := machineBusy()
+	end := time.Now().Add(100 * time.Millisecond)
+	for time.Now().Before(end) {
+	}
+	if b1 := machineBusy(); b0 <= 0 || b1-b0 < 0.05 {
+		t.Errorf("machine busy %v then %v after 100ms of spinning", b0, b1)
+	}
+}

@@ -169,6 +169,29 @@ func selfCPU() float64 {
 	return tv(ru.Utime) + tv(ru.Stime)
 }
 
+// machineBusy returns the CPU seconds that the whole machine has spent
+// busy (user, nice, system, irq, softirq, steal) from /proc/stat.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var busy uint64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0
+		}
+		busy += v
+	}
+	return float64(busy) / clockTicks
+}
+
 // ports hands out ports on 127.0.0.1 that are free for both TCP and UDP,
 // counting up from a random base below Linux's ephemeral range (32768 and
 // up), so that no outgoing connection of the clients can take one before
