@@ -100,6 +100,10 @@ type Config struct {
 	TickInterval time.Duration
 	// ElectionTicks and HeartbeatTicks, in ticks. Defaults 10 and 2.
 	ElectionTicks, HeartbeatTicks int
+	// ReadLease serves linearizable reads from the leader's lease, without
+	// a quorum round per batch of reads; it assumes clocks on different
+	// nodes run at rates within 10% of each other. Off by default.
+	ReadLease bool
 	// Workers is the Raft worker pool size. Default GOMAXPROCS.
 	Workers int
 	// LogMaxEntries is the log length that triggers truncation of applied
@@ -172,6 +176,7 @@ func Start(cfg Config) (*Node, error) {
 		TickInterval:          cfg.TickInterval,
 		ElectionTicks:         cfg.ElectionTicks,
 		HeartbeatTicks:        cfg.HeartbeatTicks,
+		ReadLease:             cfg.ReadLease,
 		Workers:               cfg.Workers,
 		LogMaxEntries:         cfg.LogMaxEntries,
 		LogKeepEntries:        cfg.LogKeepEntries,

@@ -116,6 +116,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.IntVar(&cfg.Settings.RF, "rf", cfg.Settings.RF, "voters per data group (bootstrap only)")
 	f.DurationVar(&tokenTTL, "first-token-ttl", time.Hour, "with --bootstrap, print a join token valid this long (0: none)")
 	f.DurationVar(&cfg.TickInterval, "tick", 100*time.Millisecond, "Raft tick interval")
+	f.BoolVar(&cfg.ReadLease, "read-lease", false, "serve linearizable reads from the leader's lease, without a quorum round per batch of reads (assumes node clocks run at rates within 10% of each other; docs/architecture.md)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.MarkFlagRequired("dir")
 	return cmd

@@ -86,6 +86,13 @@ type Config struct {
 	// a later append to the same follower makes it redundant. Default 2ms;
 	// negative sends them at once.
 	CommitNoticeDelay time.Duration
+	// ReadLease lets a leader serve linearizable reads from a lease instead
+	// of confirming its leadership with a quorum round for each batch of
+	// reads (see leaseReads). The lease rests on one assumption the default
+	// does not need: that clocks on different nodes run at rates within 10%
+	// of each other (time is measured, never compared across nodes). Off by
+	// default.
+	ReadLease bool
 	// Logger receives the host's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the host's metrics. Default: not registered.

@@ -244,12 +244,18 @@ func (r *replica) process(w *workerState) error {
 	for i := 0; i < min(ticks, maxTicksPerProcess); i++ {
 		r.rn.Tick()
 	}
+	if r.ticksAlive < r.h.cfg.ElectionTicks {
+		r.ticksAlive += ticks
+	}
 	for i := range msgs {
 		m := &msgs[i]
 		if !m.local {
 			if _, known := r.applied.NodeOf(ids.ReplicaID(m.msg.From)); !known {
 				r.peers[ids.ReplicaID(m.msg.From)] = m.from
 			}
+		}
+		if r.holdVote(&m.msg) {
+			continue
 		}
 		// Errors here are messages Raft ignores (from removed peers, say).
 		_ = r.rn.Step(m.msg)

@@ -28,6 +28,7 @@ type Stats struct {
 	SnapshotsApplied       atomic.Uint64
 	LogTruncations         atomic.Uint64
 	ReadIndexBatches       atomic.Uint64
+	LeaseReads             atomic.Uint64 // reads served from a leader's lease, no quorum round
 	MalformedEntries       atomic.Uint64
 }
 
@@ -61,6 +62,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("snapshots_applied_total", "Snapshots installed.", &s.SnapshotsApplied),
 		counter("log_truncations_total", "Raft log truncations.", &s.LogTruncations),
 		counter("read_index_batches_total", "ReadIndex requests issued (each covers a batch of reads).", &s.ReadIndexBatches),
+		counter("lease_reads_total", "Linearizable reads served from the leader's lease without a quorum round (--read-lease).", &s.LeaseReads),
 		counter("malformed_entries_total", "Committed entries skipped because they failed to decode.", &s.MalformedEntries),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",

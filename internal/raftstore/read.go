@@ -1,12 +1,15 @@
 package raftstore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
@@ -33,6 +36,13 @@ func (rr *readRequest) finish(index uint64, err error) {
 type readBatch struct {
 	reads []*readRequest
 	age   int // ticks since issued
+	// For leases (Config.ReadLease): when and in which term and lease
+	// epoch the round was issued. A quorum that answers has heard from
+	// this leader at or after issued.
+	issued   time.Time
+	term     uint64
+	epoch    uint64
+	leasable bool // issued by a leader with no transfer pending
 }
 
 // Read answers query against vshard of group g linearizably: it observes
@@ -117,21 +127,104 @@ func (r *replica) issueReads(reads []*readRequest, ticks int) {
 			}
 		}
 	}
-	if len(reads) == 0 {
+	renew, leasable := false, false
+	if r.h.cfg.ReadLease {
+		reads, renew, leasable = r.leaseReads(reads)
+	}
+	if len(reads) == 0 && !renew {
 		return
 	}
 	id := r.h.nextRead.Add(1)
-	r.reads[id] = &readBatch{reads: reads}
+	r.reads[id] = &readBatch{reads: reads, issued: time.Now(), term: r.rn.BasicStatus().Term, epoch: r.leaseEpoch, leasable: leasable}
 	r.rn.ReadIndex(binary.BigEndian.AppendUint64(nil, id))
 	r.h.stats.ReadIndexBatches.Add(1)
 }
 
+// leaseReads serves reads from the leader's lease (Config.ReadLease): while
+// the lease holds, no other leader can exist, so the leader's commit index
+// is a valid read index without a quorum round. It returns the reads it
+// could not serve, and whether a round should be issued anyway to renew a
+// lease that is past half its life (so that a steady read load never waits
+// for a round), and whether a round issued now may renew the lease.
+// Caller holds r.mu.
+//
+// Why the lease holds: it is renewed only by a ReadIndex round, issued at
+// time t, that a quorum answered; each of those followers heard from this
+// leader at or after t, and with CheckQuorum a follower grants no vote for
+// an election timeout after hearing from its leader (a restarted replica,
+// which forgot its leader, refuses votes for one election timeout too: see
+// holdVote). Any new leader needs one of those votes, so none exists before
+// t + the election timeout; the lease ends well before that (leaseDuration).
+// Raft's own lease mode (ReadOnlyLeaseBased) is not used because its leader
+// can keep leading for up to two election timeouts after losing its quorum.
+// A leadership transfer elects the target without waiting for any lease,
+// so a leader with a transfer pending serves no lease read, and a lease
+// renewed by a round issued before a transfer began is never granted.
+func (r *replica) leaseReads(reads []*readRequest) (left []*readRequest, renew, leasable bool) {
+	st := r.rn.BasicStatus()
+	if st.LeadTransferee != 0 {
+		r.leaseEpoch++
+		r.leaseUntil = time.Time{}
+	}
+	leasable = st.RaftState == raft.StateLeader && st.LeadTransferee == 0
+	if !leasable || st.Term != r.leaseTerm {
+		return reads, false, leasable
+	}
+	left = reads
+	now := time.Now()
+	// The commit index is this term's only once the leader has applied an
+	// entry of its term (until then an older leader's entries may still be
+	// committed past it).
+	if now.Before(r.leaseUntil) && r.applied.Term == st.Term {
+		for _, rr := range reads {
+			rr.index = st.Commit
+			r.waiting = append(r.waiting, rr)
+		}
+		r.h.stats.LeaseReads.Add(uint64(len(reads)))
+		left = nil
+		r.releaseReads()
+	}
+	if r.leaseUntil.Sub(now) < r.h.leaseDuration()/2 {
+		renew = true
+		for _, b := range r.reads {
+			if b.term == st.Term && b.epoch == r.leaseEpoch {
+				renew = false // a round that can renew it is in flight
+				break
+			}
+		}
+	}
+	return left, renew, leasable
+}
+
+// leaseDuration is how long a leader's lease lasts from the issue of the
+// round that renewed it: nine tenths of one tick less than the election
+// timeout, leaving room for a follower's tick arriving right after it heard
+// from the leader and for clocks that run at slightly different rates.
+func (h *Host) leaseDuration() time.Duration {
+	return time.Duration(h.cfg.ElectionTicks-1) * h.cfg.TickInterval * 9 / 10
+}
+
+// holdVote reports whether m, a vote request, must be dropped: with leases
+// on, a replica that has not yet seen an election timeout since it started
+// may have forgotten a leader whose lease is still running. Votes for a
+// leadership transfer are let through (the leader asked for them).
+func (r *replica) holdVote(m *raftpb.Message) bool {
+	if !r.h.cfg.ReadLease || r.ticksAlive >= r.h.cfg.ElectionTicks {
+		return false
+	}
+	if m.Type != raftpb.MsgVote && m.Type != raftpb.MsgPreVote {
+		return false
+	}
+	return !bytes.Equal(m.Context, campaignTransfer)
+}
+
+// campaignTransfer is the context etcd raft puts on the votes of an
+// election that a leadership transfer started.
+var campaignTransfer = []byte("CampaignTransfer")
+
 // completeReads hands read indexes to waiting reads and releases those whose
 // index has been applied. Caller holds r.mu.
 func (r *replica) completeReads(readStates []raft.ReadState) {
-	// The durable applied index: reads go to the engine, so state applied
-	// into a batch that has not committed yet does not count.
-	applied := r.appliedIndex.Load()
 	for _, rs := range readStates {
 		if len(rs.RequestCtx) != 8 {
 			continue
@@ -146,7 +239,21 @@ func (r *replica) completeReads(readStates []raft.ReadState) {
 			rr.index = rs.Index
 			r.waiting = append(r.waiting, rr)
 		}
+		if r.h.cfg.ReadLease && b.leasable && b.epoch == r.leaseEpoch && b.term == r.rn.BasicStatus().Term {
+			if until := b.issued.Add(r.h.leaseDuration()); until.After(r.leaseUntil) {
+				r.leaseUntil, r.leaseTerm = until, b.term
+			}
+		}
 	}
+	r.releaseReads()
+}
+
+// releaseReads releases the waiting reads whose index has been applied.
+// Caller holds r.mu.
+func (r *replica) releaseReads() {
+	// The durable applied index: reads go to the engine, so state applied
+	// into a batch that has not committed yet does not count.
+	applied := r.appliedIndex.Load()
 	if len(r.waiting) == 0 {
 		return
 	}

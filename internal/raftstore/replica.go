@@ -3,6 +3,7 @@ package raftstore
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -53,16 +54,22 @@ type replica struct {
 	// heldConfChanges are configuration changes proposed to a leader that
 	// has not applied an entry of its term yet; see stepProposals.
 	heldConfChanges []*proposal
-	reads           map[uint64]*readBatch // ReadIndex requests in flight, by request ID
-	waiting         []*readRequest        // reads with a read index, waiting for apply
-	staged          *stagedSnapshot       // received snapshot not yet installed
-	clients         dedupCache            // exactly-once client records, see dedupCache
-	values          *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
-	coalesce        []raftpb.Message      // scratch of supersededCommitNotices
-	notices         []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
-	noticeDue       atomic.Bool           // the notices' delay has passed
-	destroyed       bool
-	removed         bool // applied a configuration without this replica
+
+	// Leader lease (Config.ReadLease), see leaseReads.
+	leaseUntil time.Time
+	leaseTerm  uint64
+	leaseEpoch uint64                // bumped when a leadership transfer is seen
+	ticksAlive int                   // ticks since the replica started, up to ElectionTicks
+	reads      map[uint64]*readBatch // ReadIndex requests in flight, by request ID
+	waiting    []*readRequest        // reads with a read index, waiting for apply
+	staged     *stagedSnapshot       // received snapshot not yet installed
+	clients    dedupCache            // exactly-once client records, see dedupCache
+	values     *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
+	coalesce   []raftpb.Message      // scratch of supersededCommitNotices
+	notices    []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
+	noticeDue  atomic.Bool           // the notices' delay has passed
+	destroyed  bool
+	removed    bool // applied a configuration without this replica
 
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult

@@ -79,8 +79,10 @@ type Config struct {
 	TickInterval   time.Duration
 	ElectionTicks  int
 	HeartbeatTicks int
-	CacheBytes     int64
-	MemTableBytes  uint64
+	// ReadLease: see cluster.Config.ReadLease.
+	ReadLease     bool
+	CacheBytes    int64
+	MemTableBytes uint64
 	// LogMaxEntries and LogKeepEntries bound every group's Raft log (see
 	// cluster.Config); zero keeps the defaults.
 	LogMaxEntries, LogKeepEntries uint64

@@ -225,6 +225,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		TickInterval:   s.cfg.TickInterval,
 		ElectionTicks:  s.cfg.ElectionTicks,
 		HeartbeatTicks: s.cfg.HeartbeatTicks,
+		ReadLease:      s.cfg.ReadLease,
 		CacheBytes:     s.cfg.CacheBytes,
 		MemTableBytes:  s.cfg.MemTableBytes,
 		LogMaxEntries:  s.cfg.LogMaxEntries,

@@ -42,6 +42,58 @@ func TestLinearizableUnderFaults(t *testing.T) {
 	}
 }
 
+// TestLinearizableWithReadLeases runs the workload and nemesis with leader
+// leases serving linearizable reads: an isolated leader's lease must run out
+// before another leader can be elected, a restarted node must not vote a
+// new leader in while an old lease may still run, and a leader that hands
+// its leadership over must stop serving from its lease first.
+func TestLinearizableWithReadLeases(t *testing.T) {
+	seeds := *linSeeds
+	if testing.Short() {
+		seeds = 1
+	}
+	for s := range seeds {
+		seed := int64(s + 1)
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed, ReadLease: true}, *linDuration)
+		})
+	}
+}
+
+// TestReadLeaseSkipsQuorumRounds: with leases on, a leader serves most
+// linearizable reads without a ReadIndex round.
+func TestReadLeaseSkipsQuorumRounds(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1, ReadLease: true})
+	ctx := testCtx(t, 30*time.Second)
+	g := ids.GroupID(1)
+	cl := c.NewClient(1)
+	if _, err := cl.Put(ctx, []byte("k"), []byte("v"), nil); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
+	vs, _ := c.Route([]byte("k"))
+	rounds0, lease0 := leader.Stats().ReadIndexBatches.Load(), leader.Stats().LeaseReads.Load()
+	const reads = 300
+	for range reads {
+		res, err := leader.Read(ctx, g, vs, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := kv.DecodeGetResponse(res); string(got.Value) != "v" {
+			t.Fatalf("read %q", got.Value)
+		}
+	}
+	rounds, lease := leader.Stats().ReadIndexBatches.Load()-rounds0, leader.Stats().LeaseReads.Load()-lease0
+	t.Logf("%d reads: %d from the lease, %d quorum rounds", reads, lease, rounds)
+	if lease < reads/2 || rounds > reads/4 {
+		t.Fatalf("%d reads: %d from the lease, %d quorum rounds", reads, lease, rounds)
+	}
+}
+
 // TestLinearizableOverQUIC runs the same workload and nemesis (without
 // memnet's lossy links) over real QUIC sockets with mutual TLS.
 func TestLinearizableOverQUIC(t *testing.T) {
@@ -184,7 +236,7 @@ func runNemesis(ctx context.Context, t *testing.T, c *Cluster, seed int64, stop 
 		if !sleep(time.Duration(100+rng.IntN(200)) * time.Millisecond) {
 			return
 		}
-		switch rng.IntN(4) {
+		switch rng.IntN(5) {
 		case 0: // isolate the leader of a random group
 			g := c.Groups()[rng.IntN(len(c.Groups()))].ID
 			if l := c.Leader(g); l != nil {
@@ -221,6 +273,27 @@ func runNemesis(ctx context.Context, t *testing.T, c *Cluster, seed int64, stop 
 			})
 			sleep(time.Duration(300+rng.IntN(500)) * time.Millisecond)
 			c.Net.ClearFaults()
+		case 4: // hand a random group's leadership to a random follower
+			g := c.Groups()[rng.IntN(len(c.Groups()))].ID
+			l := c.Leader(g)
+			if l == nil {
+				continue
+			}
+			st, err := l.Status(g)
+			if err != nil {
+				continue
+			}
+			var to []cluster.ReplicaID
+			for _, r := range st.Config.Replicas {
+				if r.Node != l.ID() {
+					to = append(to, r.Replica)
+				}
+			}
+			if len(to) > 0 {
+				tctx, cancel := context.WithTimeout(ctx, time.Second)
+				_ = l.TransferLeadership(tctx, g, to[rng.IntN(len(to))]) // may fail under faults
+				cancel()
+			}
 		}
 	}
 }
@@ -246,5 +319,96 @@ func TestKVModelRejectsStaleRead(t *testing.T) {
 	}
 	if porcupine.CheckOperations(KVModel, ops) {
 		t.Fatal("two writes with the same version were accepted")
+	}
+}
+
+// TestIsolatedLeaseHolderServesNoStaleRead isolates a leader that holds a
+// read lease and reads from it in a loop while the other two elect a new
+// leader and acknowledge a write: no read that starts after that write was
+// acknowledged may return the old value. A lease longer than the time
+// followers wait before electing a new leader fails this.
+func TestIsolatedLeaseHolderServesNoStaleRead(t *testing.T) {
+	for attempt := range 4 {
+		c := New(t, Options{Nodes: 3, Groups: 1, ReadLease: true, Seed: int64(attempt + 1)})
+		ctx := testCtx(t, 30*time.Second)
+		g := ids.GroupID(1)
+		key := []byte("k")
+		if _, err := c.NewClient(1).Put(ctx, key, []byte("old"), nil); err != nil {
+			t.Fatal(err)
+		}
+		old, err := c.WaitLeader(ctx, g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, _ := kv.EncodeGet(key, kv.DefaultLimits())
+		vs, _ := c.Route(key)
+		if _, err := old.Read(ctx, g, vs, q); err != nil { // holds a lease now
+			t.Fatal(err)
+		}
+		type read struct {
+			start time.Time
+			value string
+		}
+		var (
+			mu    sync.Mutex
+			reads []read
+			stop  = make(chan struct{})
+			wg    sync.WaitGroup
+		)
+		c.Isolate(old.ID())
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				rctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+				res, err := old.Read(rctx, g, vs, q)
+				cancel()
+				if err == nil {
+					got, _ := kv.DecodeGetResponse(res)
+					mu.Lock()
+					reads = append(reads, read{start, string(got.Value)})
+					mu.Unlock()
+				}
+			}
+		})
+		// The other two elect a leader and acknowledge a new value.
+		var acked time.Time
+		for acked.IsZero() {
+			for _, n := range c.Live() {
+				if n.ID() == old.ID() || !n.IsLeader(g) {
+					continue
+				}
+				cmd, _ := kv.EncodePut(key, []byte("new"), nil, kv.DefaultLimits())
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				if _, err := n.Propose(pctx, g, cluster.Proposal{VShard: vs, Payload: cmd}); err == nil {
+					acked = time.Now()
+				}
+				cancel()
+			}
+			if ctx.Err() != nil {
+				t.Fatal("no new leader acknowledged the write")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond) // reads on the old leader go on
+		close(stop)
+		wg.Wait()
+		c.Heal()
+		stale, served := 0, 0
+		for _, r := range reads {
+			served++
+			if r.start.After(acked) && r.value == "old" {
+				stale++
+			}
+		}
+		t.Logf("attempt %d: %d reads served by the isolated leader, %d stale", attempt, served, stale)
+		if stale > 0 {
+			t.Fatalf("the isolated leader served %d reads of the old value after the new value was acknowledged", stale)
+		}
+		c.Close()
 	}
 }
