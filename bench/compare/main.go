@@ -265,6 +265,7 @@ func main() {
 	flag.DurationVar(&o.mg.tick, "raft-tick", 100*time.Millisecond, "with --manygroups: Raft tick of both systems (dragonboat's RTTMillisecond; our default); election 10 ticks, heartbeat 1")
 	flag.BoolVar(&o.mg.dragonboatTLS, "dragonboat-tls", true, "with --manygroups: mutual TLS between dragonboat's NodeHosts (ours always uses mutual TLS between nodes)")
 	flag.IntVar(&o.mg.oursWorkers, "ours-workers", 0, "with --manygroups: Raft workers per node of ours (0: the cluster package's default, GOMAXPROCS)")
+	flag.Uint64Var(&o.mg.shards, "dragonboat-shards", 0, "with --manygroups: dragonboat's execution and LogDB shards per NodeHost (0: its default, 16; each LogDB shard syncs its own WAL)")
 	flag.Uint64Var(&o.mg.snapshotEntries, "dragonboat-snapshot-entries", 0, "with --manygroups: dragonboat's Config.SnapshotEntries (0: its default, no snapshots)")
 	flag.Parse()
 	if o.quick {

@@ -51,6 +51,10 @@ type groupOptions struct {
 	oursWorkers int
 	// snapshotEntries is dragonboat's Config.SnapshotEntries (0: never).
 	snapshotEntries uint64
+	// dragonboatShards, when non-zero, sets dragonboat's execution shards
+	// (step workers) and LogDB shards (Pebble instances, each with its own
+	// WAL) per NodeHost; its default is 16 of each.
+	dragonboatShards uint64
 }
 
 // shape is one many-group workload: groups and concurrent proposers.
@@ -109,6 +113,7 @@ type mgConditions struct {
 	HeartbeatTick int     `json:"heartbeat_ticks"`
 	OursWorkers   int     `json:"ours_workers"`
 	SnapshotEvery uint64  `json:"dragonboat_snapshot_entries"`
+	DBShards      uint64  `json:"dragonboat_shards,omitempty"`
 	ValueSize     int     `json:"value_size"`
 	CmdSize       int     `json:"cmd_size"`
 	Keys          int     `json:"keys"`
@@ -147,6 +152,7 @@ type mgOptions struct {
 	dragonboatTLS   bool
 	oursWorkers     int
 	snapshotEntries uint64
+	shards          uint64
 }
 
 // runManyGroups runs every shape on each system, one system at a time: each
@@ -222,6 +228,7 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 		HeartbeatTick: mgHeartbeatTicks,
 		OursWorkers:   m.oursWorkers,
 		SnapshotEvery: m.snapshotEntries,
+		DBShards:      m.shards,
 		ValueSize:     o.valueSize,
 		CmdSize:       len(cmds[0]),
 		Keys:          o.keys,
@@ -247,7 +254,7 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 				run++
 				dir := filepath.Join(root, fmt.Sprintf("run%d-%s", run, sys))
 				r, leaders, err := runShape(ctx, sys, sh, groupOptions{dir: dir, groups: sh.Groups, tick: m.tick,
-					certs: certs, oursWorkers: m.oursWorkers, snapshotEntries: m.snapshotEntries}, cmds, o)
+					certs: certs, oursWorkers: m.oursWorkers, snapshotEntries: m.snapshotEntries, dragonboatShards: m.shards}, cmds, o)
 				os.RemoveAll(dir)
 				if err != nil {
 					return nil, fmt.Errorf("%s %s: %w", sh.name(), sys, err)
@@ -428,8 +435,12 @@ func printMGReport(out io.Writer, rep *mgReport) {
 	fmt.Fprintf(out, "in this process, one system at a time: 3 nodes on 127.0.0.1, every group on all 3, leaderships spread round robin\n")
 	fmt.Fprintf(out, "  nodedb:     package cluster, %s, Pebble per node, fsync on, a state machine that sets the key in its Pebble batch, raft workers %s\n",
 		c.OursTLS, workersWord(c.OursWorkers))
-	fmt.Fprintf(out, "  dragonboat: 3 NodeHosts, %s, default sharded Pebble LogDB per NodeHost, fsync on, in-memory map state machine, snapshots %s\n",
-		c.DragonboatTLS, snapWord(c.SnapshotEvery))
+	shards := "default 16 execution shards and 16 LogDB shards (Pebble instances)"
+	if c.DBShards > 0 {
+		shards = fmt.Sprintf("%d execution shard(s) and %d LogDB shard(s) (Pebble instances), not the default 16", c.DBShards, c.DBShards)
+	}
+	fmt.Fprintf(out, "  dragonboat: 3 NodeHosts, %s, %s per NodeHost, fsync on, in-memory map state machine, snapshots %s\n",
+		c.DragonboatTLS, shards, snapWord(c.SnapshotEvery))
 	fmt.Fprintf(out, "Raft tick %gms (dragonboat RTTMillisecond), election %d ticks, heartbeat %d tick, CheckQuorum on\n",
 		c.TickMs, c.ElectionTicks, c.HeartbeatTick)
 	fmt.Fprintf(out, "%d-byte proposals (%d-byte value, key of %d keys), synchronous (SyncPropose / Node.Propose) on the leader, each proposer takes the groups in turn,\n",

@@ -164,6 +164,12 @@ func startDragonboat(ctx context.Context, o groupOptions) (_ groupSystem, err er
 			// Called on one goroutine per NodeHost, off the Raft path.
 			RaftEventListener: c.termsSeen,
 		}
+		if o.dragonboatShards > 0 {
+			nhc.Expert.Engine = config.GetDefaultEngineConfig()
+			nhc.Expert.Engine.ExecShards = o.dragonboatShards
+			nhc.Expert.LogDB = config.GetDefaultLogDBConfig()
+			nhc.Expert.LogDB.Shards = o.dragonboatShards
+		}
 		if o.certs != nil {
 			nhc.MutualTLS = true
 			nhc.CAFile, nhc.CertFile, nhc.KeyFile = o.certs.CA, o.certs.Cert, o.certs.Key
