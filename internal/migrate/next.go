@@ -212,7 +212,8 @@ func Next(m ReplicaMove, phase Phase, v GroupView) Step { return Config{}.Next(m
 //     else Replace. Once Raft shows the replace (past the point of no
 //     return): Wait while joint, then Record (which writes complete).
 //   - complete: Delete.
-//   - aborting: the first Compensation not done, then Delete. If Raft shows
+//   - aborting: the first Compensation not done (after a TransferLeader
+//     if the replica it removes leads), then Delete. If Raft shows
 //     the move past its point of no return (the abort lost the race with
 //     an in-flight promote), Advance to promote: only forward.
 //
@@ -253,9 +254,19 @@ func (c Config) Next(m ReplicaMove, phase Phase, v GroupView) Step {
 	}
 	if phase == PhaseAborting {
 		for _, comp := range Compensations(m, v) {
-			if !CompensationDone(comp, v) {
-				return Step{Kind: StepCompensate, Phase: phase, Move: m, Compensation: comp}
+			if CompensationDone(comp, v) {
+				continue
 			}
+			if comp.Kind != RestoreLeaderHint && v.LeaderNode == m.To {
+				// Never remove the leader (a leader unknown at the start
+				// has nothing to restore it to): move it off first.
+				t, ok := v.transferTarget(m.To, m.To)
+				if !ok {
+					return wait("the replica to remove leads and no other voter can take over")
+				}
+				return Step{Kind: StepTransferLeader, Phase: phase, Move: m, Replica: t.Replica, Node: t.Node}
+			}
+			return Step{Kind: StepCompensate, Phase: phase, Move: m, Compensation: comp}
 		}
 		return Step{Kind: StepDelete, Phase: phase, Move: m}
 	}

@@ -69,7 +69,3 @@ func ParsePhase(s string) (Phase, bool) {
 	}
 	return PhaseUnknown, false
 }
-
-// beforeComplete reports whether p is a forward phase before complete
-// (add_learner .. promote).
-func (p Phase) beforeComplete() bool { return p >= PhaseAddLearner && p <= PhasePromote }
