@@ -65,6 +65,9 @@ func NewReplicaMove(st *metapb.State, group, from, to uint64, now time.Time) (Re
 		LeaderAtStart:    g.GetLeaderHint(),
 		StartedUnixNanos: now.UnixNano(),
 	}
+	if m.LeaderAtStart == to { // a stale hint: to holds no replica
+		m.LeaderAtStart = 0
+	}
 	if err := m.Validate(); err != nil {
 		return ReplicaMove{}, err
 	}

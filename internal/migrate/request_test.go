@@ -111,3 +111,27 @@ func TestConflict(t *testing.T) {
 		t.Fatalf("a row with a bad checksum and a readable payload: %q %v", id, ok)
 	}
 }
+
+func TestRecordedViewAndNodeStates(t *testing.T) {
+	st := metaCluster(t)
+	st, res, _, err := meta.Apply(st, meta.NewAddReplica(1, 4, metapb.Role_ROLE_LEARNER), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := RecordedView(st, 1)
+	l := res.GetReplicaId()
+	if v.Group != 1 || v.LeaderHint != 1 || len(v.RecordedVoters) != 3 || len(v.RecordedLearners) != 1 ||
+		v.RecordedLearners[0] != (Member{Replica: l, Node: 4}) || v.LeaderNode != 0 || len(v.Voters) != 0 {
+		t.Fatalf("view %+v", v)
+	}
+	if v := RecordedView(st, 99); v.Group != 99 || len(v.RecordedVoters) != 0 {
+		t.Fatalf("view of no group %+v", v)
+	}
+	ns := NodeStatesOf(st, func(n uint64) bool { return n == 3 })
+	if len(ns) != 5 || ns[5].State != metapb.NodeState_NODE_STATE_DRAINING || !ns[3].Gone || ns[2].Gone {
+		t.Fatalf("node states %+v", ns)
+	}
+	if ns := NodeStatesOf(st, nil); ns[3].Gone {
+		t.Fatalf("node states %+v", ns)
+	}
+}
