@@ -30,16 +30,7 @@ var (
 // makes links lossy, then checks the history with porcupine and checks that
 // every group's replicas converge.
 func TestLinearizableUnderFaults(t *testing.T) {
-	seeds := *linSeeds
-	if testing.Short() {
-		seeds = 1
-	}
-	for s := range seeds {
-		seed := int64(s + 1)
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed}, *linDuration)
-		})
-	}
+	runSeeds(t, *linSeeds, Options{Nodes: 3, Groups: 4})
 }
 
 // TestLinearizableWithReadLeases runs the workload and nemesis with leader
@@ -48,16 +39,7 @@ func TestLinearizableUnderFaults(t *testing.T) {
 // new leader in while an old lease may still run, and a leader that hands
 // its leadership over must stop serving from its lease first.
 func TestLinearizableWithReadLeases(t *testing.T) {
-	seeds := *linSeeds
-	if testing.Short() {
-		seeds = 1
-	}
-	for s := range seeds {
-		seed := int64(s + 1)
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed, ReadLease: true}, *linDuration)
-		})
-	}
+	runSeeds(t, *linSeeds, Options{Nodes: 3, Groups: 4, ReadLease: true})
 }
 
 // TestReadLeaseSkipsQuorumRounds: with leases on, a leader serves most
@@ -97,14 +79,20 @@ func TestReadLeaseSkipsQuorumRounds(t *testing.T) {
 // TestLinearizableOverQUIC runs the same workload and nemesis (without
 // memnet's lossy links) over real QUIC sockets with mutual TLS.
 func TestLinearizableOverQUIC(t *testing.T) {
-	seeds := *linQUICSeeds
+	runSeeds(t, *linQUICSeeds, Options{Nodes: 3, Groups: 4, QUIC: true})
+}
+
+// runSeeds runs the linearizability check for seeds 1..n (1 with -short)
+// with opts.
+func runSeeds(t *testing.T, n int, opts Options) {
 	if testing.Short() {
-		seeds = 1
+		n = 1
 	}
-	for s := range seeds {
-		seed := int64(s + 1)
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			runLinearizability(t, Options{Nodes: 3, Groups: 4, Seed: seed, QUIC: true}, *linDuration)
+	for s := range n {
+		o := opts
+		o.Seed = int64(s + 1)
+		t.Run(fmt.Sprintf("seed=%d", o.Seed), func(t *testing.T) {
+			runLinearizability(t, o, *linDuration)
 		})
 	}
 }
