@@ -26,8 +26,8 @@ var (
 
 // TestLinearizableUnderFaults runs concurrent clients doing puts, gets,
 // compare-and-sets and deletes on a 3-node cluster with several groups while
-// a nemesis isolates leaders, partitions nodes, restarts nodes from disk and
-// makes links lossy, then checks the history with porcupine and checks that
+// a nemesis isolates leaders, partitions nodes, restarts nodes from disk,
+// hands leaderships over and makes links lossy, then checks the history with porcupine and checks that
 // every group's replicas converge.
 func TestLinearizableUnderFaults(t *testing.T) {
 	runSeeds(t, *linSeeds, Options{Nodes: 3, Groups: 4})
