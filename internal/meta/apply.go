@@ -106,9 +106,9 @@ func (a *applier) apply(e *metapb.Entry) error {
 	case *metapb.Entry_DeleteGhost:
 		return a.deleteGhost(k.DeleteGhost)
 	case *metapb.Entry_PutCheckpoint:
-		return a.putCheckpoint(k.PutCheckpoint.GetCheckpoint())
+		return a.putCheckpoint(k.PutCheckpoint)
 	case *metapb.Entry_DeleteCheckpoint:
-		return a.deleteCheckpoint(k.DeleteCheckpoint.GetId())
+		return a.deleteCheckpoint(k.DeleteCheckpoint)
 	case *metapb.Entry_Batch:
 		for i, c := range k.Batch.GetEntries() {
 			if err := a.apply(c); err != nil {

@@ -11,7 +11,8 @@ import (
 // and are never reused, so a message for an earlier replica on the same
 // node can never reach this one. The Raft configuration change that makes
 // the learner real follows the record; the record comes first so that every
-// node knows where the replica lives before it exists.
+// node knows where the replica lives before it exists. A group held by a
+// migration takes only that migration's additions (checkFence).
 func (a *applier) addReplica(x *metapb.AddReplica) error {
 	gid, node := x.GetGroup(), x.GetNode()
 	g := a.st.Groups[gid]
@@ -35,6 +36,9 @@ func (a *applier) addReplica(x *metapb.AddReplica) error {
 	if id == ^uint64(0) {
 		return errorf(metapb.Code_CODE_INVALID_STATE, "add replica to group %d: replica ids exhausted", gid)
 	}
+	if err := a.checkFence("add replica", gid, x.GetMigrationId()); err != nil {
+		return err
+	}
 	g.NextReplicaId = id + 1
 	g.Replicas = append(g.Replicas, &metapb.Replica{Id: id, Node: node, Role: metapb.Role_ROLE_LEARNER})
 	a.res.ReplicaId = id
@@ -43,6 +47,7 @@ func (a *applier) addReplica(x *metapb.AddReplica) error {
 }
 
 // promoteReplica makes a learner a voter. Promoting a voter is a no-op.
+// A group held by a migration takes only that migration's promotions.
 func (a *applier) promoteReplica(x *metapb.PromoteReplica) error {
 	gid, rid := x.GetGroup(), x.GetReplica()
 	g := a.st.Groups[gid]
@@ -56,6 +61,9 @@ func (a *applier) promoteReplica(x *metapb.PromoteReplica) error {
 	if r.GetRole() == metapb.Role_ROLE_VOTER {
 		return nil
 	}
+	if err := a.checkFence("promote replica", gid, x.GetMigrationId()); err != nil {
+		return err
+	}
 	r.Role = metapb.Role_ROLE_VOTER
 	a.emit(ReplicaPromoted{Group: gid, Replica: rid, Node: r.GetNode()})
 	return nil
@@ -64,7 +72,8 @@ func (a *applier) promoteReplica(x *metapb.PromoteReplica) error {
 // removeReplica drops a replica from a group; removing an absent one is a
 // no-op (the removal already happened). The last voter cannot be removed:
 // the group would have no quorum, ever, and Raft refuses it too. A leader
-// hint naming the replica's node is cleared.
+// hint naming the replica's node is cleared. A group held by a migration
+// takes only that migration's removals.
 func (a *applier) removeReplica(x *metapb.RemoveReplica) error {
 	gid, rid := x.GetGroup(), x.GetReplica()
 	g := a.st.Groups[gid]
@@ -77,6 +86,9 @@ func (a *applier) removeReplica(x *metapb.RemoveReplica) error {
 	}
 	if r.GetRole() == metapb.Role_ROLE_VOTER && len(Voters(a.st, gid)) == 1 {
 		return errorf(metapb.Code_CODE_LAST_VOTER, "remove replica: replica %d is the last voter of group %d", rid, gid)
+	}
+	if err := a.checkFence("remove replica", gid, x.GetMigrationId()); err != nil {
+		return err
 	}
 	g.Replicas = slices.DeleteFunc(g.Replicas, func(o *metapb.Replica) bool { return o == r })
 	if g.GetLeaderHint() == r.GetNode() {
@@ -103,5 +115,32 @@ func (a *applier) setLeaderHint(x *metapb.SetLeaderHint) error {
 	}
 	g.LeaderHint = node
 	a.emit(LeaderHintChanged{Group: gid, Node: node})
+	return nil
+}
+
+// checkFence enforces one migration per group at the single source of
+// truth. It runs just before a membership entry changes group gid (entries
+// that change nothing are no-ops and pass, so a retried record still
+// succeeds after its migration ended):
+//
+//   - an entry that names migration mid must be that migration's, and mid's
+//     row must be sound and hold gid: CHECKPOINT_CONFLICT otherwise (a
+//     coordinator acting for a migration that ended, was quarantined or
+//     never held the group);
+//   - an entry that names none is refused with CONFLICT while a sound row
+//     holds gid: placement and repair wait until the migration ends (or is
+//     aborted: the abort's compensations carry the migration's id, so a
+//     move whose target died still unwinds and releases the group).
+func (a *applier) checkFence(what string, gid uint64, mid string) error {
+	if mid != "" {
+		c := a.st.Migrations[mid]
+		if c == nil || c.GetFenceGroup() != gid || VerifyCheckpoint(mid, c) != nil {
+			return errorf(metapb.Code_CODE_CHECKPOINT_CONFLICT, "%s in group %d for migration %q: that migration does not hold the group (its row is gone, quarantined or holds no group %d)", what, gid, mid, gid)
+		}
+		return nil
+	}
+	if owner, ok := GroupFence(a.st, gid); ok {
+		return errorf(metapb.Code_CODE_CONFLICT, "%s in group %d: the group is held by migration %q until it ends", what, gid, owner)
+	}
 	return nil
 }

@@ -428,14 +428,42 @@ func TestApplyCheckpoints(t *testing.T) {
 		vmove = metapb.MigrationKind_MIGRATION_KIND_VSHARD_MOVE
 		rmove = metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE
 	)
+	row := func(phase string, attempt uint32, payload string) *metapb.Checkpoint {
+		return NewCheckpoint("m1", vmove, phase, attempt, []byte(payload))
+	}
 	cp := func(phase string, attempt uint32, payload string) *metapb.Entry {
-		return NewPutCheckpoint(NewCheckpoint("m1", vmove, phase, attempt, []byte(payload)))
+		return NewPutCheckpoint(row(phase, attempt, payload))
+	}
+	cpIf := func(phase string, attempt uint32, payload string, want *metapb.CheckpointExpectation) *metapb.Entry {
+		return NewPutCheckpointIf(row(phase, attempt, payload), want)
 	}
 	corrupt := NewCheckpoint("m1", vmove, "copy", 1, []byte("p"))
 	corrupt.Crc32C ^= 1
 	tampered := NewCheckpoint("m1", vmove, "copy", 1, []byte("p"))
 	tampered.Payload = []byte("q")
 	stored := with(cp("copy", 2, "p"))
+	advanced := with(cp("copy", 2, "p"), cpIf("catchup", 2, "p", ExpectRow("copy", 2)))
+	// A row whose checksum broke in storage: quarantined, kept.
+	quarantined := func(t *testing.T) *metapb.State {
+		st := stored(t)
+		st.Migrations["m1"].Payload = []byte("rot")
+		return st
+	}
+	rowIs := func(phase string, attempt uint32, payload string, ts int64) func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+		return func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+			t.Helper()
+			c := st.GetMigrations()["m1"]
+			if c.GetPhase() != phase || c.GetAttempt() != attempt || string(c.GetPayload()) != payload || c.GetTimestampUnixNanos() != ts || VerifyCheckpoint("m1", c) != nil {
+				t.Fatalf("row %v, want %s/%d %q at %d", c, phase, attempt, payload, ts)
+			}
+		}
+	}
+	gone := func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+		t.Helper()
+		if len(st.GetMigrations()) != 0 {
+			t.Fatal("row left")
+		}
+	}
 	runCases(t, []applyCase{
 		{name: "put", e: cp("copy", 1, "p"), now: t0 + 5, check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, eff []Effect) {
 			c := st.GetMigrations()["m1"]
@@ -446,7 +474,15 @@ func TestApplyCheckpoints(t *testing.T) {
 				t.Fatalf("effects %v", eff)
 			}
 		}},
-		{name: "same phase and attempt", start: stored, e: cp("copy", 2, "other payload"), check: noop},
+		// Replays and payload updates within a phase.
+		{name: "same row again", start: stored, e: cp("copy", 2, "p"), now: t0 + 9, check: noop},
+		{name: "same phase and attempt, new payload (last error)", start: stored, e: cp("copy", 2, "p; last error: timeout"), now: t0 + 9, check: func(t *testing.T, prev, st *metapb.State, res *metapb.Result, eff []Effect) {
+			rowIs("copy", 2, "p; last error: timeout", t0+9)(t, prev, st, res, eff)
+			if len(eff) != 1 || eff[0] != (CheckpointChanged{ID: "m1", Phase: "copy", Attempt: 2}) {
+				t.Fatalf("effects %v", eff)
+			}
+		}},
+		{name: "same phase and attempt, new payload, conditional", start: stored, e: cpIf("copy", 2, "q", ExpectRow("copy", 2)), now: t0 + 9, check: rowIs("copy", 2, "q", t0+9)},
 		{name: "next phase", start: stored, e: cp("catchup", 2, ""), check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
 			if st.GetMigrations()["m1"].GetPhase() != "catchup" {
 				t.Fatal("phase not recorded")
@@ -455,20 +491,133 @@ func TestApplyCheckpoints(t *testing.T) {
 		{name: "next attempt", start: stored, e: cp("copy", 3, "p")},
 		{name: "older attempt", start: stored, e: cp("cutover", 1, "p"), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
 		{name: "other kind", start: stored, e: NewPutCheckpoint(NewCheckpoint("m1", rmove, "copy", 2, nil)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "other kind, same phase, attempt and payload", start: stored, e: NewPutCheckpoint(NewCheckpoint("m1", rmove, "copy", 2, []byte("p"))), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		// Conditional writes.
+		{name: "expect absent: first write", e: cpIf("copy", 1, "p", ExpectAbsent()), check: rowIs("copy", 1, "p", t0)},
+		{name: "expect absent: a row is stored", start: stored, e: cpIf("copy", 1, "p", ExpectAbsent()), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect absent: the same row is stored (retried first write)", start: stored, e: cpIf("copy", 2, "p", ExpectAbsent()), check: noop},
+		{name: "expect row: matches", start: stored, e: cpIf("catchup", 2, "p", ExpectRow("copy", 2)), check: rowIs("catchup", 2, "p", t0)},
+		{name: "expect row: another phase", start: stored, e: cpIf("cutover", 2, "p", ExpectRow("catchup", 2)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect row: another attempt", start: stored, e: cpIf("catchup", 2, "p", ExpectRow("copy", 1)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect row: none stored", e: cpIf("catchup", 2, "p", ExpectRow("copy", 2)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect row: retried advance is a no-op", start: advanced, e: cpIf("catchup", 2, "p", ExpectRow("copy", 2)), check: noop},
+		{name: "expect row: a second coordinator advancing from the same read", start: advanced, e: cpIf("cutover", 2, "p", ExpectRow("copy", 2)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect row: backwards from a stale read", start: advanced, e: cpIf("copy", 2, "p; retry", ExpectRow("copy", 2)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "expect row: new attempt", start: stored, e: cpIf("copy", 3, "p", ExpectRow("copy", 2)), check: rowIs("copy", 3, "p", t0)},
+		{name: "expect absent and a phase", e: cpIf("copy", 1, "p", &metapb.CheckpointExpectation{Absent: true, Phase: "copy"}), code: metapb.Code_CODE_INVALID_ARGUMENT},
+		{name: "expect a row without a phase", start: stored, e: cpIf("copy", 2, "q", ExpectRow("", 2)), code: metapb.Code_CODE_INVALID_ARGUMENT},
+		{name: "expect a phase too long", start: stored, e: cpIf("copy", 2, "q", ExpectRow(strings.Repeat("x", MaxStringBytes+1), 2)), code: metapb.Code_CODE_INVALID_ARGUMENT},
+		// Refusals of the row itself.
 		{name: "corrupted crc", e: NewPutCheckpoint(corrupt), code: metapb.Code_CODE_BAD_CHECKSUM},
 		{name: "tampered payload", start: stored, e: NewPutCheckpoint(tampered), code: metapb.Code_CODE_BAD_CHECKSUM},
 		{name: "no row", e: NewPutCheckpoint(nil), code: metapb.Code_CODE_INVALID_ARGUMENT},
 		{name: "no kind", e: NewPutCheckpoint(NewCheckpoint("m1", metapb.MigrationKind_MIGRATION_KIND_UNSPECIFIED, "copy", 1, nil)), code: metapb.Code_CODE_INVALID_ARGUMENT},
 		{name: "no phase", e: NewPutCheckpoint(NewCheckpoint("m1", vmove, "", 1, nil)), code: metapb.Code_CODE_INVALID_ARGUMENT},
 		{name: "no id", e: NewPutCheckpoint(NewCheckpoint("", vmove, "copy", 1, nil)), code: metapb.Code_CODE_INVALID_ARGUMENT},
-		{name: "delete", start: stored, e: NewDeleteCheckpoint("m1"), check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
-			if len(st.GetMigrations()) != 0 {
-				t.Fatal("row left")
-			}
-		}},
+		// Deletion.
+		{name: "delete", start: stored, e: NewDeleteCheckpoint("m1"), check: gone},
 		{name: "delete absent", e: NewDeleteCheckpoint("m1"), check: noop},
 		{name: "delete without id", e: NewDeleteCheckpoint(""), code: metapb.Code_CODE_INVALID_ARGUMENT},
+		{name: "delete expecting the row", start: stored, e: NewDeleteCheckpointIf("m1", ExpectRow("copy", 2)), check: gone},
+		{name: "delete expecting the attempt, any phase", start: advanced, e: NewDeleteCheckpointIf("m1", ExpectRow("", 2)), check: gone},
+		{name: "delete expecting another attempt", start: stored, e: NewDeleteCheckpointIf("m1", ExpectRow("", 1)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "delete expecting another phase", start: advanced, e: NewDeleteCheckpointIf("m1", ExpectRow("copy", 2)), code: metapb.Code_CODE_CHECKPOINT_CONFLICT},
+		{name: "delete expecting a row, none stored (retried delete)", e: NewDeleteCheckpointIf("m1", ExpectRow("copy", 2)), check: noop},
+		{name: "delete expecting absent", start: stored, e: NewDeleteCheckpointIf("m1", ExpectAbsent()), code: metapb.Code_CODE_INVALID_ARGUMENT},
+		// A quarantined row: kept, never overwritten, cleared only
+		// unconditionally; the rest of the state works.
+		{name: "quarantined: other entries apply", start: quarantined, e: NewActivateNode(4), check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+			if q := QuarantinedCheckpoints(st); len(q) != 1 || q[0] != "m1" {
+				t.Fatalf("quarantined %v", q)
+			}
+		}},
+		{name: "quarantined: put over it", start: quarantined, e: cp("copy", 3, "p"), code: metapb.Code_CODE_BAD_CHECKSUM},
+		{name: "quarantined: put of what it once was", start: quarantined, e: cp("copy", 2, "p"), code: metapb.Code_CODE_BAD_CHECKSUM},
+		{name: "quarantined: conditional delete", start: quarantined, e: NewDeleteCheckpointIf("m1", ExpectRow("copy", 2)), code: metapb.Code_CODE_BAD_CHECKSUM},
+		{name: "quarantined: unconditional delete", start: quarantined, e: NewDeleteCheckpoint("m1"), check: gone},
 	})
+}
+
+// A group held by a migration (a sound row with fence_group) takes
+// membership changes only from that migration; everything else is
+// refused with CONFLICT, and a migration that does not hold the group with
+// CHECKPOINT_CONFLICT.
+func TestApplyFence(t *testing.T) {
+	const rmove = metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE
+	learner := metapb.Role_ROLE_LEARNER
+	mv := func(id, phase string, fence uint64) *metapb.Checkpoint {
+		return NewFencingCheckpoint(id, rmove, phase, 1, []byte(id), fence)
+	}
+	// Group 1: voter 1 (node 1), learner 2 (node 2) added by the move
+	// "mv", which holds the group.
+	held := with(NewPutCheckpointIf(mv("mv", "add_learner", 1), ExpectAbsent()), WithMigration("mv", NewAddReplica(1, 2, learner)))
+	heldCorrupt := func(t *testing.T) *metapb.State {
+		st := held(t)
+		st.Migrations["mv"].Crc32C ^= 1
+		return st
+	}
+	released := with(NewPutCheckpointIf(mv("mv", "add_learner", 1), ExpectAbsent()), WithMigration("mv", NewAddReplica(1, 2, learner)),
+		NewPutCheckpoint(mv("mv", "complete", 0)))
+	deleted := with(NewPutCheckpoint(mv("mv", "add_learner", 1)), NewDeleteCheckpoint("mv"))
+	conflict, stale := metapb.Code_CODE_CONFLICT, metapb.Code_CODE_CHECKPOINT_CONFLICT
+	runCases(t, []applyCase{
+		{name: "row holds its group", e: NewPutCheckpoint(mv("mv", "add_learner", 1)), check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+			if id, ok := GroupFence(st, 1); !ok || id != "mv" || st.GetMigrations()["mv"].GetFenceGroup() != 1 {
+				t.Fatalf("fence %q %v", id, ok)
+			}
+			if _, ok := GroupFence(st, 2); ok {
+				t.Fatal("group 2 held")
+			}
+		}},
+		{name: "row holds an unknown group", e: NewPutCheckpoint(mv("mv", "add_learner", 99)), code: metapb.Code_CODE_UNKNOWN_GROUP},
+		{name: "second row for a held group", start: held, e: NewPutCheckpointIf(mv("mv2", "add_learner", 1), ExpectAbsent()), code: conflict},
+		{name: "second row for another group", start: held, e: NewPutCheckpointIf(mv("mv2", "add_learner", 2), ExpectAbsent())},
+		{name: "second row once the first released the group", start: released, e: NewPutCheckpointIf(mv("mv2", "add_learner", 1), ExpectAbsent())},
+		{name: "second row over a quarantined holder", start: heldCorrupt, e: NewPutCheckpointIf(mv("mv2", "add_learner", 1), ExpectAbsent())},
+		{name: "fence not covered by the checksum is refused", e: NewPutCheckpoint(func() *metapb.Checkpoint {
+			c := mv("mv", "add_learner", 0)
+			c.FenceGroup = 1
+			return c
+		}()), code: metapb.Code_CODE_BAD_CHECKSUM},
+
+		{name: "placement adds to a held group", start: held, e: NewAddReplica(1, 3, learner), code: conflict},
+		{name: "placement adds to another group", start: held, e: NewAddReplica(2, 3, learner)},
+		{name: "the move adds", start: held, e: WithMigration("mv", NewAddReplica(1, 3, learner))},
+		{name: "another migration adds", start: held, e: WithMigration("other", NewAddReplica(1, 3, learner)), code: stale},
+		{name: "the move adds to a group it does not hold", start: held, e: WithMigration("mv", NewAddReplica(2, 3, learner)), code: stale},
+		{name: "placement promotes in a held group", start: held, e: NewPromoteReplica(1, 2), code: conflict},
+		{name: "the move promotes", start: held, e: WithMigration("mv", NewPromoteReplica(1, 2))},
+		{name: "placement promotes a voter (no-op)", start: held, e: NewPromoteReplica(1, 1), check: noop},
+		{name: "placement removes in a held group", start: held, e: NewRemoveReplica(1, 2), code: conflict},
+		{name: "the move removes", start: held, e: WithMigration("mv", NewRemoveReplica(1, 2))},
+		{name: "placement removes an absent replica (no-op)", start: held, e: NewRemoveReplica(1, 9), check: noop},
+		{name: "placement replaces (batch) in a held group", start: held, e: NewBatch(NewPromoteReplica(1, 2), NewRemoveReplica(1, 1)), code: conflict},
+		{name: "leader hints are not held", start: held, e: NewSetLeaderHint(1, 2)},
+		{name: "the move records and releases the group in one batch", start: held,
+			e: WithMigration("mv", NewBatch(NewPromoteReplica(1, 2), NewRemoveReplica(1, 1), NewPutCheckpointIf(mv("mv", "complete", 0), ExpectRow("add_learner", 1)))),
+			check: func(t *testing.T, _, st *metapb.State, _ *metapb.Result, _ []Effect) {
+				if _, ok := GroupFence(st, 1); ok || ReplicaOnNode(st.GetGroups()[1], 1) != nil || len(Voters(st, 1)) != 1 {
+					t.Fatalf("group %v", st.GetGroups()[1])
+				}
+			}},
+		{name: "released: placement adds", start: released, e: NewAddReplica(1, 3, learner)},
+		{name: "released: the move's retried record is a no-op", start: released, e: WithMigration("mv", NewRemoveReplica(1, 9)), check: noop},
+		{name: "released: the move changes the group", start: released, e: WithMigration("mv", NewRemoveReplica(1, 2)), code: stale},
+		{name: "deleted: the move adds", start: deleted, e: WithMigration("mv", NewAddReplica(1, 3, learner)), code: stale},
+		{name: "deleted: placement adds", start: deleted, e: NewAddReplica(1, 3, learner)},
+		{name: "quarantined holder: placement adds", start: heldCorrupt, e: NewAddReplica(1, 3, learner)},
+		{name: "quarantined holder: the move adds", start: heldCorrupt, e: WithMigration("mv", NewAddReplica(1, 3, learner)), code: stale},
+		{name: "migration id too long", start: held, e: WithMigration(strings.Repeat("m", MaxStringBytes+1), NewAddReplica(1, 3, learner)), code: metapb.Code_CODE_INVALID_ARGUMENT},
+	})
+	// The refusal names the migration that holds the group.
+	_, res, _, _ := Apply(held(t), NewAddReplica(1, 3, learner), t0)
+	if !strings.Contains(res.GetMessage(), `"mv"`) {
+		t.Fatalf("message %q", res.GetMessage())
+	}
+	// WithMigration leaves other kinds alone.
+	if e := WithMigration("mv", NewSetLeaderHint(1, 1)); e.GetSetLeaderHint().GetNode() != 1 {
+		t.Fatalf("entry %v", e)
+	}
 }
 
 func TestApplyBatch(t *testing.T) {

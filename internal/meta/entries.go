@@ -88,15 +88,67 @@ func NewDeleteGhost(vshard uint32) *metapb.Entry {
 	return entry(&metapb.Entry{Kind: &metapb.Entry_DeleteGhost{DeleteGhost: &metapb.DeleteGhost{Vshard: vshard}}})
 }
 
-// NewPutCheckpoint writes a migration row; build it with NewCheckpoint so
-// its checksum is right.
+// NewPutCheckpoint writes a migration row unconditionally; build it with
+// NewCheckpoint (or NewFencingCheckpoint) so its checksum is right.
 func NewPutCheckpoint(c *metapb.Checkpoint) *metapb.Entry {
-	return entry(&metapb.Entry{Kind: &metapb.Entry_PutCheckpoint{PutCheckpoint: &metapb.PutCheckpoint{Checkpoint: c}}})
+	return NewPutCheckpointIf(c, nil)
 }
 
-// NewDeleteCheckpoint removes a migration row.
+// NewPutCheckpointIf writes a migration row if the stored row is as want
+// says (ExpectAbsent, ExpectRow; nil: unconditionally).
+func NewPutCheckpointIf(c *metapb.Checkpoint, want *metapb.CheckpointExpectation) *metapb.Entry {
+	return entry(&metapb.Entry{Kind: &metapb.Entry_PutCheckpoint{PutCheckpoint: &metapb.PutCheckpoint{Checkpoint: c, Expect: want}}})
+}
+
+// NewDeleteCheckpoint removes a migration row unconditionally (an
+// operator clearing a quarantined row).
 func NewDeleteCheckpoint(id string) *metapb.Entry {
-	return entry(&metapb.Entry{Kind: &metapb.Entry_DeleteCheckpoint{DeleteCheckpoint: &metapb.DeleteCheckpoint{Id: id}}})
+	return NewDeleteCheckpointIf(id, nil)
+}
+
+// NewDeleteCheckpointIf removes a migration row if the stored row is as
+// want says (ExpectRow; an empty phase matches any; nil: unconditionally).
+func NewDeleteCheckpointIf(id string, want *metapb.CheckpointExpectation) *metapb.Entry {
+	return entry(&metapb.Entry{Kind: &metapb.Entry_DeleteCheckpoint{DeleteCheckpoint: &metapb.DeleteCheckpoint{Id: id, Expect: want}}})
+}
+
+// ExpectAbsent is the expectation of a row's first write: no row is stored
+// under its id.
+func ExpectAbsent() *metapb.CheckpointExpectation {
+	return &metapb.CheckpointExpectation{Absent: true}
+}
+
+// ExpectRow is the expectation that the stored row is at phase and attempt
+// (what the writer read before deciding).
+func ExpectRow(phase string, attempt uint32) *metapb.CheckpointExpectation {
+	return &metapb.CheckpointExpectation{Phase: phase, Attempt: attempt}
+}
+
+// WithMigration marks a membership entry (AddReplica, PromoteReplica,
+// RemoveReplica, and those kinds among a Batch's members) as part of
+// migration id, which lets it through that migration's fence on the group
+// (Checkpoint.fence_group). Other kinds are left as they are. It modifies
+// e and returns it.
+func WithMigration(id string, e *metapb.Entry) *metapb.Entry {
+	switch k := e.GetKind().(type) {
+	case *metapb.Entry_AddReplica:
+		if k.AddReplica != nil {
+			k.AddReplica.MigrationId = id
+		}
+	case *metapb.Entry_PromoteReplica:
+		if k.PromoteReplica != nil {
+			k.PromoteReplica.MigrationId = id
+		}
+	case *metapb.Entry_RemoveReplica:
+		if k.RemoveReplica != nil {
+			k.RemoveReplica.MigrationId = id
+		}
+	case *metapb.Entry_Batch:
+		for _, c := range k.Batch.GetEntries() {
+			WithMigration(id, c)
+		}
+	}
+	return e
 }
 
 // NewBatch applies entries in order, all or nothing.

@@ -58,6 +58,7 @@ var (
 	ErrBadChecksum        = sentinel(metapb.Code_CODE_BAD_CHECKSUM, "bad checksum")
 	ErrCheckpointConflict = sentinel(metapb.Code_CODE_CHECKPOINT_CONFLICT, "checkpoint conflict")
 	ErrNestedBatch        = sentinel(metapb.Code_CODE_NESTED_BATCH, "nested batch")
+	ErrConflict           = sentinel(metapb.Code_CODE_CONFLICT, "group held by a migration")
 )
 
 func sentinel(c metapb.Code, msg string) *Error { return &Error{Code: c, Msg: msg} }

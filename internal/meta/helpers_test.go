@@ -125,6 +125,7 @@ var sentinels = map[metapb.Code]error{
 	metapb.Code_CODE_BAD_CHECKSUM:        ErrBadChecksum,
 	metapb.Code_CODE_CHECKPOINT_CONFLICT: ErrCheckpointConflict,
 	metapb.Code_CODE_NESTED_BATCH:        ErrNestedBatch,
+	metapb.Code_CODE_CONFLICT:            ErrConflict,
 }
 
 // encoded returns st's deterministic encoding, failing the test if it does

@@ -152,3 +152,52 @@ func HashKey(publicKeyDER []byte) []byte {
 	h := sha256.Sum256(publicKeyDER)
 	return h[:]
 }
+
+// VerifyCheckpoint reports whether the migration row stored under key is
+// sound: its id is key, its fields are valid and its checksum matches. A
+// row that is not is quarantined: it stays in the state (one corrupt row
+// does not make the state unloadable), `migrations` reports it, nothing
+// acts on it, it holds no group, and only an unconditional
+// DeleteCheckpoint removes it. The error is an *Error coded BAD_CHECKSUM
+// (checksum mismatch), INVALID_STATE (key and id disagree, no row) or
+// INVALID_ARGUMENT (a field out of range under a matching checksum).
+func VerifyCheckpoint(key string, c *metapb.Checkpoint) error {
+	switch {
+	case c == nil:
+		return errorf(metapb.Code_CODE_INVALID_STATE, "migration %q: no row", clip(key, MaxStringBytes))
+	case c.GetId() != key:
+		return errorf(metapb.Code_CODE_INVALID_STATE, "migration %q: stored under another key (%q)", clip(c.GetId(), MaxStringBytes), clip(key, MaxStringBytes))
+	}
+	return validateCheckpoint("migration", c)
+}
+
+// QuarantinedCheckpoints returns the ids (map keys) of st's migration rows
+// that VerifyCheckpoint refuses, ascending.
+func QuarantinedCheckpoints(st *metapb.State) []string {
+	var out []string
+	for _, id := range slices.Sorted(maps.Keys(st.GetMigrations())) {
+		if VerifyCheckpoint(id, st.GetMigrations()[id]) != nil {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// GroupFence returns the id of the sound migration row that holds group g
+// (Checkpoint.fence_group == g), if any. While one does, AddReplica,
+// PromoteReplica and RemoveReplica entries for g that change something
+// must carry that id: placement and repair leave the group alone until the
+// row releases it or is deleted. Quarantined rows hold nothing; group 0 is
+// never held.
+func GroupFence(st *metapb.State, g uint64) (string, bool) {
+	if g == 0 {
+		return "", false
+	}
+	for _, id := range slices.Sorted(maps.Keys(st.GetMigrations())) {
+		c := st.GetMigrations()[id]
+		if c.GetFenceGroup() == g && VerifyCheckpoint(id, c) == nil {
+			return id, true
+		}
+	}
+	return "", false
+}

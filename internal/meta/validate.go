@@ -54,11 +54,13 @@ func validateEntry(e *metapb.Entry, inBatch bool) error {
 		if r := x.GetRole(); r != metapb.Role_ROLE_LEARNER && r != metapb.Role_ROLE_UNSPECIFIED {
 			return errorf(metapb.Code_CODE_INVALID_ARGUMENT, "add replica: role %v: replicas join as learners and become voters by promotion", r)
 		}
-		return nonzero("add replica: node", x.GetNode())
+		return all(nonzero("add replica: node", x.GetNode()), str("add replica: migration id", x.GetMigrationId(), false))
 	case *metapb.Entry_PromoteReplica:
-		return nonzero("promote replica: replica id", k.PromoteReplica.GetReplica())
+		x := k.PromoteReplica
+		return all(nonzero("promote replica: replica id", x.GetReplica()), str("promote replica: migration id", x.GetMigrationId(), false))
 	case *metapb.Entry_RemoveReplica:
-		return nonzero("remove replica: replica id", k.RemoveReplica.GetReplica())
+		x := k.RemoveReplica
+		return all(nonzero("remove replica: replica id", x.GetReplica()), str("remove replica: migration id", x.GetMigrationId(), false))
 	case *metapb.Entry_SetLeaderHint:
 		return nil
 	case *metapb.Entry_SetRoute:
@@ -73,9 +75,11 @@ func validateEntry(e *metapb.Entry, inBatch bool) error {
 	case *metapb.Entry_DeleteGhost:
 		return nil
 	case *metapb.Entry_PutCheckpoint:
-		return validateCheckpoint("put checkpoint", k.PutCheckpoint.GetCheckpoint())
+		x := k.PutCheckpoint
+		return all(validateCheckpoint("put checkpoint", x.GetCheckpoint()), validateExpect("put checkpoint", x.GetExpect(), true))
 	case *metapb.Entry_DeleteCheckpoint:
-		return str("delete checkpoint: id", k.DeleteCheckpoint.GetId(), true)
+		x := k.DeleteCheckpoint
+		return all(str("delete checkpoint: id", x.GetId(), true), validateExpect("delete checkpoint", x.GetExpect(), false))
 	case *metapb.Entry_Batch:
 		if inBatch {
 			return errorf(metapb.Code_CODE_NESTED_BATCH, "a batch inside a batch")
@@ -151,9 +155,31 @@ func validateCheckpoint(what string, c *metapb.Checkpoint) error {
 	return nil
 }
 
+// validateExpect checks a conditional write's expectation (nil: none).
+// A put expects either no row or a row at a phase (required) and attempt; a
+// delete expects a row at an attempt and, if the phase is not empty, that
+// phase.
+func validateExpect(what string, x *metapb.CheckpointExpectation, put bool) error {
+	switch {
+	case x == nil:
+		return nil
+	case x.GetAbsent() && !put:
+		return errorf(metapb.Code_CODE_INVALID_ARGUMENT, "%s: cannot expect the row to be absent", what)
+	case x.GetAbsent() && (x.GetPhase() != "" || x.GetAttempt() != 0):
+		return errorf(metapb.Code_CODE_INVALID_ARGUMENT, "%s: expects no row and a row at phase %q attempt %d", what, clip(x.GetPhase(), MaxStringBytes), x.GetAttempt())
+	case !x.GetAbsent() && put && x.GetPhase() == "":
+		return errorf(metapb.Code_CODE_INVALID_ARGUMENT, "%s: the expected phase is empty", what)
+	}
+	return str(what+": expected phase", x.GetPhase(), false)
+}
+
 // validateState checks a decoded state's invariants: the ones Apply keeps
 // (ids below their counters, references that resolve, one replica per node
-// and group, a route for every vShard). A state that fails is not used.
+// and group, a route for every vShard, at most one row holding a group). A
+// state that fails is not used. Migration rows that fail VerifyCheckpoint
+// (a bad checksum, above all) are not a reason to refuse the state: they
+// are quarantined rows, kept and reported, and every consumer that acts on
+// rows verifies them first.
 func validateState(st *metapb.State) error {
 	switch st.GetFormatVersion() {
 	case 0:
@@ -203,13 +229,22 @@ func validateState(st *metapb.State) error {
 			return bad("ghost of vShard %d: new group %d", vs, gh.GetNewGroup())
 		}
 	}
+	held := map[uint64]string{}
 	for id, c := range st.GetMigrations() {
-		if c.GetId() != id {
-			return bad("migration %q: key and id disagree", id)
+		if VerifyCheckpoint(id, c) != nil {
+			continue // quarantined
 		}
-		if err := validateCheckpoint("migration", c); err != nil {
-			return wrap(err, "state")
+		g := c.GetFenceGroup()
+		if g == 0 {
+			continue
 		}
+		if st.GetGroups()[g] == nil {
+			return bad("migration %q: holds unknown group %d", id, g)
+		}
+		if other, ok := held[g]; ok {
+			return bad("migrations %q and %q both hold group %d", min(id, other), max(id, other), g)
+		}
+		held[g] = id
 	}
 	for id, t := range st.GetTokens() {
 		switch {

@@ -268,6 +268,9 @@ const (
 	Code_CODE_BAD_CHECKSUM        Code = 26
 	Code_CODE_CHECKPOINT_CONFLICT Code = 27
 	Code_CODE_NESTED_BATCH        Code = 28
+	// CONFLICT: a membership change for a group that a migration holds
+	// (checkpoint fence_group), or a second migration fencing a held group.
+	Code_CODE_CONFLICT Code = 29
 )
 
 // Enum value maps for Code.
@@ -302,6 +305,7 @@ var (
 		26: "CODE_BAD_CHECKSUM",
 		27: "CODE_CHECKPOINT_CONFLICT",
 		28: "CODE_NESTED_BATCH",
+		29: "CODE_CONFLICT",
 	}
 	Code_value = map[string]int32{
 		"CODE_OK":                  0,
@@ -333,6 +337,7 @@ var (
 		"CODE_BAD_CHECKSUM":        26,
 		"CODE_CHECKPOINT_CONFLICT": 27,
 		"CODE_NESTED_BATCH":        28,
+		"CODE_CONFLICT":            29,
 	}
 )
 
@@ -957,12 +962,19 @@ type Checkpoint struct {
 	Attempt uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	Payload []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
 	// crc32c (Castagnoli) over be32(len(id)) id be32(kind) be32(len(phase))
-	// phase be32(attempt) be32(len(payload)) payload.
+	// phase be32(attempt) be32(len(payload)) payload, then be64(fence_group)
+	// when fence_group is not 0.
 	Crc32C uint32 `protobuf:"varint,6,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
 	// timestamp_unix_nanos is set by the applier to the entry's timestamp.
 	TimestampUnixNanos int64 `protobuf:"varint,7,opt,name=timestamp_unix_nanos,json=timestampUnixNanos,proto3" json:"timestamp_unix_nanos,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// fence_group, when not 0, is the data group whose membership this
+	// migration holds: while the row is stored with a good checksum,
+	// AddReplica, PromoteReplica and RemoveReplica entries for that group
+	// that change something must carry this row's id (migration_id). At most
+	// one such row per group.
+	FenceGroup    uint64 `protobuf:"varint,8,opt,name=fence_group,json=fenceGroup,proto3" json:"fence_group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Checkpoint) Reset() {
@@ -1044,6 +1056,79 @@ func (x *Checkpoint) GetTimestampUnixNanos() int64 {
 	return 0
 }
 
+func (x *Checkpoint) GetFenceGroup() uint64 {
+	if x != nil {
+		return x.FenceGroup
+	}
+	return 0
+}
+
+// CheckpointExpectation is what a conditional PutCheckpoint or
+// DeleteCheckpoint expects of the stored row: refused with
+// CHECKPOINT_CONFLICT when the row does not match.
+type CheckpointExpectation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// absent: no row is stored under the id (PutCheckpoint only).
+	Absent bool `protobuf:"varint,1,opt,name=absent,proto3" json:"absent,omitempty"`
+	// phase and attempt: the stored row's. Required for PutCheckpoint unless
+	// absent; for DeleteCheckpoint an empty phase matches any phase.
+	Phase         string `protobuf:"bytes,2,opt,name=phase,proto3" json:"phase,omitempty"`
+	Attempt       uint32 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointExpectation) Reset() {
+	*x = CheckpointExpectation{}
+	mi := &file_metapb_meta_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointExpectation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointExpectation) ProtoMessage() {}
+
+func (x *CheckpointExpectation) ProtoReflect() protoreflect.Message {
+	mi := &file_metapb_meta_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointExpectation.ProtoReflect.Descriptor instead.
+func (*CheckpointExpectation) Descriptor() ([]byte, []int) {
+	return file_metapb_meta_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CheckpointExpectation) GetAbsent() bool {
+	if x != nil {
+		return x.Absent
+	}
+	return false
+}
+
+func (x *CheckpointExpectation) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *CheckpointExpectation) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 type Token struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1062,7 +1147,7 @@ type Token struct {
 
 func (x *Token) Reset() {
 	*x = Token{}
-	mi := &file_metapb_meta_proto_msgTypes[8]
+	mi := &file_metapb_meta_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1159,7 @@ func (x *Token) String() string {
 func (*Token) ProtoMessage() {}
 
 func (x *Token) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[8]
+	mi := &file_metapb_meta_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1172,7 @@ func (x *Token) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Token.ProtoReflect.Descriptor instead.
 func (*Token) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{8}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Token) GetId() string {
@@ -1169,7 +1254,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_metapb_meta_proto_msgTypes[9]
+	mi := &file_metapb_meta_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1266,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[9]
+	mi := &file_metapb_meta_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1279,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{9}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Entry) GetVersion() uint32 {
@@ -1481,7 +1566,7 @@ type Bootstrap struct {
 
 func (x *Bootstrap) Reset() {
 	*x = Bootstrap{}
-	mi := &file_metapb_meta_proto_msgTypes[10]
+	mi := &file_metapb_meta_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1493,7 +1578,7 @@ func (x *Bootstrap) String() string {
 func (*Bootstrap) ProtoMessage() {}
 
 func (x *Bootstrap) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[10]
+	mi := &file_metapb_meta_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1506,7 +1591,7 @@ func (x *Bootstrap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bootstrap.ProtoReflect.Descriptor instead.
 func (*Bootstrap) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{10}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Bootstrap) GetSettings() *ClusterSettings {
@@ -1541,7 +1626,7 @@ type CreateToken struct {
 
 func (x *CreateToken) Reset() {
 	*x = CreateToken{}
-	mi := &file_metapb_meta_proto_msgTypes[11]
+	mi := &file_metapb_meta_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1638,7 @@ func (x *CreateToken) String() string {
 func (*CreateToken) ProtoMessage() {}
 
 func (x *CreateToken) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[11]
+	mi := &file_metapb_meta_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1651,7 @@ func (x *CreateToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateToken.ProtoReflect.Descriptor instead.
 func (*CreateToken) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{11}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateToken) GetId() string {
@@ -1599,7 +1684,7 @@ type RevokeToken struct {
 
 func (x *RevokeToken) Reset() {
 	*x = RevokeToken{}
-	mi := &file_metapb_meta_proto_msgTypes[12]
+	mi := &file_metapb_meta_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1696,7 @@ func (x *RevokeToken) String() string {
 func (*RevokeToken) ProtoMessage() {}
 
 func (x *RevokeToken) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[12]
+	mi := &file_metapb_meta_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1709,7 @@ func (x *RevokeToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeToken.ProtoReflect.Descriptor instead.
 func (*RevokeToken) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{12}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeToken) GetId() string {
@@ -1648,7 +1733,7 @@ type BeginJoin struct {
 
 func (x *BeginJoin) Reset() {
 	*x = BeginJoin{}
-	mi := &file_metapb_meta_proto_msgTypes[13]
+	mi := &file_metapb_meta_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1660,7 +1745,7 @@ func (x *BeginJoin) String() string {
 func (*BeginJoin) ProtoMessage() {}
 
 func (x *BeginJoin) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[13]
+	mi := &file_metapb_meta_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1673,7 +1758,7 @@ func (x *BeginJoin) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeginJoin.ProtoReflect.Descriptor instead.
 func (*BeginJoin) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{13}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BeginJoin) GetTokenId() string {
@@ -1727,7 +1812,7 @@ type ActivateNode struct {
 
 func (x *ActivateNode) Reset() {
 	*x = ActivateNode{}
-	mi := &file_metapb_meta_proto_msgTypes[14]
+	mi := &file_metapb_meta_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1824,7 @@ func (x *ActivateNode) String() string {
 func (*ActivateNode) ProtoMessage() {}
 
 func (x *ActivateNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[14]
+	mi := &file_metapb_meta_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1837,7 @@ func (x *ActivateNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateNode.ProtoReflect.Descriptor instead.
 func (*ActivateNode) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{14}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ActivateNode) GetNodeId() uint64 {
@@ -1772,7 +1857,7 @@ type SetNodeState struct {
 
 func (x *SetNodeState) Reset() {
 	*x = SetNodeState{}
-	mi := &file_metapb_meta_proto_msgTypes[15]
+	mi := &file_metapb_meta_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1869,7 @@ func (x *SetNodeState) String() string {
 func (*SetNodeState) ProtoMessage() {}
 
 func (x *SetNodeState) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[15]
+	mi := &file_metapb_meta_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1882,7 @@ func (x *SetNodeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeState.ProtoReflect.Descriptor instead.
 func (*SetNodeState) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{15}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SetNodeState) GetNodeId() uint64 {
@@ -1825,7 +1910,7 @@ type SetNodeAddrs struct {
 
 func (x *SetNodeAddrs) Reset() {
 	*x = SetNodeAddrs{}
-	mi := &file_metapb_meta_proto_msgTypes[16]
+	mi := &file_metapb_meta_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1922,7 @@ func (x *SetNodeAddrs) String() string {
 func (*SetNodeAddrs) ProtoMessage() {}
 
 func (x *SetNodeAddrs) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[16]
+	mi := &file_metapb_meta_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1935,7 @@ func (x *SetNodeAddrs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeAddrs.ProtoReflect.Descriptor instead.
 func (*SetNodeAddrs) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{16}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SetNodeAddrs) GetNodeId() uint64 {
@@ -1880,14 +1965,18 @@ type AddReplica struct {
 	Node  uint64                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
 	// role must be LEARNER (UNSPECIFIED means LEARNER): voters are made by
 	// promotion once caught up.
-	Role          Role `protobuf:"varint,3,opt,name=role,proto3,enum=nodedb.meta.v1.Role" json:"role,omitempty"`
+	Role Role `protobuf:"varint,3,opt,name=role,proto3,enum=nodedb.meta.v1.Role" json:"role,omitempty"`
+	// migration_id names the migration this change is part of: required
+	// (CONFLICT otherwise) when a checkpoint row fences the group, and then
+	// it must be that row's id (CHECKPOINT_CONFLICT otherwise).
+	MigrationId   string `protobuf:"bytes,4,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddReplica) Reset() {
 	*x = AddReplica{}
-	mi := &file_metapb_meta_proto_msgTypes[17]
+	mi := &file_metapb_meta_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +1988,7 @@ func (x *AddReplica) String() string {
 func (*AddReplica) ProtoMessage() {}
 
 func (x *AddReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[17]
+	mi := &file_metapb_meta_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2001,7 @@ func (x *AddReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddReplica.ProtoReflect.Descriptor instead.
 func (*AddReplica) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{17}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AddReplica) GetGroup() uint64 {
@@ -1936,17 +2025,26 @@ func (x *AddReplica) GetRole() Role {
 	return Role_ROLE_UNSPECIFIED
 }
 
+func (x *AddReplica) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
 type PromoteReplica struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
-	Replica       uint64                 `protobuf:"varint,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Group   uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Replica uint64                 `protobuf:"varint,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// migration_id: as in AddReplica.
+	MigrationId   string `protobuf:"bytes,3,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PromoteReplica) Reset() {
 	*x = PromoteReplica{}
-	mi := &file_metapb_meta_proto_msgTypes[18]
+	mi := &file_metapb_meta_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2056,7 @@ func (x *PromoteReplica) String() string {
 func (*PromoteReplica) ProtoMessage() {}
 
 func (x *PromoteReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[18]
+	mi := &file_metapb_meta_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2069,7 @@ func (x *PromoteReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteReplica.ProtoReflect.Descriptor instead.
 func (*PromoteReplica) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{18}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PromoteReplica) GetGroup() uint64 {
@@ -1988,17 +2086,26 @@ func (x *PromoteReplica) GetReplica() uint64 {
 	return 0
 }
 
+func (x *PromoteReplica) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
 type RemoveReplica struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
-	Replica       uint64                 `protobuf:"varint,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Group   uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	Replica uint64                 `protobuf:"varint,2,opt,name=replica,proto3" json:"replica,omitempty"`
+	// migration_id: as in AddReplica.
+	MigrationId   string `protobuf:"bytes,3,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RemoveReplica) Reset() {
 	*x = RemoveReplica{}
-	mi := &file_metapb_meta_proto_msgTypes[19]
+	mi := &file_metapb_meta_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2117,7 @@ func (x *RemoveReplica) String() string {
 func (*RemoveReplica) ProtoMessage() {}
 
 func (x *RemoveReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[19]
+	mi := &file_metapb_meta_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2130,7 @@ func (x *RemoveReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveReplica.ProtoReflect.Descriptor instead.
 func (*RemoveReplica) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{19}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveReplica) GetGroup() uint64 {
@@ -2040,6 +2147,13 @@ func (x *RemoveReplica) GetReplica() uint64 {
 	return 0
 }
 
+func (x *RemoveReplica) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
 type SetLeaderHint struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         uint64                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
@@ -2050,7 +2164,7 @@ type SetLeaderHint struct {
 
 func (x *SetLeaderHint) Reset() {
 	*x = SetLeaderHint{}
-	mi := &file_metapb_meta_proto_msgTypes[20]
+	mi := &file_metapb_meta_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2176,7 @@ func (x *SetLeaderHint) String() string {
 func (*SetLeaderHint) ProtoMessage() {}
 
 func (x *SetLeaderHint) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[20]
+	mi := &file_metapb_meta_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2189,7 @@ func (x *SetLeaderHint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetLeaderHint.ProtoReflect.Descriptor instead.
 func (*SetLeaderHint) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{20}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *SetLeaderHint) GetGroup() uint64 {
@@ -2103,7 +2217,7 @@ type SetRoute struct {
 
 func (x *SetRoute) Reset() {
 	*x = SetRoute{}
-	mi := &file_metapb_meta_proto_msgTypes[21]
+	mi := &file_metapb_meta_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2229,7 @@ func (x *SetRoute) String() string {
 func (*SetRoute) ProtoMessage() {}
 
 func (x *SetRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[21]
+	mi := &file_metapb_meta_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2242,7 @@ func (x *SetRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetRoute.ProtoReflect.Descriptor instead.
 func (*SetRoute) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{21}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SetRoute) GetVshard() uint32 {
@@ -2162,7 +2276,7 @@ type PutGhost struct {
 
 func (x *PutGhost) Reset() {
 	*x = PutGhost{}
-	mi := &file_metapb_meta_proto_msgTypes[22]
+	mi := &file_metapb_meta_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2174,7 +2288,7 @@ func (x *PutGhost) String() string {
 func (*PutGhost) ProtoMessage() {}
 
 func (x *PutGhost) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[22]
+	mi := &file_metapb_meta_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2187,7 +2301,7 @@ func (x *PutGhost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutGhost.ProtoReflect.Descriptor instead.
 func (*PutGhost) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{22}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PutGhost) GetVshard() uint32 {
@@ -2213,7 +2327,7 @@ type DeleteGhost struct {
 
 func (x *DeleteGhost) Reset() {
 	*x = DeleteGhost{}
-	mi := &file_metapb_meta_proto_msgTypes[23]
+	mi := &file_metapb_meta_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2339,7 @@ func (x *DeleteGhost) String() string {
 func (*DeleteGhost) ProtoMessage() {}
 
 func (x *DeleteGhost) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[23]
+	mi := &file_metapb_meta_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2352,7 @@ func (x *DeleteGhost) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteGhost.ProtoReflect.Descriptor instead.
 func (*DeleteGhost) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{23}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeleteGhost) GetVshard() uint32 {
@@ -2249,15 +2363,17 @@ func (x *DeleteGhost) GetVshard() uint32 {
 }
 
 type PutCheckpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Checkpoint    *Checkpoint            `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint *Checkpoint            `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// expect, when set, makes the write conditional on the stored row.
+	Expect        *CheckpointExpectation `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutCheckpoint) Reset() {
 	*x = PutCheckpoint{}
-	mi := &file_metapb_meta_proto_msgTypes[24]
+	mi := &file_metapb_meta_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2385,7 @@ func (x *PutCheckpoint) String() string {
 func (*PutCheckpoint) ProtoMessage() {}
 
 func (x *PutCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[24]
+	mi := &file_metapb_meta_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2398,7 @@ func (x *PutCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCheckpoint.ProtoReflect.Descriptor instead.
 func (*PutCheckpoint) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{24}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PutCheckpoint) GetCheckpoint() *Checkpoint {
@@ -2292,16 +2408,26 @@ func (x *PutCheckpoint) GetCheckpoint() *Checkpoint {
 	return nil
 }
 
+func (x *PutCheckpoint) GetExpect() *CheckpointExpectation {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
+}
+
 type DeleteCheckpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// expect, when set, makes the deletion conditional on the stored row
+	// (absent is not allowed; an absent row is still a no-op).
+	Expect        *CheckpointExpectation `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteCheckpoint) Reset() {
 	*x = DeleteCheckpoint{}
-	mi := &file_metapb_meta_proto_msgTypes[25]
+	mi := &file_metapb_meta_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2439,7 @@ func (x *DeleteCheckpoint) String() string {
 func (*DeleteCheckpoint) ProtoMessage() {}
 
 func (x *DeleteCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[25]
+	mi := &file_metapb_meta_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2452,7 @@ func (x *DeleteCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCheckpoint.ProtoReflect.Descriptor instead.
 func (*DeleteCheckpoint) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{25}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteCheckpoint) GetId() string {
@@ -2334,6 +2460,13 @@ func (x *DeleteCheckpoint) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *DeleteCheckpoint) GetExpect() *CheckpointExpectation {
+	if x != nil {
+		return x.Expect
+	}
+	return nil
 }
 
 // Batch applies its entries in order, all or nothing. Batches do not nest.
@@ -2346,7 +2479,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_metapb_meta_proto_msgTypes[26]
+	mi := &file_metapb_meta_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2358,7 +2491,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[26]
+	mi := &file_metapb_meta_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2371,7 +2504,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{26}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Batch) GetEntries() []*Entry {
@@ -2396,7 +2529,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_metapb_meta_proto_msgTypes[27]
+	mi := &file_metapb_meta_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2541,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[27]
+	mi := &file_metapb_meta_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2554,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{27}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Result) GetCode() Code {
@@ -2469,7 +2602,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_metapb_meta_proto_msgTypes[28]
+	mi := &file_metapb_meta_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2614,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[28]
+	mi := &file_metapb_meta_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2627,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{28}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JoinRequest) GetTokenId() string {
@@ -2561,7 +2694,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_metapb_meta_proto_msgTypes[29]
+	mi := &file_metapb_meta_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2573,7 +2706,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_metapb_meta_proto_msgTypes[29]
+	mi := &file_metapb_meta_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2586,7 +2719,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_metapb_meta_proto_rawDescGZIP(), []int{29}
+	return file_metapb_meta_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *JoinResponse) GetCode() string {
@@ -2726,7 +2859,7 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x05Ghost\x12\x1b\n" +
 	"\tnew_group\x18\x01 \x01(\x04R\bnewGroup\x12\x1b\n" +
 	"\tnew_epoch\x18\x02 \x01(\x04R\bnewEpoch\x12,\n" +
-	"\x12expires_unix_nanos\x18\x03 \x01(\x03R\x10expiresUnixNanos\"\xe3\x01\n" +
+	"\x12expires_unix_nanos\x18\x03 \x01(\x03R\x10expiresUnixNanos\"\x84\x02\n" +
 	"\n" +
 	"Checkpoint\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x121\n" +
@@ -2735,7 +2868,13 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x18\n" +
 	"\apayload\x18\x05 \x01(\fR\apayload\x12\x16\n" +
 	"\x06crc32c\x18\x06 \x01(\rR\x06crc32c\x120\n" +
-	"\x14timestamp_unix_nanos\x18\a \x01(\x03R\x12timestampUnixNanos\"\x85\x02\n" +
+	"\x14timestamp_unix_nanos\x18\a \x01(\x03R\x12timestampUnixNanos\x12\x1f\n" +
+	"\vfence_group\x18\b \x01(\x04R\n" +
+	"fenceGroup\"_\n" +
+	"\x15CheckpointExpectation\x12\x16\n" +
+	"\x06absent\x18\x01 \x01(\bR\x06absent\x12\x14\n" +
+	"\x05phase\x18\x02 \x01(\tR\x05phase\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\"\x85\x02\n" +
 	"\x05Token\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vsecret_hash\x18\x02 \x01(\fR\n" +
@@ -2796,18 +2935,21 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\fSetNodeAddrs\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\tpeer_addr\x18\x02 \x01(\tR\bpeerAddr\x12\x19\n" +
-	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\"`\n" +
+	"\bapi_addr\x18\x03 \x01(\tR\aapiAddr\"\x83\x01\n" +
 	"\n" +
 	"AddReplica\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\x04R\x04node\x12(\n" +
-	"\x04role\x18\x03 \x01(\x0e2\x14.nodedb.meta.v1.RoleR\x04role\"@\n" +
+	"\x04role\x18\x03 \x01(\x0e2\x14.nodedb.meta.v1.RoleR\x04role\x12!\n" +
+	"\fmigration_id\x18\x04 \x01(\tR\vmigrationId\"c\n" +
 	"\x0ePromoteReplica\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x18\n" +
-	"\areplica\x18\x02 \x01(\x04R\areplica\"?\n" +
+	"\areplica\x18\x02 \x01(\x04R\areplica\x12!\n" +
+	"\fmigration_id\x18\x03 \x01(\tR\vmigrationId\"b\n" +
 	"\rRemoveReplica\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x18\n" +
-	"\areplica\x18\x02 \x01(\x04R\areplica\"9\n" +
+	"\areplica\x18\x02 \x01(\x04R\areplica\x12!\n" +
+	"\fmigration_id\x18\x03 \x01(\tR\vmigrationId\"9\n" +
 	"\rSetLeaderHint\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\x04R\x05group\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\x04R\x04node\"N\n" +
@@ -2819,13 +2961,15 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x06vshard\x18\x01 \x01(\rR\x06vshard\x12+\n" +
 	"\x05ghost\x18\x02 \x01(\v2\x15.nodedb.meta.v1.GhostR\x05ghost\"%\n" +
 	"\vDeleteGhost\x12\x16\n" +
-	"\x06vshard\x18\x01 \x01(\rR\x06vshard\"K\n" +
+	"\x06vshard\x18\x01 \x01(\rR\x06vshard\"\x8a\x01\n" +
 	"\rPutCheckpoint\x12:\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\v2\x1a.nodedb.meta.v1.CheckpointR\n" +
-	"checkpoint\"\"\n" +
+	"checkpoint\x12=\n" +
+	"\x06expect\x18\x02 \x01(\v2%.nodedb.meta.v1.CheckpointExpectationR\x06expect\"a\n" +
 	"\x10DeleteCheckpoint\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"8\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12=\n" +
+	"\x06expect\x18\x02 \x01(\v2%.nodedb.meta.v1.CheckpointExpectationR\x06expect\"8\n" +
 	"\x05Batch\x12/\n" +
 	"\aentries\x18\x01 \x03(\v2\x15.nodedb.meta.v1.EntryR\aentries\"\x84\x01\n" +
 	"\x06Result\x12(\n" +
@@ -2877,7 +3021,7 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x16TOKEN_STATE_REGISTERED\x10\x01\x12\x19\n" +
 	"\x15TOKEN_STATE_IN_FLIGHT\x10\x02\x12\x18\n" +
 	"\x14TOKEN_STATE_CONSUMED\x10\x03\x12\x17\n" +
-	"\x13TOKEN_STATE_REVOKED\x10\x04*\xb5\x05\n" +
+	"\x13TOKEN_STATE_REVOKED\x10\x04*\xc8\x05\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x11\n" +
 	"\rCODE_INTERNAL\x10\x01\x12\x19\n" +
@@ -2908,7 +3052,8 @@ const file_metapb_meta_proto_rawDesc = "" +
 	"\x0eCODE_BAD_EPOCH\x10\x19\x12\x15\n" +
 	"\x11CODE_BAD_CHECKSUM\x10\x1a\x12\x1c\n" +
 	"\x18CODE_CHECKPOINT_CONFLICT\x10\x1b\x12\x15\n" +
-	"\x11CODE_NESTED_BATCH\x10\x1cB7Z5github.com/nodedb/nodedb-cluster/internal/meta/metapbb\x06proto3"
+	"\x11CODE_NESTED_BATCH\x10\x1c\x12\x11\n" +
+	"\rCODE_CONFLICT\x10\x1dB7Z5github.com/nodedb/nodedb-cluster/internal/meta/metapbb\x06proto3"
 
 var (
 	file_metapb_meta_proto_rawDescOnce sync.Once
@@ -2923,99 +3068,102 @@ func file_metapb_meta_proto_rawDescGZIP() []byte {
 }
 
 var file_metapb_meta_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_metapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_metapb_meta_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_metapb_meta_proto_goTypes = []any{
-	(NodeState)(0),           // 0: nodedb.meta.v1.NodeState
-	(Role)(0),                // 1: nodedb.meta.v1.Role
-	(MigrationKind)(0),       // 2: nodedb.meta.v1.MigrationKind
-	(TokenState)(0),          // 3: nodedb.meta.v1.TokenState
-	(Code)(0),                // 4: nodedb.meta.v1.Code
-	(*State)(nil),            // 5: nodedb.meta.v1.State
-	(*ClusterSettings)(nil),  // 6: nodedb.meta.v1.ClusterSettings
-	(*Node)(nil),             // 7: nodedb.meta.v1.Node
-	(*Replica)(nil),          // 8: nodedb.meta.v1.Replica
-	(*Group)(nil),            // 9: nodedb.meta.v1.Group
-	(*VShardRoute)(nil),      // 10: nodedb.meta.v1.VShardRoute
-	(*Ghost)(nil),            // 11: nodedb.meta.v1.Ghost
-	(*Checkpoint)(nil),       // 12: nodedb.meta.v1.Checkpoint
-	(*Token)(nil),            // 13: nodedb.meta.v1.Token
-	(*Entry)(nil),            // 14: nodedb.meta.v1.Entry
-	(*Bootstrap)(nil),        // 15: nodedb.meta.v1.Bootstrap
-	(*CreateToken)(nil),      // 16: nodedb.meta.v1.CreateToken
-	(*RevokeToken)(nil),      // 17: nodedb.meta.v1.RevokeToken
-	(*BeginJoin)(nil),        // 18: nodedb.meta.v1.BeginJoin
-	(*ActivateNode)(nil),     // 19: nodedb.meta.v1.ActivateNode
-	(*SetNodeState)(nil),     // 20: nodedb.meta.v1.SetNodeState
-	(*SetNodeAddrs)(nil),     // 21: nodedb.meta.v1.SetNodeAddrs
-	(*AddReplica)(nil),       // 22: nodedb.meta.v1.AddReplica
-	(*PromoteReplica)(nil),   // 23: nodedb.meta.v1.PromoteReplica
-	(*RemoveReplica)(nil),    // 24: nodedb.meta.v1.RemoveReplica
-	(*SetLeaderHint)(nil),    // 25: nodedb.meta.v1.SetLeaderHint
-	(*SetRoute)(nil),         // 26: nodedb.meta.v1.SetRoute
-	(*PutGhost)(nil),         // 27: nodedb.meta.v1.PutGhost
-	(*DeleteGhost)(nil),      // 28: nodedb.meta.v1.DeleteGhost
-	(*PutCheckpoint)(nil),    // 29: nodedb.meta.v1.PutCheckpoint
-	(*DeleteCheckpoint)(nil), // 30: nodedb.meta.v1.DeleteCheckpoint
-	(*Batch)(nil),            // 31: nodedb.meta.v1.Batch
-	(*Result)(nil),           // 32: nodedb.meta.v1.Result
-	(*JoinRequest)(nil),      // 33: nodedb.meta.v1.JoinRequest
-	(*JoinResponse)(nil),     // 34: nodedb.meta.v1.JoinResponse
-	nil,                      // 35: nodedb.meta.v1.State.NodesEntry
-	nil,                      // 36: nodedb.meta.v1.State.GroupsEntry
-	nil,                      // 37: nodedb.meta.v1.State.GhostsEntry
-	nil,                      // 38: nodedb.meta.v1.State.MigrationsEntry
-	nil,                      // 39: nodedb.meta.v1.State.TokensEntry
-	nil,                      // 40: nodedb.meta.v1.JoinResponse.PeersEntry
+	(NodeState)(0),                // 0: nodedb.meta.v1.NodeState
+	(Role)(0),                     // 1: nodedb.meta.v1.Role
+	(MigrationKind)(0),            // 2: nodedb.meta.v1.MigrationKind
+	(TokenState)(0),               // 3: nodedb.meta.v1.TokenState
+	(Code)(0),                     // 4: nodedb.meta.v1.Code
+	(*State)(nil),                 // 5: nodedb.meta.v1.State
+	(*ClusterSettings)(nil),       // 6: nodedb.meta.v1.ClusterSettings
+	(*Node)(nil),                  // 7: nodedb.meta.v1.Node
+	(*Replica)(nil),               // 8: nodedb.meta.v1.Replica
+	(*Group)(nil),                 // 9: nodedb.meta.v1.Group
+	(*VShardRoute)(nil),           // 10: nodedb.meta.v1.VShardRoute
+	(*Ghost)(nil),                 // 11: nodedb.meta.v1.Ghost
+	(*Checkpoint)(nil),            // 12: nodedb.meta.v1.Checkpoint
+	(*CheckpointExpectation)(nil), // 13: nodedb.meta.v1.CheckpointExpectation
+	(*Token)(nil),                 // 14: nodedb.meta.v1.Token
+	(*Entry)(nil),                 // 15: nodedb.meta.v1.Entry
+	(*Bootstrap)(nil),             // 16: nodedb.meta.v1.Bootstrap
+	(*CreateToken)(nil),           // 17: nodedb.meta.v1.CreateToken
+	(*RevokeToken)(nil),           // 18: nodedb.meta.v1.RevokeToken
+	(*BeginJoin)(nil),             // 19: nodedb.meta.v1.BeginJoin
+	(*ActivateNode)(nil),          // 20: nodedb.meta.v1.ActivateNode
+	(*SetNodeState)(nil),          // 21: nodedb.meta.v1.SetNodeState
+	(*SetNodeAddrs)(nil),          // 22: nodedb.meta.v1.SetNodeAddrs
+	(*AddReplica)(nil),            // 23: nodedb.meta.v1.AddReplica
+	(*PromoteReplica)(nil),        // 24: nodedb.meta.v1.PromoteReplica
+	(*RemoveReplica)(nil),         // 25: nodedb.meta.v1.RemoveReplica
+	(*SetLeaderHint)(nil),         // 26: nodedb.meta.v1.SetLeaderHint
+	(*SetRoute)(nil),              // 27: nodedb.meta.v1.SetRoute
+	(*PutGhost)(nil),              // 28: nodedb.meta.v1.PutGhost
+	(*DeleteGhost)(nil),           // 29: nodedb.meta.v1.DeleteGhost
+	(*PutCheckpoint)(nil),         // 30: nodedb.meta.v1.PutCheckpoint
+	(*DeleteCheckpoint)(nil),      // 31: nodedb.meta.v1.DeleteCheckpoint
+	(*Batch)(nil),                 // 32: nodedb.meta.v1.Batch
+	(*Result)(nil),                // 33: nodedb.meta.v1.Result
+	(*JoinRequest)(nil),           // 34: nodedb.meta.v1.JoinRequest
+	(*JoinResponse)(nil),          // 35: nodedb.meta.v1.JoinResponse
+	nil,                           // 36: nodedb.meta.v1.State.NodesEntry
+	nil,                           // 37: nodedb.meta.v1.State.GroupsEntry
+	nil,                           // 38: nodedb.meta.v1.State.GhostsEntry
+	nil,                           // 39: nodedb.meta.v1.State.MigrationsEntry
+	nil,                           // 40: nodedb.meta.v1.State.TokensEntry
+	nil,                           // 41: nodedb.meta.v1.JoinResponse.PeersEntry
 }
 var file_metapb_meta_proto_depIdxs = []int32{
 	6,  // 0: nodedb.meta.v1.State.settings:type_name -> nodedb.meta.v1.ClusterSettings
-	35, // 1: nodedb.meta.v1.State.nodes:type_name -> nodedb.meta.v1.State.NodesEntry
-	36, // 2: nodedb.meta.v1.State.groups:type_name -> nodedb.meta.v1.State.GroupsEntry
+	36, // 1: nodedb.meta.v1.State.nodes:type_name -> nodedb.meta.v1.State.NodesEntry
+	37, // 2: nodedb.meta.v1.State.groups:type_name -> nodedb.meta.v1.State.GroupsEntry
 	10, // 3: nodedb.meta.v1.State.routing:type_name -> nodedb.meta.v1.VShardRoute
-	37, // 4: nodedb.meta.v1.State.ghosts:type_name -> nodedb.meta.v1.State.GhostsEntry
-	38, // 5: nodedb.meta.v1.State.migrations:type_name -> nodedb.meta.v1.State.MigrationsEntry
-	39, // 6: nodedb.meta.v1.State.tokens:type_name -> nodedb.meta.v1.State.TokensEntry
+	38, // 4: nodedb.meta.v1.State.ghosts:type_name -> nodedb.meta.v1.State.GhostsEntry
+	39, // 5: nodedb.meta.v1.State.migrations:type_name -> nodedb.meta.v1.State.MigrationsEntry
+	40, // 6: nodedb.meta.v1.State.tokens:type_name -> nodedb.meta.v1.State.TokensEntry
 	0,  // 7: nodedb.meta.v1.Node.state:type_name -> nodedb.meta.v1.NodeState
 	1,  // 8: nodedb.meta.v1.Replica.role:type_name -> nodedb.meta.v1.Role
 	8,  // 9: nodedb.meta.v1.Group.replicas:type_name -> nodedb.meta.v1.Replica
 	2,  // 10: nodedb.meta.v1.Checkpoint.kind:type_name -> nodedb.meta.v1.MigrationKind
 	3,  // 11: nodedb.meta.v1.Token.state:type_name -> nodedb.meta.v1.TokenState
-	15, // 12: nodedb.meta.v1.Entry.bootstrap:type_name -> nodedb.meta.v1.Bootstrap
-	16, // 13: nodedb.meta.v1.Entry.create_token:type_name -> nodedb.meta.v1.CreateToken
-	17, // 14: nodedb.meta.v1.Entry.revoke_token:type_name -> nodedb.meta.v1.RevokeToken
-	18, // 15: nodedb.meta.v1.Entry.begin_join:type_name -> nodedb.meta.v1.BeginJoin
-	19, // 16: nodedb.meta.v1.Entry.activate_node:type_name -> nodedb.meta.v1.ActivateNode
-	20, // 17: nodedb.meta.v1.Entry.set_node_state:type_name -> nodedb.meta.v1.SetNodeState
-	21, // 18: nodedb.meta.v1.Entry.set_node_addrs:type_name -> nodedb.meta.v1.SetNodeAddrs
-	22, // 19: nodedb.meta.v1.Entry.add_replica:type_name -> nodedb.meta.v1.AddReplica
-	23, // 20: nodedb.meta.v1.Entry.promote_replica:type_name -> nodedb.meta.v1.PromoteReplica
-	24, // 21: nodedb.meta.v1.Entry.remove_replica:type_name -> nodedb.meta.v1.RemoveReplica
-	25, // 22: nodedb.meta.v1.Entry.set_leader_hint:type_name -> nodedb.meta.v1.SetLeaderHint
-	26, // 23: nodedb.meta.v1.Entry.set_route:type_name -> nodedb.meta.v1.SetRoute
-	27, // 24: nodedb.meta.v1.Entry.put_ghost:type_name -> nodedb.meta.v1.PutGhost
-	28, // 25: nodedb.meta.v1.Entry.delete_ghost:type_name -> nodedb.meta.v1.DeleteGhost
-	29, // 26: nodedb.meta.v1.Entry.put_checkpoint:type_name -> nodedb.meta.v1.PutCheckpoint
-	30, // 27: nodedb.meta.v1.Entry.delete_checkpoint:type_name -> nodedb.meta.v1.DeleteCheckpoint
-	31, // 28: nodedb.meta.v1.Entry.batch:type_name -> nodedb.meta.v1.Batch
+	16, // 12: nodedb.meta.v1.Entry.bootstrap:type_name -> nodedb.meta.v1.Bootstrap
+	17, // 13: nodedb.meta.v1.Entry.create_token:type_name -> nodedb.meta.v1.CreateToken
+	18, // 14: nodedb.meta.v1.Entry.revoke_token:type_name -> nodedb.meta.v1.RevokeToken
+	19, // 15: nodedb.meta.v1.Entry.begin_join:type_name -> nodedb.meta.v1.BeginJoin
+	20, // 16: nodedb.meta.v1.Entry.activate_node:type_name -> nodedb.meta.v1.ActivateNode
+	21, // 17: nodedb.meta.v1.Entry.set_node_state:type_name -> nodedb.meta.v1.SetNodeState
+	22, // 18: nodedb.meta.v1.Entry.set_node_addrs:type_name -> nodedb.meta.v1.SetNodeAddrs
+	23, // 19: nodedb.meta.v1.Entry.add_replica:type_name -> nodedb.meta.v1.AddReplica
+	24, // 20: nodedb.meta.v1.Entry.promote_replica:type_name -> nodedb.meta.v1.PromoteReplica
+	25, // 21: nodedb.meta.v1.Entry.remove_replica:type_name -> nodedb.meta.v1.RemoveReplica
+	26, // 22: nodedb.meta.v1.Entry.set_leader_hint:type_name -> nodedb.meta.v1.SetLeaderHint
+	27, // 23: nodedb.meta.v1.Entry.set_route:type_name -> nodedb.meta.v1.SetRoute
+	28, // 24: nodedb.meta.v1.Entry.put_ghost:type_name -> nodedb.meta.v1.PutGhost
+	29, // 25: nodedb.meta.v1.Entry.delete_ghost:type_name -> nodedb.meta.v1.DeleteGhost
+	30, // 26: nodedb.meta.v1.Entry.put_checkpoint:type_name -> nodedb.meta.v1.PutCheckpoint
+	31, // 27: nodedb.meta.v1.Entry.delete_checkpoint:type_name -> nodedb.meta.v1.DeleteCheckpoint
+	32, // 28: nodedb.meta.v1.Entry.batch:type_name -> nodedb.meta.v1.Batch
 	6,  // 29: nodedb.meta.v1.Bootstrap.settings:type_name -> nodedb.meta.v1.ClusterSettings
 	7,  // 30: nodedb.meta.v1.Bootstrap.first_node:type_name -> nodedb.meta.v1.Node
 	0,  // 31: nodedb.meta.v1.SetNodeState.state:type_name -> nodedb.meta.v1.NodeState
 	1,  // 32: nodedb.meta.v1.AddReplica.role:type_name -> nodedb.meta.v1.Role
 	11, // 33: nodedb.meta.v1.PutGhost.ghost:type_name -> nodedb.meta.v1.Ghost
 	12, // 34: nodedb.meta.v1.PutCheckpoint.checkpoint:type_name -> nodedb.meta.v1.Checkpoint
-	14, // 35: nodedb.meta.v1.Batch.entries:type_name -> nodedb.meta.v1.Entry
-	4,  // 36: nodedb.meta.v1.Result.code:type_name -> nodedb.meta.v1.Code
-	40, // 37: nodedb.meta.v1.JoinResponse.peers:type_name -> nodedb.meta.v1.JoinResponse.PeersEntry
-	7,  // 38: nodedb.meta.v1.State.NodesEntry.value:type_name -> nodedb.meta.v1.Node
-	9,  // 39: nodedb.meta.v1.State.GroupsEntry.value:type_name -> nodedb.meta.v1.Group
-	11, // 40: nodedb.meta.v1.State.GhostsEntry.value:type_name -> nodedb.meta.v1.Ghost
-	12, // 41: nodedb.meta.v1.State.MigrationsEntry.value:type_name -> nodedb.meta.v1.Checkpoint
-	13, // 42: nodedb.meta.v1.State.TokensEntry.value:type_name -> nodedb.meta.v1.Token
-	43, // [43:43] is the sub-list for method output_type
-	43, // [43:43] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	13, // 35: nodedb.meta.v1.PutCheckpoint.expect:type_name -> nodedb.meta.v1.CheckpointExpectation
+	13, // 36: nodedb.meta.v1.DeleteCheckpoint.expect:type_name -> nodedb.meta.v1.CheckpointExpectation
+	15, // 37: nodedb.meta.v1.Batch.entries:type_name -> nodedb.meta.v1.Entry
+	4,  // 38: nodedb.meta.v1.Result.code:type_name -> nodedb.meta.v1.Code
+	41, // 39: nodedb.meta.v1.JoinResponse.peers:type_name -> nodedb.meta.v1.JoinResponse.PeersEntry
+	7,  // 40: nodedb.meta.v1.State.NodesEntry.value:type_name -> nodedb.meta.v1.Node
+	9,  // 41: nodedb.meta.v1.State.GroupsEntry.value:type_name -> nodedb.meta.v1.Group
+	11, // 42: nodedb.meta.v1.State.GhostsEntry.value:type_name -> nodedb.meta.v1.Ghost
+	12, // 43: nodedb.meta.v1.State.MigrationsEntry.value:type_name -> nodedb.meta.v1.Checkpoint
+	14, // 44: nodedb.meta.v1.State.TokensEntry.value:type_name -> nodedb.meta.v1.Token
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_metapb_meta_proto_init() }
@@ -3023,7 +3171,7 @@ func file_metapb_meta_proto_init() {
 	if File_metapb_meta_proto != nil {
 		return
 	}
-	file_metapb_meta_proto_msgTypes[9].OneofWrappers = []any{
+	file_metapb_meta_proto_msgTypes[10].OneofWrappers = []any{
 		(*Entry_Bootstrap)(nil),
 		(*Entry_CreateToken)(nil),
 		(*Entry_RevokeToken)(nil),
@@ -3048,7 +3196,7 @@ func file_metapb_meta_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metapb_meta_proto_rawDesc), len(file_metapb_meta_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
