@@ -53,9 +53,14 @@ func (c Compensation) String() string {
 	return fmt.Sprintf("%s(group %d, replica %d, node %d)", c.Kind, c.Group, c.Replica, c.Node)
 }
 
-// Entry is the metadata entry that records the compensation once its Raft
-// part took effect; nil for a RemoveLearner whose replica was never known.
-func (c Compensation) Entry() *metapb.Entry {
+// Entry is the metadata entry that records the compensation of move id once
+// its Raft part took effect; nil for a RemoveLearner whose replica was never
+// known. A removal carries the move's ID: the aborting row still holds the
+// group, and the metadata group takes membership changes of a held group
+// only from the migration that holds it. That is what lets a move whose
+// target died unwind while placement is kept out, and then release the
+// group (the row's deletion) for repair.
+func (c Compensation) Entry(id string) *metapb.Entry {
 	switch c.Kind {
 	case RestoreLeaderHint:
 		return meta.NewSetLeaderHint(c.Group, c.Node)
@@ -63,7 +68,7 @@ func (c Compensation) Entry() *metapb.Entry {
 		if c.Replica == 0 {
 			return nil
 		}
-		return meta.NewRemoveReplica(c.Group, c.Replica)
+		return meta.WithMigration(id, meta.NewRemoveReplica(c.Group, c.Replica))
 	}
 	return nil
 }

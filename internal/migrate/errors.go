@@ -56,10 +56,16 @@ func (e *ConflictError) Error() string {
 	return fmt.Sprintf("migrate: group %d has a move in flight (%s)", e.Group, e.ID)
 }
 
-// Is makes every *ConflictError match ErrConflict.
+// Is makes every *ConflictError match ErrConflict, and meta.ErrConflict
+// (the metadata group's refusal of a change to a group a migration holds).
 func (e *ConflictError) Is(target error) bool {
-	_, ok := target.(*ConflictError)
-	return ok
+	switch t := target.(type) {
+	case *ConflictError:
+		return true
+	case *meta.Error:
+		return t.Code == metapb.Code_CODE_CONFLICT
+	}
+	return false
 }
 
 // asError is errors.As for *Error.

@@ -106,6 +106,12 @@ func (k StepKind) String() string {
 // Step is the executor's next action for one move.
 type Step struct {
 	Kind StepKind
+	// From is the row's phase Next decided from: the writes of Entry and
+	// ErrorEntry expect the stored row at From (and the attempt they are
+	// given), so a step decided from a stale read is refused
+	// (CHECKPOINT_CONFLICT) rather than moving the row backwards or past
+	// another coordinator's write. Next sets it; a Step built by hand must.
+	From Phase
 	// Phase is the phase to write (Advance), else the row's phase.
 	Phase Phase
 	// Move is the payload: the row's, with the learner filled in once
@@ -159,36 +165,70 @@ func (s Step) String() string {
 	return s.Kind.String()
 }
 
-// Entry is the metadata entry the step proposes for move id at attempt:
-// the row to write (Advance, Abort), the AddReplica that allocates the
-// learner (AddLearner with Replica 0), the Batch that records the new
-// membership with the complete row (Record), the compensation's record
-// (Compensate), the row's deletion (Delete); nil for the steps that are
-// Raft only (or Wait, Invalid).
+// Entry is the metadata entry the step proposes for move id, whose row the
+// executor read at attempt (and at phase From):
+//
+//   - Advance, Abort: the row at the new phase (same attempt), written only
+//     if the row is still at From and attempt;
+//   - AddLearner with Replica 0: the AddReplica that allocates the learner;
+//   - Record: one Batch: PromoteReplica, RemoveReplica, and the complete row
+//     (conditional, as Advance), which releases the group;
+//   - Compensate: the compensation's record;
+//   - Delete: the row's deletion, only if it is still at From and attempt;
+//   - nil for the steps that are Raft only (or Wait, Invalid).
+//
+// Membership entries carry the move's ID (meta.WithMigration): the row
+// holds the group, and the metadata group refuses changes to it that are
+// not the move's.
 func (s Step) Entry(id string, attempt uint32) *metapb.Entry {
 	g := s.Move.Group
+	put := func(c *metapb.Checkpoint) *metapb.Entry {
+		return meta.NewPutCheckpointIf(c, expectRow(s.From, attempt))
+	}
 	switch s.Kind {
 	case StepAdvance:
-		return meta.NewPutCheckpoint(Checkpoint(id, s.Phase, attempt, s.Move))
+		return put(Checkpoint(id, s.Phase, attempt, s.Move))
 	case StepAbort:
-		return meta.NewPutCheckpoint(Checkpoint(id, PhaseAborting, attempt, s.Move.WithError(s.Reason)))
+		return put(Checkpoint(id, PhaseAborting, attempt, s.Move.WithError(s.Reason)))
 	case StepAddLearner:
 		if s.Replica == 0 {
-			return meta.NewAddReplica(g, s.Node, metapb.Role_ROLE_LEARNER)
+			return meta.WithMigration(id, meta.NewAddReplica(g, s.Node, metapb.Role_ROLE_LEARNER))
 		}
 	case StepRecord:
-		es := []*metapb.Entry{meta.NewPromoteReplica(g, s.Replica)}
+		es := []*metapb.Entry{meta.WithMigration(id, meta.NewPromoteReplica(g, s.Replica))}
 		if s.Remove != 0 {
-			es = append(es, meta.NewRemoveReplica(g, s.Remove))
+			es = append(es, meta.WithMigration(id, meta.NewRemoveReplica(g, s.Remove)))
 		}
-		es = append(es, meta.NewPutCheckpoint(Checkpoint(id, PhaseComplete, attempt, s.Move)))
+		es = append(es, put(Checkpoint(id, PhaseComplete, attempt, s.Move)))
 		return meta.NewBatch(es...)
 	case StepCompensate:
-		return s.Compensation.Entry()
+		return s.Compensation.Entry(id)
 	case StepDelete:
-		return meta.NewDeleteCheckpoint(id)
+		return meta.NewDeleteCheckpointIf(id, expectRow(s.From, attempt))
 	}
 	return nil
+}
+
+// ErrorEntry records msg as the last error of move id's current phase (the
+// executor failed to carry out s): the row at From and attempt, rewritten
+// in place with the step's move and LastError msg, if it is still at From
+// and attempt. The metadata group replaces the payload of a row whose
+// phase and attempt are unchanged, so the failure shows in `migrations`
+// without a new attempt.
+func (s Step) ErrorEntry(id string, attempt uint32, msg string) *metapb.Entry {
+	return meta.NewPutCheckpointIf(Checkpoint(id, s.From, attempt, s.Move.WithError(msg)), expectRow(s.From, attempt))
+}
+
+// expectRow is the expectation of a write decided from a row at phase and
+// attempt. An unknown phase expects the empty phase, which the metadata
+// group refuses for a put (INVALID_ARGUMENT) and takes as "any phase" for a
+// delete: a Step without From is a bug.
+func expectRow(phase Phase, attempt uint32) *metapb.CheckpointExpectation {
+	name := ""
+	if phase.Valid() {
+		name = phase.String()
+	}
+	return meta.ExpectRow(name, attempt)
 }
 
 // Next decides the next step of move m, whose row is at phase, from the
@@ -222,6 +262,12 @@ func Next(m ReplicaMove, phase Phase, v GroupView) Step { return Config{}.Next(m
 // point of no return is taken to promote; no leader, or a configuration
 // change pending, means Wait.
 func (c Config) Next(m ReplicaMove, phase Phase, v GroupView) Step {
+	s := c.next(m, phase, v)
+	s.From = phase
+	return s
+}
+
+func (c Config) next(m ReplicaMove, phase Phase, v GroupView) Step {
 	c = c.withDefaults()
 	if err := ValidateForPhase(m, phase); err != nil {
 		return Step{Kind: StepInvalid, Phase: phase, Move: m, Err: err}

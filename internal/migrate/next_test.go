@@ -3,6 +3,7 @@ package migrate
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
@@ -175,38 +176,53 @@ func TestNextCatchUpMaxLagConfigurable(t *testing.T) {
 	}
 }
 
-// Every step's metadata entry applies to a metadata state in which the
-// move's situation holds, and does what the step says.
+// Every step's metadata entry does what the step says; the row writes are
+// conditional on the row the step was decided from, and the membership
+// entries carry the move's ID.
 func TestStepEntries(t *testing.T) {
 	m := move(1, 1, tL)
 	id := MoveID(m)
-	e := Step{Kind: StepAdvance, Phase: PhaseCatchUp, Move: m}.Entry(id, 3)
+	expects := func(t *testing.T, got *metapb.CheckpointExpectation, phase Phase, attempt uint32) {
+		t.Helper()
+		if got.GetAbsent() || got.GetPhase() != phase.String() || got.GetAttempt() != attempt {
+			t.Fatalf("expectation %v, want %v/%d", got, phase, attempt)
+		}
+	}
+	e := Step{Kind: StepAdvance, From: PhaseAddLearner, Phase: PhaseCatchUp, Move: m}.Entry(id, 3)
 	c := e.GetPutCheckpoint().GetCheckpoint()
-	if c.GetPhase() != "catch_up" || c.GetAttempt() != 3 || c.GetCrc32C() != meta.CheckpointCRC(c) || c.GetKind() != metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE {
+	if c.GetPhase() != "catch_up" || c.GetAttempt() != 3 || c.GetCrc32C() != meta.CheckpointCRC(c) || c.GetKind() != metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE || c.GetFenceGroup() != tg {
 		t.Fatalf("advance entry %v", c)
 	}
+	expects(t, e.GetPutCheckpoint().GetExpect(), PhaseAddLearner, 3)
 	if got, err := DecodeReplicaMove(c.GetPayload()); err != nil || got != m {
 		t.Fatalf("payload %+v, %v", got, err)
 	}
-	e = Step{Kind: StepAbort, Move: m, Reason: "target gone"}.Entry(id, 3)
+	e = Step{Kind: StepAbort, From: PhaseCatchUp, Move: m, Reason: "target gone"}.Entry(id, 3)
 	c = e.GetPutCheckpoint().GetCheckpoint()
-	if got, _ := DecodeReplicaMove(c.GetPayload()); c.GetPhase() != "aborting" || got.LastError != "target gone" {
+	if got, _ := DecodeReplicaMove(c.GetPayload()); c.GetPhase() != "aborting" || got.LastError != "target gone" || c.GetFenceGroup() != tg {
 		t.Fatalf("abort entry %v", c)
 	}
-	if e := (Step{Kind: StepAddLearner, Move: m, Node: tTo}).Entry(id, 1); e.GetAddReplica().GetNode() != tTo || e.GetAddReplica().GetGroup() != tg {
+	expects(t, e.GetPutCheckpoint().GetExpect(), PhaseCatchUp, 3)
+	if e := (Step{Kind: StepAddLearner, From: PhaseAddLearner, Move: m, Node: tTo}).Entry(id, 1); e.GetAddReplica().GetNode() != tTo || e.GetAddReplica().GetGroup() != tg || e.GetAddReplica().GetMigrationId() != id {
 		t.Fatalf("add learner entry %v", e)
 	}
 	if e := (Step{Kind: StepAddLearner, Move: m, Replica: tL, Node: tTo}).Entry(id, 1); e != nil {
 		t.Fatalf("Raft-only add learner has entry %v", e)
 	}
-	e = Step{Kind: StepRecord, Move: m, Replica: tL, Remove: 1}.Entry(id, 2)
+	e = Step{Kind: StepRecord, From: PhasePromote, Move: m, Replica: tL, Remove: 1}.Entry(id, 2)
 	es := e.GetBatch().GetEntries()
 	if len(es) != 3 || es[0].GetPromoteReplica().GetReplica() != tL || es[1].GetRemoveReplica().GetReplica() != 1 || es[2].GetPutCheckpoint().GetCheckpoint().GetPhase() != "complete" {
 		t.Fatalf("record entry %v", e)
 	}
-	if e := (Step{Kind: StepDelete, Move: m}).Entry(id, 2); e.GetDeleteCheckpoint().GetId() != id {
+	if es[0].GetPromoteReplica().GetMigrationId() != id || es[1].GetRemoveReplica().GetMigrationId() != id || es[2].GetPutCheckpoint().GetCheckpoint().GetFenceGroup() != 0 {
+		t.Fatalf("record entry %v: the membership changes are not the move's, or the complete row still holds the group", e)
+	}
+	expects(t, es[2].GetPutCheckpoint().GetExpect(), PhasePromote, 2)
+	e = Step{Kind: StepDelete, From: PhaseComplete, Move: m}.Entry(id, 2)
+	if e.GetDeleteCheckpoint().GetId() != id {
 		t.Fatalf("delete entry %v", e)
 	}
+	expects(t, e.GetDeleteCheckpoint().GetExpect(), PhaseComplete, 2)
 	for _, k := range []StepKind{StepWait, StepTransferLeader, StepReplace, StepInvalid} {
 		if e := (Step{Kind: k, Move: m}).Entry(id, 1); e != nil {
 			t.Fatalf("%v has entry %v", k, e)
@@ -215,47 +231,185 @@ func TestStepEntries(t *testing.T) {
 	if e := (Step{Kind: StepCompensate, Move: m, Compensation: Compensation{Kind: RestoreLeaderHint, Group: tg, Node: 1}}).Entry(id, 1); e.GetSetLeaderHint().GetNode() != 1 {
 		t.Fatalf("restore entry %v", e)
 	}
-	if e := (Compensation{Kind: RemoveLearner, Group: tg, Node: tTo}).Entry(); e != nil {
+	if e := (Step{Kind: StepCompensate, Move: m, Compensation: Compensation{Kind: RemoveLearner, Group: tg, Replica: tL, Node: tTo}}).Entry(id, 1); e.GetRemoveReplica().GetReplica() != tL || e.GetRemoveReplica().GetMigrationId() != id {
+		t.Fatalf("remove entry %v", e)
+	}
+	if e := (Compensation{Kind: RemoveLearner, Group: tg, Node: tTo}).Entry(id); e != nil {
 		t.Fatalf("remove of an unknown replica has entry %v", e)
 	}
+	// A failure recorded within a phase: same phase and attempt, new
+	// last error, conditional on the row.
+	e = Step{Kind: StepWait, From: PhaseCatchUp, Move: m}.ErrorEntry(id, 4, "learner unreachable")
+	c = e.GetPutCheckpoint().GetCheckpoint()
+	if got, _ := DecodeReplicaMove(c.GetPayload()); c.GetPhase() != "catch_up" || c.GetAttempt() != 4 || got.LastError != "learner unreachable" || c.GetFenceGroup() != tg {
+		t.Fatalf("error entry %v", c)
+	}
+	expects(t, e.GetPutCheckpoint().GetExpect(), PhaseCatchUp, 4)
+	// Next records the phase it decided from.
+	if s := Next(m, PhaseCatchUp, worldAt(sCaughtUp, 1, 1).view()); s.From != PhaseCatchUp || s.Kind != StepAdvance {
+		t.Fatalf("step %+v", s)
+	}
+	if s := Next(m, PhaseUnknown, worldAt(sCaughtUp, 1, 1).view()); s.From != PhaseUnknown || s.Kind != StepInvalid {
+		t.Fatalf("step %+v", s)
+	}
+	// A hand-built step without From cannot write a row.
+	if _, err := meta.EncodeEntry(Step{Kind: StepAdvance, Phase: PhaseCatchUp, Move: m}.Entry(id, 1)); !errors.Is(err, meta.ErrInvalidArgument) {
+		t.Fatalf("a put without From: %v", err)
+	}
+}
+
+// metaMove applies entries to a metadata state as the executor would,
+// failing the test on a refusal unless the test expects one.
+type metaMove struct {
+	t  *testing.T
+	st *metapb.State
+}
+
+func (mm *metaMove) apply(e *metapb.Entry) *metapb.Result {
+	mm.t.Helper()
+	if _, err := meta.EncodeEntry(e); err != nil {
+		mm.t.Fatalf("encode %v: %v", e, err)
+	}
+	next, res, _, err := meta.Apply(mm.st, e, tStart.UnixNano())
+	if err != nil {
+		mm.t.Fatalf("apply %v: %v", e, err)
+	}
+	mm.st = next
+	return res
+}
+
+func (mm *metaMove) refused(e *metapb.Entry, code metapb.Code) {
+	mm.t.Helper()
+	if _, _, _, err := meta.Apply(mm.st, e, tStart.UnixNano()); meta.ResultError(&metapb.Result{Code: code}) == nil || !errors.Is(err, &meta.Error{Code: code}) {
+		mm.t.Fatalf("apply %v: %v, want %v", e, err, code)
+	}
+}
+
+// row returns the move's row as the executor reads it back.
+func (mm *metaMove) row(id string) (Phase, ReplicaMove, uint32) {
+	mm.t.Helper()
+	c := mm.st.GetMigrations()[id]
+	p, m, err := ParseRow(c)
+	if err != nil {
+		mm.t.Fatalf("row %v: %v", c, err)
+	}
+	return p, m, c.GetAttempt()
 }
 
 // The metadata entries of a whole move, applied to a real metadata state
 // with meta.Apply: the record ends with node 4 a voter instead of node 1,
-// and no row.
+// and no row. On the way the group is held: placement's changes are
+// refused (CONFLICT), a second coordinator working from a stale read is
+// refused (CHECKPOINT_CONFLICT), and retries of the move's own writes are
+// no-ops.
 func TestStepEntriesApplyToMetadata(t *testing.T) {
-	st := metaCluster(t)
-	now := tStart
-	m, err := NewReplicaMove(st, 1, 1, 4, now)
+	mm := &metaMove{t: t, st: metaCluster(t)}
+	m, err := NewReplicaMove(mm.st, 1, 1, 4, tStart)
 	if err != nil {
 		t.Fatal(err)
 	}
 	id := MoveID(m)
-	apply := func(e *metapb.Entry) *metapb.Result {
-		t.Helper()
-		next, res, _, err := meta.Apply(st, e, now.UnixNano())
-		if err != nil {
-			t.Fatalf("apply %v: %v", e, err)
-		}
-		st = next
-		return res
-	}
-	apply(meta.NewPutCheckpoint(Checkpoint(id, PhaseAddLearner, 1, m)))
-	if _, err := NewReplicaMove(st, 1, 2, 4, now); !errors.Is(err, ErrConflict) {
+	mm.apply(StartEntry(m))
+	mm.apply(StartEntry(m)) // a retried start: the same row, a no-op
+	if _, err := NewReplicaMove(mm.st, 1, 2, 4, tStart); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second move of the group: %v", err)
 	}
-	res := apply(Step{Kind: StepAddLearner, Move: m, Node: 4}.Entry(id, 1))
+	other, _ := NewReplicaMove(metaCluster(t), 1, 2, 4, tStart.Add(1))
+	mm.refused(StartEntry(other), metapb.Code_CODE_CONFLICT)                                  // raced past NewReplicaMove
+	mm.refused(meta.NewAddReplica(1, 4, metapb.Role_ROLE_LEARNER), metapb.Code_CODE_CONFLICT) // placement
+
+	phase, _, attempt := mm.row(id)
+	res := mm.apply(Step{Kind: StepAddLearner, From: phase, Move: m, Node: 4}.Entry(id, attempt))
 	m.Learner = res.GetReplicaId()
-	apply(Step{Kind: StepAdvance, Phase: PhaseCatchUp, Move: m}.Entry(id, 1))
-	apply(Step{Kind: StepAdvance, Phase: PhaseTransferLeader, Move: m}.Entry(id, 1))
-	apply(Step{Kind: StepAdvance, Phase: PhasePromote, Move: m}.Entry(id, 1))
-	apply(Step{Kind: StepRecord, Move: m, Replica: m.Learner, Remove: m.Outgoing}.Entry(id, 1))
-	if c := st.GetMigrations()[id]; c.GetPhase() != "complete" {
-		t.Fatalf("row %v", c)
+	for _, p := range []Phase{PhaseCatchUp, PhaseTransferLeader, PhasePromote} {
+		from, _, attempt := mm.row(id)
+		s := Step{Kind: StepAdvance, From: from, Phase: p, Move: m}
+		mm.apply(s.Entry(id, attempt))
+		mm.apply(s.Entry(id, attempt)) // retried: a no-op
+		// A second coordinator that read the row before this write.
+		stale := Step{Kind: StepAbort, From: from, Move: m, Reason: "stale"}
+		mm.refused(stale.Entry(id, attempt), metapb.Code_CODE_CHECKPOINT_CONFLICT)
 	}
-	apply(Step{Kind: StepDelete, Move: m}.Entry(id, 1))
-	g := st.GetGroups()[1]
-	if meta.ReplicaOnNode(g, 1) != nil || meta.ReplicaOnNode(g, 4).GetRole() != metapb.Role_ROLE_VOTER || len(st.GetMigrations()) != 0 {
-		t.Fatalf("group %v, rows %v", g, st.GetMigrations())
+	// A failure recorded within promote, without a new attempt.
+	phase, _, attempt = mm.row(id)
+	mm.apply(Step{Kind: StepReplace, From: phase, Move: m}.ErrorEntry(id, attempt, "joint change timed out"))
+	if p, got, a := mm.row(id); p != PhasePromote || a != attempt || got.LastError != "joint change timed out" {
+		t.Fatalf("row %v %+v %d", p, got, a)
 	}
+	mm.refused(meta.NewBatch(meta.NewPromoteReplica(1, m.Learner), meta.NewRemoveReplica(1, m.Outgoing)), metapb.Code_CODE_CONFLICT) // placement's Replace record
+	rec := Step{Kind: StepRecord, From: PhasePromote, Move: m, Replica: m.Learner, Remove: m.Outgoing}.Entry(id, attempt)
+	mm.apply(rec)
+	mm.apply(rec) // retried after it took effect: every member a no-op
+	if p, _, _ := mm.row(id); p != PhaseComplete {
+		t.Fatalf("row at %v", p)
+	}
+	if _, held := meta.GroupFence(mm.st, 1); held {
+		t.Fatal("the complete row still holds the group")
+	}
+	del := Step{Kind: StepDelete, From: PhaseComplete, Move: m}.Entry(id, attempt)
+	mm.apply(del)
+	mm.apply(del)                                         // retried: a no-op
+	mm.refused(rec, metapb.Code_CODE_CHECKPOINT_CONFLICT) // a late retry cannot bring the row back
+	g := mm.st.GetGroups()[1]
+	if meta.ReplicaOnNode(g, 1) != nil || meta.ReplicaOnNode(g, 4).GetRole() != metapb.Role_ROLE_VOTER || len(mm.st.GetMigrations()) != 0 {
+		t.Fatalf("group %v, rows %v", g, mm.st.GetMigrations())
+	}
+	mm.apply(meta.NewAddReplica(1, 1, metapb.Role_ROLE_LEARNER)) // placement again
+}
+
+// A move whose target died is aborted by recovery through the metadata
+// group: the abort's compensations carry the move's ID and get through the
+// group's fence (placement's repair does not, meanwhile), and the row's
+// deletion releases the group for repair. No deadlock.
+func TestAbortThroughMetadataReleasesTheGroup(t *testing.T) {
+	mm := &metaMove{t: t, st: metaCluster(t)}
+	m, err := NewReplicaMove(mm.st, 1, 1, 4, tStart)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := MoveID(m)
+	mm.apply(StartEntry(m))
+	res := mm.apply(Step{Kind: StepAddLearner, From: PhaseAddLearner, Move: m, Node: 4}.Entry(id, 1))
+	m.Learner = res.GetReplicaId()
+	mm.apply(Step{Kind: StepAdvance, From: PhaseAddLearner, Phase: PhaseCatchUp, Move: m}.Entry(id, 1))
+
+	// Node 4 dies. Raft has the learner; the new metadata leader recovers.
+	v := RecordedView(mm.st, 1)
+	v.Voters, v.Learners = v.RecordedVoters, v.RecordedLearners
+	v.LeaderNode, v.LeaderHint = 1, 1
+	v.Progress = map[uint64]Progress{1: {Active: true, Replicating: true}, 2: {Active: true, Replicating: true}, 3: {Active: true, Replicating: true}}
+	ns := NodeStatesOf(mm.st, func(n uint64) bool { return n == 4 })
+	ds := Recover(Rows(mm.st), tStart.Add(time.Minute), ns, map[uint64]GroupView{1: v}, Config{})
+	if len(ds) != 1 || ds[0].Action != Abort || ds[0].From != PhaseCatchUp {
+		t.Fatalf("decisions %+v", ds)
+	}
+	mm.apply(ds[0].Entry())
+	mm.apply(ds[0].Entry()) // retried: a no-op
+	// A coordinator that read the row before the abort cannot advance it.
+	mm.refused(Step{Kind: StepAdvance, From: PhaseCatchUp, Phase: PhaseTransferLeader, Move: m}.Entry(id, 1), metapb.Code_CODE_CHECKPOINT_CONFLICT)
+	mm.refused(meta.NewRemoveReplica(1, m.Learner), metapb.Code_CODE_CONFLICT)
+	// The executor: Next over the aborting row, until it deletes it.
+	for range 5 {
+		phase, row, attempt := mm.row(id)
+		s := Next(row, phase, v)
+		switch s.Kind {
+		case StepCompensate:
+			if s.Compensation.Kind != RestoreLeaderHint { // Raft removes the learner first
+				v.Learners = nil
+			}
+			mm.apply(s.Entry(id, attempt))
+			rv := RecordedView(mm.st, 1)
+			v.RecordedVoters, v.RecordedLearners, v.LeaderHint = rv.RecordedVoters, rv.RecordedLearners, rv.LeaderHint
+			continue
+		case StepDelete:
+			mm.apply(s.Entry(id, attempt))
+		default:
+			t.Fatalf("step %v", s)
+		}
+		break
+	}
+	if len(mm.st.GetMigrations()) != 0 || meta.ReplicaOnNode(mm.st.GetGroups()[1], 4) != nil {
+		t.Fatalf("rows %v, group %v", mm.st.GetMigrations(), mm.st.GetGroups()[1])
+	}
+	mm.apply(meta.NewAddReplica(1, 4, metapb.Role_ROLE_LEARNER)) // repair (here on the same node, had it come back)
 }

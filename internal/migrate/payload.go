@@ -151,9 +151,30 @@ func DecodeReplicaMove(payload []byte) (ReplicaMove, error) {
 }
 
 // Checkpoint returns the row for move id at phase and attempt, checksum
-// filled in.
+// filled in. Every phase but complete holds the move's group (fence_group):
+// from the first row to the last compensation, the metadata group refuses
+// membership changes of the group that do not carry the move's ID
+// (meta.WithMigration), so placement cannot fight the move. The complete
+// row is written in the Batch that records the new membership, and
+// releases the group.
 func Checkpoint(id string, phase Phase, attempt uint32, m ReplicaMove) *metapb.Checkpoint {
-	return meta.NewCheckpoint(id, metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, phase.String(), attempt, m.Encode())
+	return meta.NewFencingCheckpoint(id, metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, phase.String(), attempt, m.Encode(), fenceOf(phase, m))
+}
+
+// fenceOf is the group a row at phase holds.
+func fenceOf(phase Phase, m ReplicaMove) uint64 {
+	if phase == PhaseComplete {
+		return 0
+	}
+	return m.Group
+}
+
+// StartEntry is the entry that starts move m (NewReplicaMove): its first
+// row, at add_learner attempt 1, written only if no row has its ID
+// (CHECKPOINT_CONFLICT otherwise) and only if no other migration holds the
+// group (CONFLICT).
+func StartEntry(m ReplicaMove) *metapb.Entry {
+	return meta.NewPutCheckpointIf(Checkpoint(MoveID(m), PhaseAddLearner, 1, m), meta.ExpectAbsent())
 }
 
 // MoveID is a migration ID for m: "rm-g<group>-<start nanos>".
@@ -161,10 +182,12 @@ func MoveID(m ReplicaMove) string {
 	return fmt.Sprintf("rm-g%d-%d", m.Group, m.StartedUnixNanos)
 }
 
-// ParseRow checks a row (checksum, kind, phase, payload) and returns its
-// phase and move. A row that fails is to be quarantined: reported, never
-// acted on. The error is typed: errors.Is(err, meta.ErrBadChecksum) for a
-// checksum that does not match.
+// ParseRow checks a row (checksum, kind, phase, payload, and the group it
+// holds: the move's group in every phase, or none at complete) and returns
+// its phase and move. A row that fails is to be quarantined: reported,
+// never acted on. The error is typed: errors.Is(err, meta.ErrBadChecksum)
+// for a checksum that does not match. Rows read from a state should come
+// from Rows, which also catches a row stored under a key other than its ID.
 func ParseRow(c *metapb.Checkpoint) (Phase, ReplicaMove, error) {
 	if c == nil {
 		return PhaseUnknown, ReplicaMove{}, errorf(metapb.Code_CODE_INVALID_ARGUMENT, "no row")
@@ -182,6 +205,9 @@ func ParseRow(c *metapb.Checkpoint) (Phase, ReplicaMove, error) {
 	m, err := DecodeReplicaMove(c.GetPayload())
 	if err == nil {
 		err = ValidateForPhase(m, phase)
+	}
+	if g := c.GetFenceGroup(); err == nil && g != fenceOf(phase, m) && (phase != PhaseComplete || g != m.Group) {
+		err = errorf(metapb.Code_CODE_INVALID_ARGUMENT, "a %s row of a move of group %d holds group %d", phase, m.Group, g)
 	}
 	if err != nil {
 		return phase, ReplicaMove{}, prefix(err, "row %q", c.GetId())

@@ -128,10 +128,25 @@ func TestParseRow(t *testing.T) {
 		meta.NewCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "promoted", 1, m.Encode()),
 		meta.NewCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "promote", 1, []byte("{}")),
 		Checkpoint("a", PhaseCatchUp, 1, move(1, 1, 0)),
+		// A live row must hold its move's group, nothing else.
+		meta.NewCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "catch_up", 1, m.Encode()),
+		meta.NewFencingCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "aborting", 1, m.Encode(), tg+1),
+		meta.NewFencingCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "complete", 1, m.Encode(), tg+1),
 	} {
 		if _, _, err := ParseRow(c); err == nil || errors.Is(err, meta.ErrBadChecksum) {
 			t.Fatalf("row %v: %v", c, err)
 		}
+	}
+	// Every row holds the move's group but the complete one; a complete
+	// row that still does is accepted.
+	for _, p := range Phases {
+		if c, want := Checkpoint("a", p, 1, m), map[bool]uint64{true: 0, false: tg}[p == PhaseComplete]; c.GetFenceGroup() != want {
+			t.Fatalf("%v row holds group %d, want %d", p, c.GetFenceGroup(), want)
+		}
+	}
+	held := meta.NewFencingCheckpoint("a", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "complete", 1, m.Encode(), tg)
+	if p, _, err := ParseRow(held); err != nil || p != PhaseComplete {
+		t.Fatalf("complete row holding its group: %v %v", p, err)
 	}
 }
 

@@ -44,6 +44,7 @@ type scenario struct {
 	age           time.Duration
 	target        targetKind
 	crcBad        bool
+	fenceBad      bool // the row holds a group other than its move's
 	payload       payloadKind
 	observed      bool
 	leaderKnown   bool
@@ -67,6 +68,9 @@ func modelDecision(s scenario) (Action, Phase) {
 		if s.phase != PhaseAddLearner && s.phase != PhaseAborting {
 			return Quarantine, s.phase
 		}
+	}
+	if s.fenceBad {
+		return Quarantine, s.phase
 	}
 	if s.phase == PhaseComplete {
 		return Cleanup, PhaseComplete
@@ -123,6 +127,7 @@ func drawScenario(t *rapid.T) scenario {
 		s.target = targetKind(rapid.IntRange(1, int(targetUnknown)).Draw(t, "target"))
 	}
 	s.crcBad = rapid.IntRange(0, 7).Draw(t, "crc bad") == 0
+	s.fenceBad = rapid.IntRange(0, 9).Draw(t, "fence bad") == 0
 	s.payload = payloadOK
 	if rapid.IntRange(0, 4).Draw(t, "payload trouble") == 0 {
 		s.payload = payloadKind(rapid.IntRange(1, int(payloadNoLearner)).Draw(t, "payload"))
@@ -162,7 +167,17 @@ func (s scenario) build(t *rapid.T) (*metapb.Checkpoint, NodeStates, map[uint64]
 	if s.phase == PhaseUnknown {
 		phase = rapid.SampledFrom([]string{"", "bogus", "Promote", "catch-up"}).Draw(t, "phase name")
 	}
-	row := meta.NewCheckpoint("mv", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, phase, 3, payload)
+	fence := fenceOf(s.phase, m)
+	if s.phase == PhaseComplete && rapid.Bool().Draw(t, "complete row still holds its group") {
+		fence = m.Group // allowed
+	}
+	if s.fenceBad {
+		fence = rapid.SampledFrom([]uint64{0, tg + 1}).Draw(t, "bad fence")
+		if s.phase == PhaseComplete {
+			fence = tg + 1
+		}
+	}
+	row := meta.NewFencingCheckpoint("mv", metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, phase, 3, payload, fence)
 	if s.crcBad {
 		row.Crc32C ^= 1 << rapid.IntRange(0, 31).Draw(t, "crc bit")
 	}
@@ -362,6 +377,51 @@ type sim struct {
 	downFor  int    // iterations the target has been down
 	pendingF func() // the configuration change in flight
 	log      []string
+	// meta is a metadata state holding the row, to which every row write
+	// and deletion is applied with meta.Apply: each must be accepted (its
+	// expectation is the row it was decided from), and the stored row
+	// must be the simulated one.
+	meta *metapb.State
+}
+
+// metaWrite applies the row's entry e (a put, a delete, or a Batch whose
+// last member is the put) to s.meta; it must be accepted.
+func (s *sim) metaWrite(e *metapb.Entry) {
+	if b := e.GetBatch(); b != nil {
+		es := b.GetEntries()
+		for _, m := range es[:len(es)-1] {
+			if id := m.GetPromoteReplica().GetMigrationId() + m.GetRemoveReplica().GetMigrationId(); id != "mv" {
+				s.fatalf("record member %v is not the move's", m)
+			}
+		}
+		e = es[len(es)-1]
+	}
+	if e.GetPutCheckpoint() == nil && e.GetDeleteCheckpoint() == nil {
+		s.fatalf("not a row write: %v", e)
+	}
+	next, _, _, err := meta.Apply(s.meta, e, s.now.UnixNano())
+	if err != nil {
+		s.fatalf("row write %v refused: %v", e, err)
+	}
+	s.meta = next
+}
+
+// checkMetaRow checks that the metadata row is the simulated one.
+func (s *sim) checkMetaRow() {
+	c, ok := s.meta.GetMigrations()["mv"]
+	if ok != s.row.present {
+		s.fatalf("metadata row present %v, simulated %v", ok, s.row.present)
+	}
+	if !ok {
+		return
+	}
+	p, m, err := ParseRow(c)
+	if err != nil || p != s.row.phase || m != s.row.m || c.GetAttempt() != s.row.attempt {
+		s.fatalf("metadata row %v (%v), simulated %v %+v", c, err, s.row.phase, s.row.m)
+	}
+	if _, held := meta.GroupFence(s.meta, tg); held != (p != PhaseComplete) {
+		s.fatalf("row at %v holds the group: %v", p, held)
+	}
 }
 
 func (s *sim) fatalf(format string, args ...any) {
@@ -471,12 +531,16 @@ func (s *sim) exec(st Step) {
 		if r.phase == PhaseAborting && st.Phase != PhasePromote || r.phase != PhaseAborting && st.Phase <= r.phase {
 			s.fatalf("advance from %v to %v", r.phase, st.Phase)
 		}
+		s.metaWrite(st.Entry("mv", r.attempt))
 		r.phase, r.m = st.Phase, st.Move
 	case StepAddLearner:
 		id := st.Replica
 		if id == 0 {
 			if w.view().replicaOn(tTo) != 0 {
 				s.fatalf("a second replica on the target")
+			}
+			if e := st.Entry("mv", r.attempt); e.GetAddReplica().GetMigrationId() != "mv" {
+				s.fatalf("add replica %v is not the move's", e)
 			}
 			id = w.next
 			w.next++
@@ -530,8 +594,10 @@ func (s *sim) exec(st Step) {
 				w.hint = 0
 			}
 		}
+		s.metaWrite(st.Entry("mv", r.attempt))
 		r.phase, r.m = PhaseComplete, st.Move
 	case StepAbort:
+		s.metaWrite(st.Entry("mv", r.attempt))
 		r.phase, r.m = PhaseAborting, st.Move.WithError(st.Reason)
 	case StepCompensate:
 		c := st.Compensation
@@ -547,6 +613,9 @@ func (s *sim) exec(st Step) {
 		default:
 			if c.Node == w.leader {
 				s.fatalf("compensation %v removes the leader", c)
+			}
+			if e := st.Entry("mv", r.attempt); c.Replica != 0 && e.GetRemoveReplica().GetMigrationId() != "mv" {
+				s.fatalf("compensation entry %v is not the move's", e)
 			}
 			if w.nodeOf(c.Replica) != 0 {
 				s.confChange(func() {
@@ -564,6 +633,7 @@ func (s *sim) exec(st Step) {
 			}
 		}
 	case StepDelete:
+		s.metaWrite(st.Entry("mv", r.attempt))
 		r.present = false
 	default:
 		s.fatalf("step %v", st)
@@ -593,6 +663,12 @@ func TestPropertyMovesEndCleanly(t *testing.T) {
 			cfg: Config{AbortTimeout: rapid.SampledFrom([]time.Duration{20 * time.Minute, time.Hour, 100 * time.Hour}).Draw(t, "abort timeout")},
 			row: simRow{present: true, phase: PhaseAddLearner, attempt: 1, m: move(from, leader, 0)},
 		}
+		st, _, _, err := meta.Apply(nil, meta.NewBootstrap(&metapb.ClusterSettings{ClusterId: "c", VshardCount: 16, ReplicationFactor: 3}, &metapb.Node{PeerAddr: "n1:1"}, uint32(tg)), tStart.UnixNano())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.meta = st
+		s.metaWrite(meta.NewPutCheckpointIf(Checkpoint("mv", PhaseAddLearner, 1, s.row.m), meta.ExpectAbsent()))
 		for i := 0; i < 1000 && s.row.present; i++ {
 			s.env()
 			row := Checkpoint("mv", s.row.phase, s.row.attempt, s.row.m)
@@ -608,10 +684,12 @@ func TestPropertyMovesEndCleanly(t *testing.T) {
 			case Wait:
 				continue
 			case Cleanup:
+				s.metaWrite(d.Entry())
 				s.row.present = false
 				continue
 			case Abort:
 				if s.row.phase != PhaseAborting {
+					s.metaWrite(d.Entry())
 					s.row.phase, s.row.m = PhaseAborting, d.Move.WithError(d.Reason)
 				}
 			}
@@ -621,7 +699,9 @@ func TestPropertyMovesEndCleanly(t *testing.T) {
 			}
 			s.log = append(s.log, "    "+st.String())
 			s.exec(st)
+			s.checkMetaRow()
 		}
+		s.checkMetaRow()
 		if s.row.present {
 			s.fatalf("the move did not end: row at %v, world %+v", s.row.phase, w)
 		}

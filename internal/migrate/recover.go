@@ -57,7 +57,10 @@ type Decision struct {
 	// Phase is the phase to run from: the row's, promote for Forward,
 	// aborting for Abort; PhaseUnknown for a Quarantine whose phase did not
 	// parse.
-	Phase   Phase
+	Phase Phase
+	// From is the row's phase as stored (PhaseUnknown if it did not parse)
+	// and Attempt its attempt: what Entry's writes expect.
+	From    Phase
 	Attempt uint32
 	// Move is the row's payload (zero for a Quarantine).
 	Move ReplicaMove
@@ -70,6 +73,25 @@ type Decision struct {
 	// Err is a Quarantine's typed error (*Error: errors.Is(err,
 	// meta.ErrBadChecksum) for a checksum mismatch).
 	Err error
+}
+
+// Entry is the metadata entry that carries out the decision's first
+// write: Cleanup's deletion of the row, and Abort's row at aborting (with
+// the reason as its last error) when the row is not there yet, each only
+// if the row is still at From and Attempt; nil otherwise (Resume and
+// Forward go through Next; Quarantine waits for an operator, whose
+// `migrations abort ID` deletes the row unconditionally).
+func (d Decision) Entry() *metapb.Entry {
+	s := Step{From: d.From, Move: d.Move, Reason: d.Reason}
+	switch {
+	case d.Action == Cleanup:
+		s.Kind = StepDelete
+	case d.Action == Abort && d.From != PhaseAborting:
+		s.Kind = StepAbort
+	default:
+		return nil
+	}
+	return s.Entry(d.ID, d.Attempt)
 }
 
 func (d Decision) String() string {
@@ -125,10 +147,10 @@ func recoverRow(c *metapb.Checkpoint, now time.Time, nodes NodeStates, groups ma
 		if notOurs {
 			return Decision{}, false
 		}
-		d.Action, d.Phase, d.Err, d.Reason = Quarantine, phase, err, err.Error()
+		d.Action, d.Phase, d.From, d.Err, d.Reason = Quarantine, phase, phase, err, err.Error()
 		return d, true
 	}
-	d.Phase, d.Move = phase, m
+	d.Phase, d.From, d.Move = phase, phase, m
 	if age := now.Sub(m.Started()); age > 0 {
 		d.Age = age
 	}

@@ -7,21 +7,31 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
+	"google.golang.org/protobuf/proto"
 )
 
-// Rows returns st's migration rows by ascending ID.
+// Rows returns st's migration rows by ascending ID. A row stored under a
+// key other than its ID (corruption the checksum cannot see, since it does
+// not cover the key) is returned as a copy whose ID is the key, so that its
+// checksum fails and it is quarantined under the ID that deletes it.
 func Rows(st *metapb.State) []*metapb.Checkpoint {
 	ms := st.GetMigrations()
 	out := make([]*metapb.Checkpoint, 0, len(ms))
 	for _, id := range slices.Sorted(maps.Keys(ms)) {
-		out = append(out, ms[id])
+		c := ms[id]
+		if c != nil && c.GetId() != id {
+			c = proto.Clone(c).(*metapb.Checkpoint)
+			c.Id = id
+		}
+		out = append(out, c)
 	}
 	return out
 }
 
 // NewReplicaMove checks a request to move group's voter on node from to
 // node to against the metadata state and returns the move's payload, to be
-// written at add_learner (Checkpoint(MoveID(m), PhaseAddLearner, 1, m)).
+// written at add_learner by StartEntry(m) (which the metadata group refuses
+// with CONFLICT should another migration have taken the group meanwhile).
 // Refusals: a *ConflictError if the group has a move in flight or a
 // learner being added; else an *Error coded INVALID_ARGUMENT (metadata
 // group, from == to), UNKNOWN_GROUP, UNKNOWN_REPLICA (from holds no voter),
@@ -37,6 +47,9 @@ func NewReplicaMove(st *metapb.State, group, from, to uint64, now time.Time) (Re
 		return ReplicaMove{}, errorf(metapb.Code_CODE_INVALID_ARGUMENT, "move group %d from node %d to itself", group, from)
 	}
 	if id, busy := Conflict(Rows(st), group); busy {
+		return ReplicaMove{}, &ConflictError{Group: group, ID: id}
+	}
+	if id, held := meta.GroupFence(st, group); held { // a migration of another kind
 		return ReplicaMove{}, &ConflictError{Group: group, ID: id}
 	}
 	if len(meta.Learners(st, group)) > 0 {

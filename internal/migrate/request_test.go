@@ -57,6 +57,10 @@ func TestNewReplicaMove(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	heldByOther, _, _, err := meta.Apply(st, meta.NewPutCheckpoint(meta.NewFencingCheckpoint("vs", metapb.MigrationKind_MIGRATION_KIND_VSHARD_MOVE, "copy", 1, nil, 1)), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name            string
 		st              *metapb.State
@@ -72,10 +76,11 @@ func TestNewReplicaMove(t *testing.T) {
 		{"draining target", st, 1, 1, 5, metapb.Code_CODE_NODE_NOT_ACTIVE, false},
 		{"target holds a replica", st, 1, 1, 2, metapb.Code_CODE_REPLICA_EXISTS, false},
 		{"learner in flight", busy, 2, 1, 5, 0, true},
+		{"group held by a migration of another kind", heldByOther, 1, 1, 4, 0, true},
 	} {
 		_, err := NewReplicaMove(c.st, c.group, c.from, c.to, tStart)
 		if c.conflict {
-			if !errors.Is(err, ErrConflict) {
+			if !errors.Is(err, ErrConflict) || !errors.Is(err, meta.ErrConflict) {
 				t.Fatalf("%s: %v, want a conflict", c.name, err)
 			}
 			continue
