@@ -103,3 +103,18 @@ func TestMachineBusyGrows(t *testing.T) {
 		t.Errorf("machine busy %v then %v after 100ms of spinning", b0, b1)
 	}
 }
+
+func TestTargetWantsNoErrors(t *testing.T) {
+	rows := []row{
+		{Workload: "4g/8p", System: "nodedb", OpsPerSec: 200},
+		{Workload: "4g/8p", System: "dragonboat", OpsPerSec: 100},
+	}
+	_, ts := mgRatiosAndTargets(rows, []shape{{4, 8}})
+	if len(ts) != 1 || !ts[0].Holds {
+		t.Fatalf("%+v", ts)
+	}
+	rows[0].Errors = 1
+	if _, ts = mgRatiosAndTargets(rows, []shape{{4, 8}}); ts[0].Holds {
+		t.Fatalf("holds with errors: %+v", ts)
+	}
+}
