@@ -26,6 +26,17 @@
 // aborted: the row goes to phase aborting and Compensations undoes it with
 // real Raft configuration changes and metadata entries.
 //
+// The metadata group guards the move at the single source of truth. Every
+// row but the complete one holds the move's group (Checkpoint.fence_group),
+// so membership changes of the group that do not carry the move's ID
+// (placement, repair) are refused with CODE_CONFLICT until the row releases
+// the group or is deleted; the move's own entries (Step.Entry, its
+// compensations) carry the ID. Every row write and deletion is conditional
+// on the row the decision was made from (Step.From, Decision.From and the
+// attempt): of two coordinators working from the same read, only the first
+// write lands, and none moves a row backwards (CODE_CHECKPOINT_CONFLICT).
+// A failure within a phase is recorded in place (Step.ErrorEntry).
+//
 // Recover decides, when a node becomes metadata leader, what to do with
 // every row: clean it up, resume it, take it forward, abort it, wait for a
 // usable observation of its group, or quarantine it (bad checksum or
