@@ -22,7 +22,7 @@ func newDevCommand() *cobra.Command {
 		dir      string
 		logLevel string
 		once     bool
-		portBase int
+		opts     devcluster.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -46,7 +46,7 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
-			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, portBase, cmd.Flags().Changed, logLevel, once)
+			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, opts, cmd.Flags().Changed, logLevel, once)
 		},
 	}
 	cmd.Flags().IntVar(&shape.Nodes, "nodes", 3, "number of nodes")
@@ -55,11 +55,12 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 	cmd.Flags().StringVar(&dir, "dir", ".nodedb-dev", "parent of the nodes' data dirs")
 	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
-	cmd.Flags().IntVar(&portBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i), its API on (port-base+1000+i); 0 picks free ports (first run only)")
+	cmd.Flags().BoolVar(&opts.ReadLease, "read-lease", false, "serve linearizable reads from leader leases (see start --read-lease)")
+	cmd.Flags().IntVar(&opts.PortBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i), its API on (port-base+1000+i); 0 picks free ports (first run only)")
 	return cmd
 }
 
-func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Shape, portBase int, changed func(string) bool, logLevel string, once bool) error {
+func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Shape, opts devcluster.Options, changed func(string) bool, logLevel string, once bool) error {
 	log, err := newLogger(logLevel)
 	if err != nil {
 		return err
@@ -70,7 +71,7 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	c, err := devcluster.Start(ctx, dir, shape, portBase, log)
+	c, err := devcluster.StartWith(ctx, dir, shape, opts, log)
 	if err != nil {
 		return err
 	}

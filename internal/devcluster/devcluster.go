@@ -87,6 +87,20 @@ func NodeDir(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("
 // join it. Node i listens on 127.0.0.1:(portBase+i); portBase 0 picks free
 // ports at the first run (tests), which later runs keep.
 func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.Logger) (*Cluster, error) {
+	return StartWith(ctx, dir, want, Options{PortBase: portBase}, log)
+}
+
+// Options are the runtime settings of a dev cluster (not stored: each run
+// chooses them).
+type Options struct {
+	PortBase int
+	// ReadLease turns on read leases (server.Config.ReadLease).
+	ReadLease bool
+}
+
+// StartWith is Start with every runtime option.
+func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog.Logger) (*Cluster, error) {
+	portBase := o.PortBase
 	c := &Cluster{Dir: dir, Shape: want}
 	b, err := os.ReadFile(filepath.Join(dir, shapeFile))
 	switch {
@@ -111,8 +125,9 @@ func Start(ctx context.Context, dir string, want Shape, portBase int, log *slog.
 	settings := server.Settings{VShards: c.Shape.VShards, Groups: c.Shape.Groups, RF: c.Shape.RF}
 	for i := 1; i <= c.Shape.Nodes; i++ {
 		cfg := server.Config{
-			Dir:    NodeDir(dir, i),
-			Logger: log.With("dev_node", i),
+			Dir:       NodeDir(dir, i),
+			Logger:    log.With("dev_node", i),
+			ReadLease: o.ReadLease,
 		}
 		if !server.IsNode(cfg.Dir) {
 			// A node that does not exist yet: node 1 bootstraps (or
