@@ -64,9 +64,9 @@ func TestManyGroupsBothSystems(t *testing.T) {
 		root: t.TempDir(), rounds: 1, keys: 100, valueSize: 256,
 		warmup: 300 * time.Millisecond, duration: time.Second, pause: 10 * time.Millisecond, opTimeout: 10 * time.Second, idle: 100 * time.Millisecond,
 	}
-	// A 50ms tick (elections after 0.5-1s of silence): no election on a
-	// busy machine, which would fail proposals.
-	m := mgOptions{shapes: "4x8", systems: "nodedb,dragonboat", tick: 50 * time.Millisecond, dragonboatTLS: true}
+	// The default 100ms tick (elections after 1-2s of silence): no election
+	// on a busy machine, which would fail proposals.
+	m := mgOptions{shapes: "4x8", systems: "nodedb,dragonboat", tick: 100 * time.Millisecond, dragonboatTLS: true}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
