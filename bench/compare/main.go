@@ -185,6 +185,7 @@ type conditions struct {
 	Fsync         string  `json:"fsync"`
 	OursPeerTLS   bool    `json:"ours_peer_tls"`
 	OursClientTLS bool    `json:"ours_client_tls"`
+	OursReadLease bool    `json:"ours_read_lease"`
 	EtcdPeerTLS   bool    `json:"etcd_peer_tls"`
 	EtcdClientTLS bool    `json:"etcd_client_tls"`
 	ValueSize     int     `json:"value_size"`
@@ -229,6 +230,7 @@ type options struct {
 	valueSize  int
 	peerTLS    bool
 	clientTLS  bool
+	readLease  bool
 	etcdConns  int
 	etcdTarget string
 	opTimeout  time.Duration
@@ -254,6 +256,7 @@ func main() {
 	flag.IntVar(&o.keys, "keys", 10000, "keyspace (keys written before the workloads, so every get finds its key)")
 	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
+	flag.BoolVar(&o.readLease, "nodedb-read-lease", false, "start our nodes with --read-lease (linearizable reads from leader leases; etcd's default, ReadIndex, is unchanged)")
 	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
 	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
 	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
@@ -378,6 +381,7 @@ func runAll(ctx context.Context, o options) (err error) {
 		Fsync:         "on (both systems' defaults)",
 		OursPeerTLS:   true,
 		OursClientTLS: o.clientTLS,
+		OursReadLease: o.readLease,
 		EtcdPeerTLS:   o.peerTLS,
 		EtcdClientTLS: o.clientTLS,
 		ValueSize:     o.valueSize,
@@ -408,7 +412,7 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["nodedb"] {
 		logf("starting a 3-node nodedb-cluster")
 		ours, err := startOurs(ctx, &ps, oursOptions{bin: oursBin, root: filepath.Join(root, "nodedb"), certs: certs,
-			clientTLS: o.clientTLS, nodes: 3, maxConns: maxClients + 8})
+			clientTLS: o.clientTLS, readLease: o.readLease, nodes: 3, maxConns: maxClients + 8})
 		if err != nil {
 			return err
 		}
@@ -657,8 +661,12 @@ func printReport(out io.Writer, rep report) {
 	fmt.Fprintf(out, "%s, %d CPUs, load before %s, %s, repo at %s, %s\n", c.Date, c.CPUs, c.LoadAvgBefore, c.GoVersion, c.RepoCommit, c.EtcdVersion)
 	var parts []string
 	if c.OursLeaders != "" {
-		parts = append(parts, fmt.Sprintf("3 nodedb-cluster nodes (peers mutual TLS 1.3 over QUIC, clients %s over HTTP; data-group leaders per node %s)",
-			tlsWord(c.OursClientTLS), c.OursLeaders))
+		lease := ""
+		if c.OursReadLease {
+			lease = "; linearizable reads from leader leases (--read-lease)"
+		}
+		parts = append(parts, fmt.Sprintf("3 nodedb-cluster nodes (peers mutual TLS 1.3 over QUIC, clients %s over HTTP; data-group leaders per node %s%s)",
+			tlsWord(c.OursClientTLS), c.OursLeaders, lease))
 	}
 	if c.EtcdVersion != "" {
 		parts = append(parts, fmt.Sprintf("3 etcd members (peers %s, clients %s over gRPC; clients -> %s, %d gRPC connection(s))",

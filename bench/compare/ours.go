@@ -31,6 +31,7 @@ type oursOptions struct {
 	root      string
 	certs     *certFiles // for the client API's TLS
 	clientTLS bool
+	readLease bool // start the nodes with --read-lease
 	nodes     int
 	maxConns  int // idle HTTP connections kept per node
 }
@@ -119,6 +120,9 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 		args := []string{"start", "--dir", c.dirs[i], "--listen", listens[i], "--api", c.apis[i], "--log-level", "warn"}
 		if o.clientTLS {
 			args = append(args, "--api-cert", o.certs.Cert, "--api-key", o.certs.Key)
+		}
+		if o.readLease {
+			args = append(args, "--read-lease")
 		}
 		args = append(args, extra...)
 		p, err := ps.start(fmt.Sprintf("nodedb n%d", i+1), c.dirs[i]+".log", o.bin, args...)
