@@ -29,6 +29,10 @@ type Host struct {
 
 	mu       sync.RWMutex
 	replicas map[ids.GroupID]*replica
+	// destroying holds, per group, a channel closed once the deletion of a
+	// destroyed replica's data has committed. Until then no new replica of
+	// the group may be created: the deletion would erase its writes.
+	destroying map[ids.GroupID]chan struct{}
 
 	// Scheduler: replicas with pending input, taken by the workers.
 	readyMu   sync.Mutex
@@ -74,13 +78,14 @@ func New(cfg Config) (*Host, error) {
 		return nil, err
 	}
 	h := &Host{
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", uint64(cfg.NodeID)),
-		eng:      cfg.Engine,
-		replicas: make(map[ids.GroupID]*replica),
-		workers:  make([]workerState, cfg.Workers),
-		snapSem:  make(chan struct{}, cfg.ConcurrentSnapshots),
-		stopc:    make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("node", uint64(cfg.NodeID)),
+		eng:        cfg.Engine,
+		replicas:   make(map[ids.GroupID]*replica),
+		destroying: make(map[ids.GroupID]chan struct{}),
+		workers:    make([]workerState, cfg.Workers),
+		snapSem:    make(chan struct{}, cfg.ConcurrentSnapshots),
+		stopc:      make(chan struct{}),
 	}
 	h.readyCond = sync.NewCond(&h.readyMu)
 	h.snapshots.init()
@@ -267,6 +272,9 @@ func (h *Host) createReplica(g ids.GroupID, local ids.ReplicaID, write func(*peb
 	if _, ok := h.replicas[g]; ok {
 		return fmt.Errorf("create replica %s of %s: %w", local, g, ErrReplicaExists)
 	}
+	if _, ok := h.destroying[g]; ok {
+		return fmt.Errorf("create replica %s of %s: %w: the previous replica's data is still being deleted", local, g, ErrReplicaExists)
+	}
 	tomb, err := h.eng.Tombstone(g)
 	if err != nil {
 		return err
@@ -370,8 +378,21 @@ func (h *Host) DestroyReplica(g ids.GroupID) error {
 			return ErrStopped
 		case <-t.C:
 			// Destroyed by someone else first: our request was dropped.
+			// Return once that destruction has committed, so that the
+			// caller may create a new replica of the group.
 			if r.gone.Load() {
-				return nil
+				h.mu.Lock()
+				ch := h.destroying[g]
+				h.mu.Unlock()
+				if ch == nil {
+					return nil
+				}
+				select {
+				case <-ch:
+					return nil
+				case <-h.stopc:
+					return ErrStopped
+				}
 			}
 		}
 	}
@@ -386,10 +407,12 @@ func (h *Host) destroyLocked(r *replica) error {
 	}
 	r.gone.Store(true)
 	r.destroyed = true
+	deleted := make(chan struct{})
 	h.mu.Lock()
 	if h.replicas[r.group] == r {
 		delete(h.replicas, r.group)
 	}
+	h.destroying[r.group] = deleted
 	h.mu.Unlock()
 	r.failAll(ErrGroupNotFound)
 	done := make(chan error, 1)
@@ -400,6 +423,12 @@ func (h *Host) destroyLocked(r *replica) error {
 	case <-h.stopc:
 		err = ErrStopped
 	}
+	h.mu.Lock()
+	if h.destroying[r.group] == deleted {
+		delete(h.destroying, r.group)
+	}
+	h.mu.Unlock()
+	close(deleted)
 	if err != nil {
 		return fmt.Errorf("destroy replica %s of %s: %w", r.id, r.group, err)
 	}

@@ -214,9 +214,15 @@ func TestConfChangeRightAfterElection(t *testing.T) {
 		transferred := make(chan error, 1)
 		go func() { transferred <- leader.TransferLeadership(ctx, g, to.Replica) }()
 		fresh := st.Config.MaxReplicaID + 1
-		if err := c.Node(spare).CreateReplica(g, fresh); err != nil {
-			t.Fatal(err)
-		}
+		// The spare node may still be deleting the replica it had (it
+		// destroys itself once removed): creation waits for that.
+		waitFor(ctx, t, "a new replica on the spare node", func() bool {
+			err := c.Node(spare).CreateReplica(g, fresh)
+			if err != nil && !errors.Is(err, cluster.ErrReplicaExists) {
+				t.Fatal(err)
+			}
+			return err == nil
+		})
 		// The moment next leads: add a learner on the spare node...
 		for {
 			err := next.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: fresh, Node: spare}})
