@@ -31,6 +31,13 @@ type GroupStatus struct {
 	Config storage.AppliedState
 	// Progress of each peer, known only on the leader.
 	Progress map[ids.ReplicaID]PeerProgress
+	// ConfChangePending reports a configuration change in this replica's
+	// log that it has not applied yet, or, on a leader, that it has not yet
+	// applied an entry of its own term (Raft cannot tell then whether an
+	// earlier change is pending). While it holds, a new change proposed to
+	// the leader waits (see ChangeReplicas), and whoever decides from the
+	// applied configuration must wait too: it is about to change.
+	ConfChangePending bool
 }
 
 // PeerProgress is the leader's view of one replica.
@@ -70,6 +77,8 @@ func (h *Host) Status(g ids.GroupID) (GroupStatus, error) {
 		LastIndex:  last,
 		Config:     r.applied.Clone(),
 	}
+	gs.ConfChangePending = r.lastConfIndex > r.applied.Index ||
+		(st.RaftState == raft.StateLeader && r.applied.Term < st.Term)
 	if len(st.Progress) > 0 {
 		gs.Progress = make(map[ids.ReplicaID]PeerProgress, len(st.Progress))
 		for id, pr := range st.Progress {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -351,6 +352,14 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 	}
 	r.rn = rn
 	r.appliedIndex.Store(applied.Index)
+	// A configuration change may sit in the log above the applied index.
+	if _, last := log.Bounds(); last > applied.Index {
+		ents, err := log.Entries(applied.Index+1, last+1, math.MaxUint64)
+		if err != nil {
+			return nil, fmt.Errorf("scan unapplied log: %w", err)
+		}
+		r.noteConfChanges(ents)
+	}
 	return r, nil
 }
 

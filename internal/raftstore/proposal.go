@@ -98,6 +98,16 @@ func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, err
 	return pr.res, pr.err
 }
 
+// noteConfChanges records the index of the last configuration change among
+// ents, entries going into the log. Caller holds r.mu.
+func (r *replica) noteConfChanges(ents []raftpb.Entry) {
+	for i := range ents {
+		if t := ents[i].Type; t == raftpb.EntryConfChange || t == raftpb.EntryConfChangeV2 {
+			r.lastConfIndex = max(r.lastConfIndex, ents[i].Index)
+		}
+	}
+}
+
 // stepProposals hands queued proposals to Raft. Caller holds r.mu.
 func (r *replica) stepProposals(props []*proposal) {
 	if len(r.heldConfChanges) > 0 {
@@ -167,6 +177,7 @@ func (r *replica) stepConfChange(p *proposal) {
 // Raft silently replaced (it turns a configuration change it refuses into an
 // empty entry). Caller holds r.mu.
 func (r *replica) trackAppended(ents []raftpb.Entry) {
+	r.noteConfChanges(ents)
 	if len(r.pending) > 0 {
 		for i := range ents {
 			e := &ents[i]

@@ -54,6 +54,10 @@ type replica struct {
 	// heldConfChanges are configuration changes proposed to a leader that
 	// has not applied an entry of its term yet; see stepProposals.
 	heldConfChanges []*proposal
+	// lastConfIndex is the index of the last configuration change appended
+	// to this replica's log (an entry a new leader overwrote may leave it
+	// too high: it only errs towards "pending" until applied passes it).
+	lastConfIndex uint64
 
 	// Leader lease (Config.ReadLease), see leaseReads.
 	leaseUntil time.Time

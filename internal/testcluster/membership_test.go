@@ -275,3 +275,52 @@ func leaderStatus(ctx context.Context, t *testing.T, c *Cluster, g ids.GroupID) 
 	}
 	return leader, st
 }
+
+// TestStatusReportsPendingConfChange: a configuration change that is in the
+// leader's log but not applied (its followers are cut off) shows as pending
+// in Status, and stops showing once it applies.
+func TestStatusReportsPendingConfChange(t *testing.T) {
+	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3})
+	ctx := testCtx(t, 30*time.Second)
+	g := ids.GroupID(1)
+	leader, st := leaderStatus(ctx, t, c, g)
+	waitFor(ctx, t, "nothing pending after the election", func() bool {
+		st, err := leader.Status(g)
+		return err == nil && !st.ConfChangePending
+	})
+	var spare ids.NodeID
+	hosts := map[ids.NodeID]bool{}
+	for _, r := range st.Config.Replicas {
+		hosts[r.Node] = true
+	}
+	for _, id := range c.NodeIDs() {
+		if !hosts[id] {
+			spare = id
+		}
+	}
+	fresh := st.Config.MaxReplicaID + 1
+	if err := c.Node(spare).CreateReplica(g, fresh); err != nil {
+		t.Fatal(err)
+	}
+	c.Isolate(leader.ID())
+	changed := make(chan error, 1)
+	go func() {
+		changed <- leader.ChangeReplicas(ctx, g, []cluster.ReplicaChange{{Op: cluster.AddLearner, Replica: fresh, Node: spare}})
+	}()
+	waitFor(ctx, t, "the change pending on the cut-off leader", func() bool {
+		st, err := leader.Status(g)
+		return err == nil && st.ConfChangePending
+	})
+	c.Heal()
+	// The change commits (or a new leader's term overwrites it); either
+	// way, once applied everywhere nothing is pending.
+	<-changed
+	waitFor(ctx, t, "nothing pending once applied", func() bool {
+		l := c.Leader(g)
+		if l == nil {
+			return false
+		}
+		st, err := l.Status(g)
+		return err == nil && !st.ConfChangePending && st.Applied >= st.Commit
+	})
+}
