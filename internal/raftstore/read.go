@@ -181,10 +181,14 @@ func (r *replica) leaseReads(reads []*readRequest) (left []*readRequest, renew, 
 			r.waiting = append(r.waiting, rr)
 		}
 		r.h.stats.LeaseReads.Add(uint64(len(reads)))
+		if len(reads) > 0 {
+			r.leaseUsed = true
+		}
 		left = nil
 		r.releaseReads()
 	}
-	if r.leaseUntil.Sub(now) < r.h.leaseDuration()/2 {
+	// Renew only a lease in use: an idle group's lease lapses.
+	if r.leaseUsed && r.leaseUntil.Sub(now) < r.h.leaseDuration()/2 {
 		renew = true
 		for _, b := range r.reads {
 			if b.term == st.Term && b.epoch == r.leaseEpoch {
@@ -242,6 +246,7 @@ func (r *replica) completeReads(readStates []raft.ReadState) {
 		if r.h.cfg.ReadLease && b.leasable && b.epoch == r.leaseEpoch && b.term == r.rn.BasicStatus().Term {
 			if until := b.issued.Add(r.h.leaseDuration()); until.After(r.leaseUntil) {
 				r.leaseUntil, r.leaseTerm = until, b.term
+				r.leaseUsed = false
 			}
 		}
 	}

@@ -63,6 +63,7 @@ type replica struct {
 	leaseUntil time.Time
 	leaseTerm  uint64
 	leaseEpoch uint64                // bumped when a leadership transfer is seen
+	leaseUsed  bool                  // reads were served from the current lease
 	ticksAlive int                   // ticks since the replica started, up to ElectionTicks
 	reads      map[uint64]*readBatch // ReadIndex requests in flight, by request ID
 	waiting    []*readRequest        // reads with a read index, waiting for apply
