@@ -60,13 +60,20 @@ type VShardInfo struct {
 	Epoch uint64 `json:"epoch"`
 }
 
-// MigrationInfo is one in-flight migration.
+// MigrationInfo is one in-flight migration. A row that does not verify
+// (meta.VerifyCheckpoint: checksum mismatch, a field out of range, stored
+// under another id) is quarantined: nothing acts on it and it holds no
+// group until an operator deletes it; Error says why. Group is the data
+// group a sound row holds (0: none).
 type MigrationInfo struct {
-	ID         string  `json:"id"`
-	Kind       string  `json:"kind"`
-	Phase      string  `json:"phase"`
-	Attempt    uint32  `json:"attempt"`
-	AgeSeconds float64 `json:"age_seconds"`
+	ID          string  `json:"id"`
+	Kind        string  `json:"kind"`
+	Phase       string  `json:"phase"`
+	Attempt     uint32  `json:"attempt"`
+	AgeSeconds  float64 `json:"age_seconds"`
+	Group       uint64  `json:"group,omitempty"`
+	Quarantined bool    `json:"quarantined"`
+	Error       string  `json:"error,omitempty"`
 }
 
 // TokenInfo is a join token, without its secret.
@@ -133,13 +140,7 @@ func (s *Server) ClusterStatus() (ClusterStatus, error) {
 		out.Groups = append(out.Groups, gi)
 	}
 	now := time.Now()
-	for _, id := range sortedKeys(st.GetMigrations()) {
-		m := st.GetMigrations()[id]
-		out.Migrations = append(out.Migrations, MigrationInfo{
-			ID: id, Kind: migrationKindName(m.GetKind()), Phase: m.GetPhase(), Attempt: m.GetAttempt(),
-			AgeSeconds: now.Sub(time.Unix(0, m.GetTimestampUnixNanos())).Seconds(),
-		})
-	}
+	out.Migrations = migrationInfos(st, now)
 	for _, id := range sortedKeys(st.GetTokens()) {
 		t := st.GetTokens()[id]
 		out.Tokens = append(out.Tokens, TokenInfo{
@@ -195,6 +196,26 @@ func (s *Server) CreateToken(ctx context.Context, ttl time.Duration) (string, ti
 func (s *Server) RevokeToken(ctx context.Context, id string) error {
 	_, err := s.proposeMeta(ctx, meta.NewRevokeToken(id))
 	return err
+}
+
+// migrationInfos lists st's migration rows by id, marking the quarantined
+// ones; ages are relative to now.
+func migrationInfos(st *metaState, now time.Time) []MigrationInfo {
+	out := []MigrationInfo{}
+	for _, id := range sortedKeys(st.GetMigrations()) {
+		m := st.GetMigrations()[id]
+		mi := MigrationInfo{
+			ID: id, Kind: migrationKindName(m.GetKind()), Phase: m.GetPhase(), Attempt: m.GetAttempt(),
+			AgeSeconds: now.Sub(time.Unix(0, m.GetTimestampUnixNanos())).Seconds(),
+		}
+		if err := meta.VerifyCheckpoint(id, m); err != nil {
+			mi.Quarantined, mi.Error = true, err.Error()
+		} else {
+			mi.Group = m.GetFenceGroup()
+		}
+		out = append(out, mi)
+	}
+	return out
 }
 
 func migrationKindName(k metapb.MigrationKind) string {

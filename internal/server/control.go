@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"sync"
@@ -260,9 +261,11 @@ func (s *Server) announceAddrs(ctx context.Context, st *metaState) {
 // place runs on the metadata leader: it observes every group's leader,
 // records leader hints, makes each group's Raft membership match the
 // metadata state, and applies the placement plan (learners added where
-// replicas are missing, promoted once caught up).
+// replicas are missing, promoted once caught up). Groups a migration holds
+// are left alone (heldGroups).
 func (s *Server) place(ctx context.Context, st *metaState) {
 	obs := s.observeAll(ctx, st)
+	held := heldGroups(st)
 	changed := false
 	var hints []*metapb.Entry
 	for _, gid := range sortedKeys(st.GetGroups()) {
@@ -272,6 +275,9 @@ func (s *Server) place(ctx context.Context, st *metaState) {
 		}
 		if uint64(o.LeaderNode) != g.GetLeaderHint() && o.LeaderNode != 0 {
 			hints = append(hints, meta.NewSetLeaderHint(gid, uint64(o.LeaderNode)))
+		}
+		if skipHeld(s.log, held, gid, "membership sync") {
+			continue
 		}
 		if did, err := s.syncMembership(ctx, ids.GroupID(gid), g, o); err != nil {
 			s.log.Info("sync group membership", "group", gid, "err", err)
@@ -285,17 +291,14 @@ func (s *Server) place(ctx context.Context, st *metaState) {
 		}
 	}
 	isCaughtUp := func(g, r uint64) bool { return caughtUp(obs[g], ids.ReplicaID(r)) }
-	plan := placement.Plan(st, isCaughtUp)
-	if len(plan) == 0 {
-		plan = placement.Rebalance(st, isCaughtUp)
-	}
+	plan := placementChanges(s.log, st, held, isCaughtUp)
 	if len(plan) == 0 && !changed {
 		// Placement is settled: spread the leaderships.
 		leaders := map[uint64]uint64{}
 		for g, o := range obs {
 			leaders[g] = uint64(o.LeaderNode)
 		}
-		for _, m := range placement.BalanceLeaders(st, leaders) {
+		for _, m := range leaderMoves(s.log, st, held, leaders) {
 			if err := s.transferTo(ctx, obs[m.Group], ids.GroupID(m.Group), ids.ReplicaID(m.ToReplica)); err != nil {
 				s.log.Info("balance leaders", "group", m.Group, "to", m.To, "err", err)
 				continue
@@ -343,6 +346,78 @@ func (s *Server) place(ctx context.Context, st *metaState) {
 	if changed {
 		s.poke()
 	}
+}
+
+// heldGroups maps every group a migration holds to the id of the migration
+// holding it: meta.GroupFence over the whole state at once (sound rows
+// only, the lowest id first should two rows ever name one group).
+//
+// The control loop leaves a held group alone: no placement change, no
+// rebalancing move, no leadership transfer, no membership repair, until
+// the migration ends or is aborted and its row releases the group. The
+// migration changes the group's Raft configuration and its metadata record
+// in its own order; a repair in between would fight it (re-adding a learner
+// an abort just removed), and a Promote or Replace would change Raft before
+// the metadata group refuses its record (CONFLICT), leaving the two
+// disagreeing.
+func heldGroups(st *metaState) map[uint64]string {
+	out := map[uint64]string{}
+	for _, id := range sortedKeys(st.GetMigrations()) {
+		c := st.GetMigrations()[id]
+		g := c.GetFenceGroup()
+		if g == 0 {
+			continue
+		}
+		if _, ok := out[g]; ok {
+			continue
+		}
+		if meta.VerifyCheckpoint(id, c) == nil {
+			out[g] = id
+		}
+	}
+	return out
+}
+
+// skipHeld reports whether group g is held by a migration (held is
+// heldGroups' answer), logging that what is skipped for it.
+func skipHeld(log *slog.Logger, held map[uint64]string, g uint64, what string) bool {
+	mid, ok := held[g]
+	if ok {
+		log.Debug("group held by a migration: skipped", "group", g, "migration", mid, "action", what)
+	}
+	return ok
+}
+
+// placementChanges is this pass's placement: placement.Plan's changes, or,
+// when Plan has none, placement.Rebalance's, without those of groups a
+// migration holds. The planners see the whole state, so the loads they
+// balance count held groups' replicas (and Rebalance, which plans nothing
+// while Plan has a change for any group, waits for a held group that needs
+// repair); only their changes to held groups are dropped.
+func placementChanges(log *slog.Logger, st *metaState, held map[uint64]string, caughtUp func(g, r uint64) bool) []placement.Change {
+	keep := func(plan []placement.Change) []placement.Change {
+		return slices.DeleteFunc(plan, func(c placement.Change) bool {
+			return skipHeld(log, held, c.Group, "placement "+c.Kind.String())
+		})
+	}
+	plan := keep(placement.Plan(st, caughtUp))
+	if len(plan) == 0 {
+		plan = keep(placement.Rebalance(st, caughtUp))
+	}
+	return plan
+}
+
+// leaderMoves is placement.BalanceLeaders over the groups no migration
+// holds: held groups are left out of leaders, as groups without a known
+// leader are, so their leaderships neither move nor count.
+func leaderMoves(log *slog.Logger, st *metaState, held map[uint64]string, leaders map[uint64]uint64) []placement.LeaderMove {
+	free := make(map[uint64]uint64, len(leaders))
+	for _, g := range sortedKeys(leaders) {
+		if !skipHeld(log, held, g, "leader balance") {
+			free[g] = leaders[g]
+		}
+	}
+	return placement.BalanceLeaders(st, free)
 }
 
 // syncMembership makes one step towards g's Raft configuration matching
