@@ -208,9 +208,13 @@ func printClusterStatus(out io.Writer, st server.ClusterStatus) {
 	printGroups(out, st)
 	if len(st.Migrations) > 0 {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "\nMIGRATION\tKIND\tPHASE\tATTEMPT\tAGE")
+		fmt.Fprintln(tw, "\nMIGRATION\tKIND\tPHASE\tATTEMPT\tAGE\tNOTE")
 		for _, m := range st.Migrations {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0fs\n", m.ID, m.Kind, m.Phase, m.Attempt, m.AgeSeconds)
+			note := "-"
+			if m.Quarantined {
+				note = "QUARANTINED: " + m.Error
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.0fs\t%s\n", m.ID, m.Kind, m.Phase, m.Attempt, m.AgeSeconds, note)
 		}
 		tw.Flush()
 	}
