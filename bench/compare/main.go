@@ -699,26 +699,32 @@ func printReport(out io.Writer, rep report) {
 			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
 	}
 	tw.Flush()
-	if len(rep.Ratios) > 0 {
-		fmt.Fprintln(out, "\nours/etcd")
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "workload\tops/s\tp50\tp99\tCPU/op\t")
-		for _, r := range rep.Ratios {
+	printTail(out, "etcd", "workload", rep.Ratios, rep.Targets, rep.Results, 66, 38)
+}
+
+// printTail prints a report's ratios, its targets and the first error of
+// each row that had one; the columns are targetW and valueW wide.
+func printTail(out io.Writer, other, firstCol string, ratios []ratio, targets []target, results []row, targetW, valueW int) {
+	if len(ratios) > 0 {
+		fmt.Fprintf(out, "\nours/%s\n", other)
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintf(tw, "%s\tops/s\tp50\tp99\tCPU/op\t\n", firstCol)
+		for _, r := range ratios {
 			fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", r.Workload, r.Throughput, r.P50, r.P99, r.CPUPerOp)
 		}
 		tw.Flush()
 	}
-	if len(rep.Targets) > 0 {
+	if len(targets) > 0 {
 		fmt.Fprintln(out, "\ntargets (issue 6)")
-		for _, t := range rep.Targets {
+		for _, t := range targets {
 			v := "does not hold"
 			if t.Holds {
 				v = "holds"
 			}
-			fmt.Fprintf(out, "  %-66s %-38s %s\n", t.Target, t.Value, v)
+			fmt.Fprintf(out, "  %-*s %-*s %s\n", targetW, t.Target, valueW, t.Value, v)
 		}
 	}
-	for _, r := range rep.Results {
+	for _, r := range results {
 		if r.FirstError != "" {
 			fmt.Fprintf(out, "\n%s %s: first error: %s\n", r.Workload, r.System, r.FirstError)
 		}

@@ -467,30 +467,7 @@ func printMGReport(out io.Writer, rep *mgReport) {
 			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.IdleCores, r.OtherCores)
 	}
 	tw.Flush()
-	if len(rep.Ratios) > 0 {
-		fmt.Fprintln(out, "\nours/dragonboat")
-		tw = tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "groups/proposers\tops/s\tp50\tp99\tCPU/op\t")
-		for _, r := range rep.Ratios {
-			fmt.Fprintf(tw, "%s\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", r.Workload, r.Throughput, r.P50, r.P99, r.CPUPerOp)
-		}
-		tw.Flush()
-	}
-	if len(rep.Targets) > 0 {
-		fmt.Fprintln(out, "\ntargets (issue 6)")
-		for _, t := range rep.Targets {
-			v := "does not hold"
-			if t.Holds {
-				v = "holds"
-			}
-			fmt.Fprintf(out, "  %-86s %-28s %s\n", t.Target, t.Value, v)
-		}
-	}
-	for _, r := range rep.Results {
-		if r.FirstError != "" {
-			fmt.Fprintf(out, "\n%s %s: first error: %s\n", r.Workload, r.System, r.FirstError)
-		}
-	}
+	printTail(out, "dragonboat", "groups/proposers", rep.Ratios, rep.Targets, rep.Results, 86, 28)
 }
 
 func workersWord(n int) string {
