@@ -296,7 +296,9 @@ func leaderStatus(ctx context.Context, t *testing.T, c *Cluster, g ids.GroupID) 
 // leader's log but not applied (its followers are cut off) shows as pending
 // in Status, and stops showing once it applies.
 func TestStatusReportsPendingConfChange(t *testing.T) {
-	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3})
+	// A long election timeout: the cut-off leader must still lead when the
+	// change is proposed (CheckQuorum steps it down after one timeout).
+	c := New(t, Options{Nodes: 4, Groups: 1, RF: 3, ElectionTicks: 100})
 	ctx := testCtx(t, 30*time.Second)
 	g := ids.GroupID(1)
 	leader, st := leaderStatus(ctx, t, c, g)
