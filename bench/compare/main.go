@@ -606,21 +606,27 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 	return r, nil
 }
 
+// findRow returns the row of workload wl and system sys, or nil.
+func findRow(rows []row, wl, sys string) *row {
+	for i := range rows {
+		if rows[i].Workload == wl && rows[i].System == sys {
+			return &rows[i]
+		}
+	}
+	return nil
+}
+
+// ratioOf is a/b, NaN when b is 0 (a ratio that cannot be measured).
+func ratioOf(a, b float64) float64 {
+	if b == 0 {
+		return math.NaN()
+	}
+	return a / b
+}
+
 func ratiosAndTargets(rows []row) ([]ratio, []target) {
-	find := func(wl, sys string) *row {
-		for i := range rows {
-			if rows[i].Workload == wl && rows[i].System == sys {
-				return &rows[i]
-			}
-		}
-		return nil
-	}
-	div := func(a, b float64) float64 {
-		if b == 0 {
-			return math.NaN()
-		}
-		return a / b
-	}
+	find := func(wl, sys string) *row { return findRow(rows, wl, sys) }
+	div := ratioOf
 	var rs []ratio
 	var ts []target
 	for _, w := range allWorkloads {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -396,20 +395,8 @@ func selfUserSys() (user, sys float64) {
 func spreadTarget(g, nodes int) int { return g % nodes }
 
 func mgRatiosAndTargets(rows []row, shapes []shape) ([]ratio, []target) {
-	find := func(wl, sys string) *row {
-		for i := range rows {
-			if rows[i].Workload == wl && rows[i].System == sys {
-				return &rows[i]
-			}
-		}
-		return nil
-	}
-	div := func(a, b float64) float64 {
-		if b == 0 {
-			return math.NaN()
-		}
-		return a / b
-	}
+	find := func(wl, sys string) *row { return findRow(rows, wl, sys) }
+	div := ratioOf
 	var rs []ratio
 	var ts []target
 	for _, sh := range shapes {
