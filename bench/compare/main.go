@@ -467,10 +467,7 @@ func runAll(ctx context.Context, o options) (err error) {
 
 	for round := 1; round <= o.rounds; round++ {
 		for i, w := range wls {
-			order := slices.Clone(systems)
-			if (i+round)%2 == 0 {
-				slices.Reverse(order) // alternate which system goes first
-			}
+			order := runOrder(systems, i, round)
 			for _, s := range order {
 				if err := ctx.Err(); err != nil {
 					return err
@@ -606,6 +603,26 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 	return r, nil
 }
 
+// opsCell is a row's ops/s, with the range over the rounds when there were
+// several.
+func opsCell(r row) string {
+	ops := fmt.Sprintf("%.0f", r.OpsPerSec)
+	if r.Rounds > 1 {
+		ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
+	}
+	return ops
+}
+
+// runOrder is the order in which the systems run workload i of a round:
+// alternated, so that neither always goes first.
+func runOrder[S any](systems []S, i, round int) []S {
+	order := slices.Clone(systems)
+	if (i+round)%2 == 0 {
+		slices.Reverse(order)
+	}
+	return order
+}
+
 // findRow returns the row of workload wl and system sys, or nil.
 func findRow(rows []row, wl, sys string) *row {
 	for i := range rows {
@@ -697,10 +714,7 @@ func printReport(out io.Writer, rep report) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tbench CPU s\t")
 	for _, r := range rep.Results {
-		ops := fmt.Sprintf("%.0f", r.OpsPerSec)
-		if r.Rounds > 1 {
-			ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
-		}
+		ops := opsCell(r)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.2f\t\n",
 			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
 	}

@@ -242,10 +242,7 @@ func runManyGroups(ctx context.Context, o options, m mgOptions, out io.Writer) (
 	run := 0
 	for round := 1; round <= o.rounds; round++ {
 		for i, sh := range shapes {
-			order := slices.Clone(systems)
-			if (i+round)%2 == 0 {
-				slices.Reverse(order) // alternate which system goes first
-			}
+			order := runOrder(systems, i, round)
 			for _, sys := range order {
 				if err := ctx.Err(); err != nil {
 					return nil, err
@@ -446,10 +443,7 @@ func printMGReport(out io.Writer, rep *mgReport) {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "groups/proposers\tsystem\tproposers\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tnew terms\tprocess CPU s (sys)\tCPU µs/op\tidle cores\tother cores\t")
 	for _, r := range rep.Results {
-		ops := fmt.Sprintf("%.0f", r.OpsPerSec)
-		if r.Rounds > 1 {
-			ops += fmt.Sprintf(" [%.0f-%.0f]", r.OpsMin, r.OpsMax)
-		}
+		ops := opsCell(r)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t%.2f\t\n",
 			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.NewTerms, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.IdleCores, r.OtherCores)
 	}
