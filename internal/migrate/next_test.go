@@ -302,14 +302,22 @@ func (mm *metaMove) row(id string) (Phase, ReplicaMove, uint32) {
 // refused (CONFLICT), a second coordinator working from a stale read is
 // refused (CHECKPOINT_CONFLICT), and retries of the move's own writes are
 // no-ops.
-func TestStepEntriesApplyToMetadata(t *testing.T) {
+// startMetaMove starts moving group 1's replica from node 1 to node 4 on a
+// metadata state built by meta.Apply, and returns the state, the move and
+// its ID.
+func startMetaMove(t *testing.T) (*metaMove, ReplicaMove, string) {
+	t.Helper()
 	mm := &metaMove{t: t, st: metaCluster(t)}
 	m, err := NewReplicaMove(mm.st, 1, 1, 4, tStart)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := MoveID(m)
 	mm.apply(StartEntry(m))
+	return mm, m, MoveID(m)
+}
+
+func TestStepEntriesApplyToMetadata(t *testing.T) {
+	mm, m, id := startMetaMove(t)
 	mm.apply(StartEntry(m)) // a retried start: the same row, a no-op
 	if _, err := NewReplicaMove(mm.st, 1, 2, 4, tStart); !errors.Is(err, ErrConflict) {
 		t.Fatalf("second move of the group: %v", err)
@@ -362,13 +370,7 @@ func TestStepEntriesApplyToMetadata(t *testing.T) {
 // group's fence (placement's repair does not, meanwhile), and the row's
 // deletion releases the group for repair. No deadlock.
 func TestAbortThroughMetadataReleasesTheGroup(t *testing.T) {
-	mm := &metaMove{t: t, st: metaCluster(t)}
-	m, err := NewReplicaMove(mm.st, 1, 1, 4, tStart)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := MoveID(m)
-	mm.apply(StartEntry(m))
+	mm, m, id := startMetaMove(t)
 	res := mm.apply(Step{Kind: StepAddLearner, From: PhaseAddLearner, Move: m, Node: 4}.Entry(id, 1))
 	m.Learner = res.GetReplicaId()
 	mm.apply(Step{Kind: StepAdvance, From: PhaseAddLearner, Phase: PhaseCatchUp, Move: m}.Entry(id, 1))
