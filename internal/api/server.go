@@ -41,6 +41,7 @@ type Endpoint struct {
 func Handler(svc Service, metrics prometheus.Gatherer) (h http.Handler, stop func()) {
 	mux := http.NewServeMux()
 	(&rest{svc: svc}).register(mux)
+	mux.Handle("/v1/admin/", svc.AdminHandler())
 	w := newWorkers()
 	mux.Handle("POST /v1/multi", newMulti(mux, svc.Limits().MaxValueSize, w))
 	path, h := ConnectHandler(svc)

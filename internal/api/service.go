@@ -5,6 +5,7 @@ package api
 
 import (
 	"context"
+	"net/http"
 
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/server"
@@ -22,6 +23,8 @@ type Service interface {
 	// Ready reports whether the node serves: nil, or why not.
 	Ready() error
 	Limits() kv.Limits
+	// AdminHandler serves the operator routes under /v1/admin/.
+	AdminHandler() http.Handler
 }
 
 var _ Service = (*server.Server)(nil)

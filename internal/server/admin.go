@@ -35,6 +35,7 @@ import (
 //	GET    /v1/kv/{key}        linearizable read via the leader
 //	DELETE /v1/kv/{key}
 //	GET    /metrics            Prometheus metrics of this node
+//	       /v1/admin/...       the operator routes of AdminHandler
 type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
@@ -69,6 +70,7 @@ func startAdmin(s *Server) (*adminServer, error) {
 	mux.HandleFunc("GET /v1/kv/{key}", s.handleGet)
 	mux.HandleFunc("DELETE /v1/kv/{key}", s.handleDelete)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/admin/", s.AdminHandler())
 	a := &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)

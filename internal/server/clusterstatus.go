@@ -11,6 +11,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/jointoken"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
+	"github.com/nodedb/nodedb-cluster/internal/migrate"
 	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
 )
 
@@ -74,6 +75,20 @@ type MigrationInfo struct {
 	Group       uint64  `json:"group,omitempty"`
 	Quarantined bool    `json:"quarantined"`
 	Error       string  `json:"error,omitempty"`
+
+	// A replica move's payload: From's voter moves to To; Learner is the
+	// replica on To once allocated; LastError the last failure of the
+	// current phase (or why it aborts); ElapsedSeconds the time since the
+	// move started (AgeSeconds is the time since the row's last write).
+	From           uint64  `json:"from,omitempty"`
+	To             uint64  `json:"to,omitempty"`
+	Learner        uint64  `json:"learner,omitempty"`
+	LastError      string  `json:"last_error,omitempty"`
+	ElapsedSeconds float64 `json:"elapsed_seconds,omitempty"`
+	// LearnerLag is how many entries the learner's match index is behind
+	// the leader's commit index, when the leader could be asked (only in
+	// the migrations listing, not in the cluster status).
+	LearnerLag *uint64 `json:"learner_lag,omitempty"`
 }
 
 // TokenInfo is a join token, without its secret.
@@ -212,6 +227,14 @@ func migrationInfos(st *metaState, now time.Time) []MigrationInfo {
 			mi.Quarantined, mi.Error = true, err.Error()
 		} else {
 			mi.Group = m.GetFenceGroup()
+		}
+		if m.GetKind() == metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE && !mi.Quarantined {
+			if _, mv, err := migrate.ParseRow(m); err != nil {
+				mi.Quarantined, mi.Error = true, err.Error()
+			} else {
+				mi.Group, mi.From, mi.To, mi.Learner, mi.LastError = mv.Group, mv.From, mv.To, mv.Learner, mv.LastError
+				mi.ElapsedSeconds = now.Sub(mv.Started()).Seconds()
+			}
 		}
 		out = append(out, mi)
 	}

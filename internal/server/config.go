@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/migrate"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
 
@@ -92,7 +93,14 @@ type Config struct {
 	// ControlInterval is how often the metadata leader reconciles placement
 	// and every node reconciles its replicas. Default 500ms.
 	ControlInterval time.Duration
-	Logger          *slog.Logger
+	// MoveAbortTimeout: a replica move still before its point of no return
+	// this long after it started is aborted. Default 1h.
+	MoveAbortTimeout time.Duration
+	// NodeGoneAfter: the target of a replica move that has not answered the
+	// coordinator for this long is gone, and a move to it before its point
+	// of no return is aborted. Default 5m.
+	NodeGoneAfter time.Duration
+	Logger        *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -104,6 +112,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ControlInterval <= 0 {
 		c.ControlInterval = 500 * time.Millisecond
+	}
+	if c.MoveAbortTimeout <= 0 {
+		c.MoveAbortTimeout = migrate.DefaultAbortTimeout
+	}
+	if c.NodeGoneAfter <= 0 {
+		c.NodeGoneAfter = 5 * time.Minute
 	}
 	if c.Settings == (Settings{}) {
 		c.Settings = DefaultSettings()

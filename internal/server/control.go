@@ -72,6 +72,7 @@ func (s *Server) registerControlRPCs() {
 		}
 		return nil, toRPCError(s.node.TransferLeadership(ctx, req.Group, req.To))
 	})
+	s.ep.Handle(rpcPing, func(context.Context, ids.NodeID, []byte) ([]byte, error) { return nil, nil })
 	s.ep.Handle(rpcMetaState, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
 		st := s.view.get()
 		if st == nil {
@@ -113,7 +114,9 @@ func (s *Server) controlLoop(ctx context.Context) {
 			s.announceAddrs(ctx, st)
 		}
 		if s.node.IsLeader(MetaGroup) {
-			s.place(ctx, st)
+			obs := s.observeAll(ctx, st)
+			s.moves.pass(ctx, st, obs)
+			s.place(ctx, st, obs)
 		}
 	}
 }
@@ -258,13 +261,12 @@ func (s *Server) announceAddrs(ctx context.Context, st *metaState) {
 	s.log.Info("addresses announced", "peer_addr", s.advertise(), "api_addr", s.cfg.API)
 }
 
-// place runs on the metadata leader: it observes every group's leader,
-// records leader hints, makes each group's Raft membership match the
+// place runs on the metadata leader, given every group's leader status
+// (obs): it records leader hints, makes each group's Raft membership match the
 // metadata state, and applies the placement plan (learners added where
 // replicas are missing, promoted once caught up). Groups a migration holds
 // are left alone (heldGroups).
-func (s *Server) place(ctx context.Context, st *metaState) {
-	obs := s.observeAll(ctx, st)
+func (s *Server) place(ctx context.Context, st *metaState, obs map[uint64]*cluster.GroupStatus) {
 	held := heldGroups(st)
 	changed := false
 	var hints []*metapb.Entry

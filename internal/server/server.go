@@ -47,6 +47,7 @@ type Server struct {
 	admin     *adminServer
 	registry  *prometheus.Registry
 	identity  *pki.Identity
+	moves     *moveCoordinator // runs in the control loop
 
 	// Background loops (reconciliation, placement) stop with cancel.
 	cancel context.CancelFunc
@@ -253,6 +254,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 	if err := s.view.load(s.node); err != nil {
 		return fmt.Errorf("load metadata: %w", err)
 	}
+	s.moves = newMoveCoordinator(s, s.cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.wg.Add(1)

@@ -32,6 +32,17 @@ type testCluster struct {
 	root  string
 	nodes []*Server // index i is the i-th node started (nil when stopped)
 	dirs  []string
+	// tune, if set, adjusts every node's config before it starts.
+	tune func(*Config)
+}
+
+// config is baseConfig tuned for this cluster.
+func (c *testCluster) config(dir string) Config {
+	cfg := baseConfig(c.t, dir)
+	if c.tune != nil {
+		c.tune(&cfg)
+	}
+	return cfg
 }
 
 func freeAddr(t *testing.T) string {
@@ -63,9 +74,15 @@ func baseConfig(t *testing.T, dir string) Config {
 }
 
 func newTestCluster(t *testing.T, settings Settings) *testCluster {
-	c := &testCluster{t: t, root: t.TempDir()}
+	return newTunedCluster(t, settings, nil)
+}
+
+// newTunedCluster is newTestCluster with every node's config adjusted by
+// tune (nil: none).
+func newTunedCluster(t *testing.T, settings Settings, tune func(*Config)) *testCluster {
+	c := &testCluster{t: t, root: t.TempDir(), tune: tune}
 	t.Cleanup(c.stopAll)
-	cfg := baseConfig(t, c.dir(0))
+	cfg := c.config(c.dir(0))
 	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t), true, settings
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
@@ -99,7 +116,7 @@ func (c *testCluster) token(i int, ttl time.Duration) string {
 
 // joinConfig is the config of a new node joining through node via.
 func (c *testCluster) joinConfig(dir string, via int, tok string) Config {
-	cfg := baseConfig(c.t, dir)
+	cfg := c.config(dir)
 	cfg.Listen, cfg.Join, cfg.Token = freeAddr(c.t), c.nodes[via].Addr().String(), tok
 	return cfg
 }
@@ -128,7 +145,7 @@ func (c *testCluster) stopAll() {
 // restart starts node i again from its dir.
 func (c *testCluster) restart(i int) {
 	c.t.Helper()
-	s, err := Start(context.Background(), baseConfig(c.t, c.dirs[i]))
+	s, err := Start(context.Background(), c.config(c.dirs[i]))
 	if err != nil {
 		c.t.Fatalf("restart node %d: %v", i, err)
 	}
