@@ -18,7 +18,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevCommand(), newStartCommand(), newTokenCommand(), newStatusCommand(), newNodesCommand(), newGroupsCommand(), newVShardsCommand(), newKVCommand(), newBenchCommand(), newCertsCommand(), newVersionCommand())
+	root.AddCommand(newDevCommand(), newStartCommand(), newTokenCommand(), newStatusCommand(), newNodesCommand(), newGroupsCommand(), newVShardsCommand(), newKVCommand(), newReplicaCommand(), newMigrationsCommand(), newBenchCommand(), newCertsCommand(), newVersionCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)

@@ -31,14 +31,20 @@ func (e *AdminError) Error() string {
 
 // NewAdminClient returns a client of the node whose data dir is dir.
 func NewAdminClient(dir string) *AdminClient {
+	return &AdminClient{c: &http.Client{Transport: AdminTransport(dir)}}
+}
+
+// AdminTransport is an HTTP transport that reaches the admin socket of the
+// node whose data dir is dir, whatever host a request's URL names.
+func AdminTransport(dir string) http.RoundTripper {
 	sock := AdminSocket(dir)
-	return &AdminClient{c: &http.Client{Transport: &http.Transport{
+	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
 		},
 		DisableKeepAlives: true,
-	}}}
+	}
 }
 
 func (a *AdminClient) do(ctx context.Context, method, path string, body []byte, out any) error {

@@ -26,7 +26,8 @@ func TestMigrationInfosMarkQuarantinedRows(t *testing.T) {
 		t.Fatalf("migrationInfos = %+v", got)
 	}
 	a, b, c := got[0], got[1], got[2]
-	if a.ID != "a-held" || a.Quarantined || a.Error != "" || a.Group != 1 || a.Kind != "replica_move" || a.Phase != "add-learner" || a.Attempt != 1 || a.AgeSeconds != 3 {
+	if a.ID != "a-held" || a.Quarantined || a.Error != "" || a.Group != 1 || a.Kind != "replica_move" || a.Phase != "add_learner" || a.Attempt != 1 || a.AgeSeconds != 3 ||
+		a.From != 1 || a.To != 9 || a.ElapsedSeconds != 3 {
 		t.Fatalf("sound row: %+v", a)
 	}
 	if b.ID != "b-bad" || !b.Quarantined || !strings.Contains(b.Error, "crc32c") || b.Group != 0 || b.Kind != "vshard_move" || b.Phase != "copy" || b.Attempt != 2 {

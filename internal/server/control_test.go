@@ -11,6 +11,7 @@ import (
 
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
+	"github.com/nodedb/nodedb-cluster/internal/migrate"
 	"github.com/nodedb/nodedb-cluster/internal/placement"
 	"google.golang.org/protobuf/proto"
 )
@@ -73,7 +74,8 @@ func settle(t *testing.T, st *metapb.State) *metapb.State {
 // hold makes migration id hold group g.
 func hold(t *testing.T, st *metapb.State, id string, g uint64) *metapb.State {
 	t.Helper()
-	return mustApply(t, st, meta.NewPutCheckpoint(meta.NewFencingCheckpoint(id, metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE, "add-learner", 1, nil, g)))
+	m := migrate.ReplicaMove{Version: migrate.PayloadVersion, Group: g, From: 1, To: 9, Outgoing: 1, StartedUnixNanos: testNow}
+	return mustApply(t, st, meta.NewPutCheckpoint(migrate.Checkpoint(id, migrate.PhaseAddLearner, 1, m)))
 }
 
 func always(uint64, uint64) bool { return true }
