@@ -249,4 +249,6 @@ func printMigrations(out io.Writer, ms []server.MigrationInfo) {
 	tw.Flush()
 }
 
-func secs(s float64) string { return (time.Duration(s * float64(time.Second))).Round(100 * time.Millisecond).String() }
+func secs(s float64) string {
+	return (time.Duration(s * float64(time.Second))).Round(100 * time.Millisecond).String()
+}

@@ -117,6 +117,8 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.DurationVar(&tokenTTL, "first-token-ttl", time.Hour, "with --bootstrap, print a join token valid this long (0: none)")
 	f.DurationVar(&cfg.TickInterval, "tick", 100*time.Millisecond, "Raft tick interval")
 	f.BoolVar(&cfg.ReadLease, "read-lease", false, "serve linearizable reads from the leader's lease, without a quorum round per batch of reads (assumes node clocks run at rates within 10% of each other; docs/architecture.md)")
+	f.DurationVar(&cfg.MoveAbortTimeout, "move-abort-timeout", time.Hour, "a replica move not past its point of no return this long after it started is aborted")
+	f.DurationVar(&cfg.NodeGoneAfter, "node-gone-after", 5*time.Minute, "a replica move's target that has not answered the metadata leader this long is gone, and the move is aborted")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.MarkFlagRequired("dir")
 	return cmd

@@ -12,11 +12,13 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nodedb/nodedb-cluster/cluster"
+	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
@@ -36,6 +38,8 @@ import (
 //	DELETE /v1/kv/{key}
 //	GET    /metrics            Prometheus metrics of this node
 //	       /v1/admin/...       the operator routes of AdminHandler
+//	PUT    /v1/failpoints/{name}  body = action: arm a failpoint in this process
+//	DELETE /v1/failpoints/{name}  disarm it (docs/failpoints.md)
 type adminServer struct {
 	srv  *http.Server
 	ln   net.Listener
@@ -71,6 +75,9 @@ func startAdmin(s *Server) (*adminServer, error) {
 	mux.HandleFunc("DELETE /v1/kv/{key}", s.handleDelete)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
 	mux.Handle("/v1/admin/", s.AdminHandler())
+	fp := &failpointRoutes{undo: map[string]func(){}}
+	mux.HandleFunc("PUT /v1/failpoints/{name}", fp.enable)
+	mux.HandleFunc("DELETE /v1/failpoints/{name}", fp.disable)
 	a := &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)
@@ -278,4 +285,48 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, map[string]string{"code": code, "message": msg})
+}
+
+// failpointRoutes arm and disarm failpoints of the running process, as
+// NODEDB_FAILPOINTS does at start: a crash test arms the next failpoint on
+// live nodes without restarting them. Only the admin socket serves them
+// (its user owns the process anyway); the client API does not.
+type failpointRoutes struct {
+	mu   sync.Mutex
+	undo map[string]func()
+}
+
+func (f *failpointRoutes) enable(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 256))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", err.Error())
+		return
+	}
+	undo, err := failpoint.Enable(name, string(b))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_argument", err.Error())
+		return
+	}
+	f.mu.Lock()
+	if old := f.undo[name]; old != nil {
+		old()
+	}
+	f.undo[name] = undo
+	f.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]string{"failpoint": name, "action": string(b)})
+}
+
+func (f *failpointRoutes) disable(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	f.mu.Lock()
+	undo := f.undo[name]
+	delete(f.undo, name)
+	f.mu.Unlock()
+	if undo == nil {
+		writeError(w, http.StatusNotFound, "not_found", "failpoint "+name+" was not armed here")
+		return
+	}
+	undo()
+	writeJSON(w, http.StatusOK, map[string]string{"failpoint": name, "action": ""})
 }

@@ -118,3 +118,32 @@ func (a *AdminClient) Hash(ctx context.Context, g uint64) (HashAnswer, error) {
 	var h HashAnswer
 	return h, a.do(ctx, http.MethodGet, "/v1/hash/"+strconv.FormatUint(g, 10), nil, &h)
 }
+
+// ArmFailpoint arms failpoint name with action in the node's process.
+func (a *AdminClient) ArmFailpoint(ctx context.Context, name, action string) error {
+	var out map[string]string
+	return a.do(ctx, http.MethodPut, "/v1/failpoints/"+url.PathEscape(name), []byte(action), &out)
+}
+
+// DisarmFailpoint undoes ArmFailpoint.
+func (a *AdminClient) DisarmFailpoint(ctx context.Context, name string) error {
+	var out map[string]string
+	return a.do(ctx, http.MethodDelete, "/v1/failpoints/"+url.PathEscape(name), nil, &out)
+}
+
+// Migrations lists the migrations in flight.
+func (a *AdminClient) Migrations(ctx context.Context) ([]MigrationInfo, error) {
+	var out MigrationList
+	err := a.do(ctx, http.MethodGet, "/v1/admin/migrations", nil, &out)
+	return out.Migrations, err
+}
+
+// MoveReplica starts a replica move.
+func (a *AdminClient) MoveReplica(ctx context.Context, req MoveRequest) (MigrationInfo, error) {
+	var out MigrationInfo
+	b, err := json.Marshal(req)
+	if err != nil {
+		return out, err
+	}
+	return out, a.do(ctx, http.MethodPost, "/v1/admin/replica-moves", b, &out)
+}
