@@ -147,3 +147,9 @@ func (a *AdminClient) MoveReplica(ctx context.Context, req MoveRequest) (Migrati
 	}
 	return out, a.do(ctx, http.MethodPost, "/v1/admin/replica-moves", b, &out)
 }
+
+// AbortMigration aborts a replica move (or deletes a quarantined row).
+func (a *AdminClient) AbortMigration(ctx context.Context, id string) (MigrationInfo, error) {
+	var out MigrationInfo
+	return out, a.do(ctx, http.MethodPost, "/v1/admin/migrations/"+url.PathEscape(id)+"/abort", nil, &out)
+}

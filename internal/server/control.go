@@ -205,7 +205,10 @@ func (s *Server) reconcileReplicas(st *metaState) {
 }
 
 // destroyRemoved deletes this node's replicas of groups the metadata state
-// no longer places here. The state records a removal only after Raft
+// no longer places here, and those it replaced by a newer replica of the
+// same group here (a voter moved away and back: the old replica ID was
+// removed, the new one cannot be created while the old one holds the
+// group's place on this node). The state records a removal only after Raft
 // committed it, so the group no longer counts on this replica.
 func (s *Server) destroyRemoved(st *metaState) {
 	if !slices.Contains(s.node.Groups(), MetaGroup) {
@@ -213,7 +216,7 @@ func (s *Server) destroyRemoved(st *metaState) {
 	}
 	for _, g := range s.node.Groups() {
 		grp := st.GetGroups()[uint64(g)]
-		if grp == nil || meta.ReplicaOnNode(grp, uint64(s.id)) != nil {
+		if r := meta.ReplicaOnNode(grp, uint64(s.id)); grp == nil || r != nil && !s.staleReplica(g, r.GetId()) {
 			continue
 		}
 		if err := s.node.DestroyReplica(g); err != nil {
@@ -222,6 +225,13 @@ func (s *Server) destroyRemoved(st *metaState) {
 		}
 		s.log.Info("replica destroyed", "group", g)
 	}
+}
+
+// staleReplica reports whether this node's replica of g is not replica
+// want, the one the metadata state places here.
+func (s *Server) staleReplica(g ids.GroupID, want uint64) bool {
+	st, err := s.node.Status(g)
+	return err == nil && st.Replica != 0 && uint64(st.Replica) != want
 }
 
 // activate asks the metadata leader to mark this node active after it

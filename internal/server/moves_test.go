@@ -290,3 +290,37 @@ func TestReplicaMoveToAGoneNodeIsAborted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The admin socket arms and disarms failpoints of the running process.
+func TestAdminArmsFailpoints(t *testing.T) {
+	c := newTestCluster(t, Settings{VShards: 16, Groups: 1, RF: 1})
+	a := NewAdminClient(c.dirs[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const name = "test.admin-armed"
+	if err := a.ArmFailpoint(ctx, name, "2*error"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		err := failpoint.Inject(name)
+		if want := i < 2; errors.Is(err, failpoint.ErrInjected) != want {
+			t.Fatalf("reach %d: %v", i, err)
+		}
+	}
+	if err := a.ArmFailpoint(ctx, name, "error"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DisarmFailpoint(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := failpoint.Inject(name); err != nil {
+		t.Fatalf("disarmed: %v", err)
+	}
+	var ae *AdminError
+	if err := a.DisarmFailpoint(ctx, name); !errors.As(err, &ae) || ae.Code != "not_found" {
+		t.Fatalf("disarm twice: %v", err)
+	}
+	if err := a.ArmFailpoint(ctx, name, "explode"); !errors.As(err, &ae) || ae.Code != "invalid_argument" {
+		t.Fatalf("bad action: %v", err)
+	}
+}
