@@ -80,7 +80,7 @@ type supervisedCluster struct {
 	exits   chan int // index of a proc that exited with 86
 	wg      sync.WaitGroup
 	mu      sync.Mutex
-	pending []string // armed failpoints, disarmed everywhere one per crash
+	pending []string     // armed failpoints, disarmed everywhere one per crash
 	bad     atomic.Value // string: an unexpected exit
 }
 
