@@ -595,3 +595,85 @@ func TestProcessMoveUnderLoad(t *testing.T) {
 		t.Fatalf("voters after the move: %v (moved %d → %d)", after.Voters, g.Leader, to)
 	}
 }
+
+// TestProcessMoveTargetCrashDuringCatchUp SIGKILLs a move's target while
+// its learner catches up (the move is held there by a failpoint on every
+// node). Killed for longer than --node-gone-after, the target is declared
+// gone and the move aborted: the learner leaves Raft and the record, the
+// group keeps its voters. Killed and back within the grace, the move
+// resumes and completes.
+func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const grace = 4 * time.Second
+	procs := startProcClusterWith(ctx, t, bin, t.TempDir(), 4, []string{"--node-gone-after", grace.String()}, "--groups", "1", "--vshards", "16")
+	c := &supervisedCluster{t: t, procs: procs}
+	hold := func(on bool) {
+		if !on {
+			c.disarm(ctx, "move.before-checkpoint-catch_up")
+			return
+		}
+		for i := range procs {
+			c.arm(ctx, i, "move.before-checkpoint-catch_up", "error")
+		}
+	}
+	move := func() (server.ClusterStatus, server.GroupInfo, uint64, *proc) {
+		st, g := c.settled(ctx)
+		var to uint64
+		for _, n := range st.Nodes {
+			if !slices.Contains(g.Voters, n.ID) {
+				to = n.ID
+			}
+		}
+		hold(true)
+		if _, err := adminOf(procs[0].dir).MoveReplica(ctx, server.MoveRequest{Group: 1, From: g.Voters[0], To: to}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			st, err := c.status(ctx)
+			if err == nil && slices.Contains(groupOne(t, st).Learners, to) {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no learner on node %d", to)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return st, g, to, procs[to-1]
+	}
+
+	// Gone: down for longer than the grace.
+	st, g, to, target := move()
+	target.kill()
+	killed := time.Now()
+	end := c.waitMoveGone(ctx, "target gone", st.AppliedEntries)
+	if d := time.Since(killed); d < grace {
+		t.Fatalf("the move ended %v after its target was killed, before the %v grace", d, grace)
+	}
+	if after := groupOne(t, end); !slices.Equal(after.Voters, g.Voters) || len(after.Learners) > 0 {
+		t.Fatalf("after the abort: voters %v learners %v, want voters %v", after.Voters, after.Learners, g.Voters)
+	}
+	hold(false)
+	target.start()
+	waitAdmin(ctx, t, target.dir)
+
+	// Back in time: down for less than the grace, then the hold is lifted.
+	st, g, to, target = move()
+	target.kill()
+	time.Sleep(grace / 4)
+	target.start()
+	waitAdmin(ctx, t, target.dir)
+	hold(false)
+	end = c.waitMoveGone(ctx, "target back", st.AppliedEntries)
+	want := slices.Sorted(slices.Values(append(slices.DeleteFunc(slices.Clone(g.Voters), func(n uint64) bool { return n == g.Voters[0] }), to)))
+	if after := groupOne(t, end); !slices.Equal(after.Voters, want) {
+		t.Fatalf("after the resumed move: voters %v, want %v", after.Voters, want)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -257,16 +258,23 @@ func newProc(t *testing.T, bin, root string, i int, args ...string) *proc {
 // until every group has min(3, n) voters.
 func startProcCluster(ctx context.Context, t *testing.T, bin, root string, n int, bootstrapArgs ...string) []*proc {
 	t.Helper()
+	return startProcClusterWith(ctx, t, bin, root, n, nil, bootstrapArgs...)
+}
+
+// startProcClusterWith is startProcCluster with allArgs given to every
+// node (and kept for its restarts).
+func startProcClusterWith(ctx context.Context, t *testing.T, bin, root string, n int, allArgs []string, bootstrapArgs ...string) []*proc {
+	t.Helper()
 	addrs := freeUDPPorts(t, n)
 	apis := freeTCPPorts(t, n)
 	procs := make([]*proc, n)
-	procs[0] = newProc(t, bin, root, 1, append([]string{"--listen", addrs[0], "--api", apis[0], "--bootstrap"}, bootstrapArgs...)...)
+	procs[0] = newProc(t, bin, root, 1, slices.Concat([]string{"--listen", addrs[0], "--api", apis[0], "--bootstrap"}, allArgs, bootstrapArgs)...)
 	procs[0].api = apis[0]
 	procs[0].start()
 	waitAdmin(ctx, t, procs[0].dir)
 	for i := 1; i < n; i++ {
 		tok := createToken(ctx, t, procs[0].dir)
-		procs[i] = newProc(t, bin, root, i+1, "--listen", addrs[i], "--api", apis[i], "--join", addrs[0], "--token", tok)
+		procs[i] = newProc(t, bin, root, i+1, slices.Concat([]string{"--listen", addrs[i], "--api", apis[i], "--join", addrs[0], "--token", tok}, allArgs)...)
 		procs[i].api = apis[i]
 		procs[i].start()
 	}

@@ -218,27 +218,31 @@ func (s *Server) RevokeToken(ctx context.Context, id string) error {
 func migrationInfos(st *metaState, now time.Time) []MigrationInfo {
 	out := []MigrationInfo{}
 	for _, id := range sortedKeys(st.GetMigrations()) {
-		m := st.GetMigrations()[id]
-		mi := MigrationInfo{
-			ID: id, Kind: migrationKindName(m.GetKind()), Phase: m.GetPhase(), Attempt: m.GetAttempt(),
-			AgeSeconds: now.Sub(time.Unix(0, m.GetTimestampUnixNanos())).Seconds(),
-		}
-		if err := meta.VerifyCheckpoint(id, m); err != nil {
-			mi.Quarantined, mi.Error = true, err.Error()
-		} else {
-			mi.Group = m.GetFenceGroup()
-		}
-		if m.GetKind() == metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE && !mi.Quarantined {
-			if _, mv, err := migrate.ParseRow(m); err != nil {
-				mi.Quarantined, mi.Error = true, err.Error()
-			} else {
-				mi.Group, mi.From, mi.To, mi.Learner, mi.LastError = mv.Group, mv.From, mv.To, mv.Learner, mv.LastError
-				mi.ElapsedSeconds = now.Sub(mv.Started()).Seconds()
-			}
-		}
-		out = append(out, mi)
+		out = append(out, migrationInfo(id, st.GetMigrations()[id], now))
 	}
 	return out
+}
+
+// migrationInfo describes row m, stored under id.
+func migrationInfo(id string, m *metapb.Checkpoint, now time.Time) MigrationInfo {
+	mi := MigrationInfo{
+		ID: id, Kind: migrationKindName(m.GetKind()), Phase: m.GetPhase(), Attempt: m.GetAttempt(),
+		AgeSeconds: now.Sub(time.Unix(0, m.GetTimestampUnixNanos())).Seconds(),
+	}
+	if err := meta.VerifyCheckpoint(id, m); err != nil {
+		mi.Quarantined, mi.Error = true, err.Error()
+	} else {
+		mi.Group = m.GetFenceGroup()
+	}
+	if m.GetKind() == metapb.MigrationKind_MIGRATION_KIND_REPLICA_MOVE && !mi.Quarantined {
+		if _, mv, err := migrate.ParseRow(m); err != nil {
+			mi.Quarantined, mi.Error = true, err.Error()
+		} else {
+			mi.Group, mi.From, mi.To, mi.Learner, mi.LastError = mv.Group, mv.From, mv.To, mv.Learner, mv.LastError
+			mi.ElapsedSeconds = now.Sub(mv.Started()).Seconds()
+		}
+	}
+	return mi
 }
 
 func migrationKindName(k metapb.MigrationKind) string {

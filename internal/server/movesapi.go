@@ -50,7 +50,7 @@ func (s *Server) MoveReplica(ctx context.Context, req MoveRequest) (MigrationInf
 	s.moves.metrics.started.Inc()
 	s.log.Info("replica move started", "migration", id, "group", m.Group, "from", m.From, "to", m.To)
 	s.awaitRow(ctx, id, func(c *metapb.Checkpoint) bool { return c != nil })
-	return s.Migration(ctx, id)
+	return s.migrationOr(ctx, id, migrate.StartEntry(m).GetPutCheckpoint().GetCheckpoint())
 }
 
 // Migrations lists the migration rows of the applied metadata state, with
@@ -79,6 +79,21 @@ func (s *Server) Migration(ctx context.Context, id string) (MigrationInfo, error
 		}
 	}
 	return MigrationInfo{}, apiErrorf(CodeNotFound, "no migration %q (a finished move's row is deleted)", id)
+}
+
+// migrationOr is Migration, or, if the row is already gone (the move ran
+// to its end before the answer), the row this node wrote, as it was.
+func (s *Server) migrationOr(ctx context.Context, id string, wrote *metapb.Checkpoint) (MigrationInfo, error) {
+	mi, err := s.Migration(ctx, id)
+	if isNotFound(err) {
+		return migrationInfo(id, wrote, time.Now()), nil
+	}
+	return mi, err
+}
+
+func isNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == CodeNotFound
 }
 
 // addLag fills in the learner lag of a replica move that has a learner.
@@ -158,10 +173,11 @@ func (s *Server) AbortMigration(ctx context.Context, id string) (MigrationInfo, 
 		return MigrationInfo{}, apiErrorf(CodeConflict, "migration %q is past its point of no return (Raft replaced the outgoing voter): it can only complete", id)
 	}
 	step := migrate.Step{Kind: migrate.StepAbort, From: phase, Move: m, Reason: "aborted by an operator"}
+	e := step.Entry(id, row.GetAttempt())
 	if err := failpoint.Inject("move.before-checkpoint-aborting"); err != nil {
 		return MigrationInfo{}, err
 	}
-	if _, err := s.proposeMeta(ctx, step.Entry(id, row.GetAttempt())); err != nil {
+	if _, err := s.proposeMeta(ctx, e); err != nil {
 		return MigrationInfo{}, moveAPIError(fmt.Errorf("abort %s: %w", id, err))
 	}
 	if err := failpoint.Inject("move.after-checkpoint-aborting"); err != nil {
@@ -169,7 +185,7 @@ func (s *Server) AbortMigration(ctx context.Context, id string) (MigrationInfo, 
 	}
 	s.log.Warn("replica move aborted by an operator", "migration", id, "phase", phase)
 	s.awaitRow(ctx, id, func(c *metapb.Checkpoint) bool { return c.GetPhase() != phase.String() })
-	return s.Migration(ctx, id)
+	return s.migrationOr(ctx, id, e.GetPutCheckpoint().GetCheckpoint())
 }
 
 // awaitRow waits until this node's applied metadata state shows row id as
