@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -162,7 +163,9 @@ func (c *supervisedCluster) onAll(ctx context.Context, f func(context.Context, *
 	for i, p := range c.procs {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		var ae *server.AdminError
-		if err := f(cctx, adminOf(p.dir)); err != nil && !(errors.As(err, &ae) && ae.Code == server.CodeNotFound) {
+		err := f(cctx, adminOf(p.dir))
+		down := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) // crashed, restarting
+		if err != nil && !down && !(errors.As(err, &ae) && ae.Code == server.CodeNotFound) {
 			c.t.Logf("node %d: %v", i+1, err)
 		}
 		cancel()

@@ -51,8 +51,9 @@ type moveCoordinator struct {
 	term      uint64
 	since     time.Time
 	inherited map[string]bool
-	// seen is when each target node last answered a ping in this term.
-	seen map[uint64]time.Time
+	// seen is when each target node last answered a ping in this term,
+	// started when the newest move to it started (this pass's rows).
+	seen, started map[uint64]time.Time
 	// recorded is the last error written to each row, reported holds the
 	// quarantined rows already logged: neither is written twice.
 	recorded map[string]string
@@ -121,6 +122,12 @@ func (c *moveCoordinator) pass(ctx context.Context, st *metaState, obs map[uint6
 		}
 	}
 	c.ping(ctx, rows)
+	c.started = map[uint64]time.Time{}
+	for _, r := range rows {
+		if _, m, err := migrate.ParseRow(r); err == nil && m.Started().After(c.started[m.To]) {
+			c.started[m.To] = m.Started()
+		}
+	}
 	quarantined := 0
 	for _, d := range migrate.Recover(rows, now, migrate.NodeStatesOf(st, c.gone), views, c.cfg) {
 		if d.Action == migrate.Quarantine {
@@ -132,16 +139,19 @@ func (c *moveCoordinator) pass(ctx context.Context, st *metaState, obs map[uint6
 }
 
 // gone reports whether node has not answered a ping for goneAfter,
-// counting from when this node started coordinating at the latest: a new
-// coordinator gives every target the full grace before declaring it gone.
+// counting at the latest from when this node started coordinating and from
+// the start of the newest move to it: a new coordinator, and a new move,
+// give the target the full grace before declaring it gone.
 //
 // This is the coordinator's own failure detector, limited to the targets of
 // moves in flight; the metadata state's node states stay the authority on
 // membership (a decommissioned target is not ACTIVE, whatever it answers).
 func (c *moveCoordinator) gone(node uint64) bool {
 	last := c.since
-	if t, ok := c.seen[node]; ok && t.After(last) {
-		last = t
+	for _, t := range []time.Time{c.seen[node], c.started[node]} {
+		if t.After(last) {
+			last = t
+		}
 	}
 	return time.Since(last) > c.goneAfter
 }
