@@ -661,7 +661,7 @@ func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
 		t.Fatalf("the move ended %v after its target was killed, before the %v grace", d, grace)
 	}
 	if after := groupOne(t, end); !slices.Equal(after.Voters, g.Voters) || len(after.Learners) > 0 {
-		t.Fatalf("after the abort: voters %v learners %v, want voters %v", after.Voters, after.Learners, g.Voters)
+		t.Fatalf("after the abort of the move to node %d: voters %v learners %v, want voters %v", to, after.Voters, after.Learners, g.Voters)
 	}
 	hold(false)
 	target.start()
