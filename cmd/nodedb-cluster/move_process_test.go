@@ -679,4 +679,34 @@ func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
 	if after := groupOne(t, end); !slices.Equal(after.Voters, want) {
 		t.Fatalf("after the resumed move: voters %v, want %v", after.Voters, want)
 	}
+
+	// The operator's view and abort, through the CLI over the client API.
+	st, g, to, _ = move()
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, bin, append(args, "--endpoints", procs[1].api)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	list := cli("migrations")
+	var id string
+	if st2, err := c.status(ctx); err == nil && len(st2.Migrations) == 1 {
+		id = st2.Migrations[0].ID
+	}
+	if id == "" || !strings.Contains(list, id) || !strings.Contains(list, "add_learner") || !strings.Contains(list, "injected error") {
+		t.Fatalf("migrations listing lacks the held move %q at add_learner with its last error:\n%s", id, list)
+	}
+	if out := cli("migrations", "abort", id); !strings.Contains(out, "aborting") {
+		t.Fatalf("migrations abort: %s", out)
+	}
+	end = c.waitMoveGone(ctx, "operator abort", st.AppliedEntries)
+	hold(false)
+	if after := groupOne(t, end); !slices.Equal(after.Voters, g.Voters) || len(after.Learners) > 0 {
+		t.Fatalf("after the operator's abort of the move to node %d: voters %v learners %v, want %v", to, after.Voters, after.Learners, g.Voters)
+	}
+	if out := cli("migrations"); !strings.Contains(out, "no migrations in flight") {
+		t.Fatalf("migrations after the abort:\n%s", out)
+	}
 }
