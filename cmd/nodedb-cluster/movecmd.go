@@ -63,6 +63,9 @@ carries the move out and a new leader takes it over after a crash. Before the
 replacement the move can be aborted ('migrations abort ID'); after it, it only
 completes.
 
+Placement keeps the nodes' replica counts balanced: a move that unbalances
+them may be followed by a rebalancing move of some replica once it ends.
+
 Without --wait the command prints the move's ID and returns; with --wait it
 shows the phase, the learner's lag and the elapsed time until the move ends,
 and fails if the move was aborted.`,
