@@ -503,9 +503,10 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 			h.Set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
 		}
 	}
+	alone := func() (*response, error) { return c.sendAlone(actx, r.method, tg, uri, h, r.body) }
 	if !c.cfg.DisableMulti && strings.HasPrefix(r.path, "/v1/kv/") {
 		if p := c.pipeTo(tg.addr); p != nil {
-			resp, err := p.do(actx, r.method, uri, h, r.body)
+			resp, err := p.do(actx, r.method, uri, h, r.body, alone)
 			if !errors.Is(err, errMultiUnsupported) {
 				if resp != nil {
 					resp.node = tg.node
@@ -514,11 +515,16 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 			}
 		}
 	}
-	var body io.Reader
-	if r.body != nil {
-		body = bytes.NewReader(r.body)
+	return alone()
+}
+
+// sendAlone sends one request in its own HTTP exchange.
+func (c *Client) sendAlone(ctx context.Context, method string, tg target, uri string, h http.Header, body []byte) (*response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(actx, r.method, c.scheme+"://"+tg.addr+uri, body)
+	req, err := http.NewRequestWithContext(ctx, method, c.scheme+"://"+tg.addr+uri, rd)
 	if err != nil {
 		return nil, invalidArg("%v", err)
 	}

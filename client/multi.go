@@ -78,7 +78,11 @@ func (c *Client) pipeTo(addr string) *pipe {
 }
 
 // do sends one request through the pipe and waits for its answer or ctx.
-func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body []byte) (*response, error) {
+// A request that finds the pipe idle is sent by its caller in its own
+// plain exchange (alone): a lone request pays neither a goroutine hand-off
+// nor the framing and streamed answer of /v1/multi; the requests that come
+// while it is being sent queue for the next /v1/multi exchange.
+func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body []byte, alone func() (*response, error)) (*response, error) {
 	pr := &piped{ctx: ctx, req: multiwire.Request{Method: method, URI: uri, Header: h, Body: body}, done: make(chan pipedResult, 1)}
 	p.mu.Lock()
 	if p.unsupported {
@@ -86,15 +90,13 @@ func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body [
 		return nil, errMultiUnsupported
 	}
 	if p.sending == 0 && len(p.queue) == 0 {
-		// An idle pipe: the caller makes the exchange itself, sparing a
-		// goroutine hand-off on the latency of a lone request.
 		p.sending++
-		p.c.pipesWG.Add(1)
 		p.mu.Unlock()
-		p.exchange([]*piped{pr})
-		p.c.pipesWG.Done()
-		res := <-pr.done // exchange answers every request it is given
-		return res.resp, res.err
+		var slot sync.Once
+		t := time.AfterFunc(sendingFor, func() { p.sent(&slot) })
+		defer t.Stop()
+		defer p.sent(&slot)
+		return alone()
 	}
 	p.queue = append(p.queue, pr)
 	p.startLocked()

@@ -97,13 +97,15 @@ func TestMultiCoalesces(t *testing.T) {
 	}
 	ops := int64(2 * callers * each)
 	t.Logf("%d requests in %d exchanges (largest %d), %d alone", mc.carried.Load(), mc.exchanges.Load(), mc.largest.Load(), mc.singles.Load())
-	if mc.singles.Load() != 0 {
-		t.Errorf("%d KV requests were sent alone", mc.singles.Load())
+	// A request that finds its node's pipe idle goes alone; with 64
+	// callers most share exchanges.
+	if mc.singles.Load() >= mc.carried.Load() {
+		t.Errorf("%d KV requests were sent alone, %d carried: the callers did not share exchanges", mc.singles.Load(), mc.carried.Load())
 	}
-	// Retries (a leader hint, say) are carried again: at least one
-	// carriage per operation.
-	if mc.carried.Load() < ops {
-		t.Errorf("%d requests carried for %d operations", mc.carried.Load(), ops)
+	// Retries (a leader hint, say) are sent again: at least one sending per
+	// operation.
+	if mc.carried.Load()+mc.singles.Load() < ops {
+		t.Errorf("%d requests carried and %d sent alone for %d operations", mc.carried.Load(), mc.singles.Load(), ops)
 	}
 	if mc.largest.Load() < 2 || mc.exchanges.Load() >= mc.carried.Load() {
 		t.Errorf("no exchange carried more than one request (%d exchanges for %d requests)", mc.exchanges.Load(), mc.carried.Load())
@@ -119,19 +121,36 @@ func TestMultiFallsBackOnAnOldNode(t *testing.T) {
 	cl := c.newClient(t, Config{HTTPClient: &http.Client{Transport: mc}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for i := range 30 {
-		k := []byte(fmt.Sprintf("old/%d", i))
-		if _, err := cl.Put(ctx, k, []byte("v")); err != nil {
-			t.Fatal(err)
-		}
-		if g, err := cl.Get(ctx, k); err != nil || string(g.Value) != "v" {
-			t.Fatalf("get %s: %q %v", k, g.Value, err)
-		}
+	// Concurrent callers, so that requests queue behind a lone one and go
+	// to /v1/multi.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 15 {
+				k := []byte(fmt.Sprintf("old/%d/%d", w, i))
+				if _, err := cl.Put(ctx, k, []byte("v")); err != nil {
+					errs <- err
+					return
+				}
+				if g, err := cl.Get(ctx, k); err != nil || string(g.Value) != "v" {
+					errs <- fmt.Errorf("get %s: %q %v", k, g.Value, err)
+					return
+				}
+			}
+		})
 	}
-	if r := mc.refused.Load(); r == 0 || r > int64(len(c.addrs)) {
-		t.Errorf("%d exchanges refused by %d nodes: want at most one per node", r, len(c.addrs))
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
-	if mc.singles.Load() < 60 {
-		t.Errorf("%d requests sent alone, want 60", mc.singles.Load())
+	// Each node refuses at most the exchanges in flight to it before its
+	// first refusal came back.
+	if r := mc.refused.Load(); r == 0 || r > int64(maxSending*len(c.addrs)) {
+		t.Errorf("%d exchanges refused by %d nodes: want between 1 and %d per node", r, len(c.addrs), maxSending)
+	}
+	if mc.singles.Load() < 240 {
+		t.Errorf("%d requests sent alone, want 240", mc.singles.Load())
 	}
 }
