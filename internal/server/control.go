@@ -298,7 +298,7 @@ func (s *Server) place(ctx context.Context, st *metaState, obs map[uint64]*clust
 		}
 	}
 	if len(hints) > 0 {
-		if _, err := s.proposeMeta(ctx, meta.NewBatch(hints...)); err != nil {
+		if _, err := s.proposeMetaWithin(ctx, meta.NewBatch(hints...)); err != nil {
 			s.log.Debug("record leader hints", "err", err)
 		}
 	}
@@ -326,11 +326,11 @@ func (s *Server) place(ctx context.Context, st *metaState, obs map[uint64]*clust
 		var err error
 		switch c.Kind {
 		case placement.AddLearner:
-			_, err = s.proposeMeta(ctx, c.Entry())
+			_, err = s.proposeMetaWithin(ctx, c.Entry())
 		case placement.Promote:
 			err = s.changeReplicas(ctx, o, ids.GroupID(c.Group), cluster.ReplicaChange{Op: cluster.AddVoter, Replica: ids.ReplicaID(c.Replica), Node: ids.NodeID(c.Node)})
 			if err == nil {
-				_, err = s.proposeMeta(ctx, c.Entry())
+				_, err = s.proposeMetaWithin(ctx, c.Entry())
 			}
 		case placement.Replace:
 			if o.LeaderNode == ids.NodeID(c.ReplacesNode) {
@@ -345,7 +345,7 @@ func (s *Server) place(ctx context.Context, st *metaState, obs map[uint64]*clust
 				cluster.ReplicaChange{Op: cluster.AddVoter, Replica: ids.ReplicaID(c.Replica), Node: ids.NodeID(c.Node)},
 				cluster.ReplicaChange{Op: cluster.RemoveReplica, Replica: ids.ReplicaID(c.Replaces)})
 			if err == nil {
-				_, err = s.proposeMeta(ctx, c.Entry())
+				_, err = s.proposeMetaWithin(ctx, c.Entry())
 			}
 		}
 		if err != nil {
@@ -464,7 +464,7 @@ func (s *Server) syncMembership(ctx context.Context, gid ids.GroupID, g *metapb.
 				es = append(es, meta.NewRemoveReplica(uint64(gid), r.GetId()))
 			}
 		}
-		_, err := s.proposeMeta(ctx, meta.NewBatch(es...))
+		_, err := s.proposeMetaWithin(ctx, meta.NewBatch(es...))
 		return true, err
 	}
 	for _, r := range missing {
@@ -611,6 +611,17 @@ func (s *Server) remoteStatus(ctx context.Context, n ids.NodeID, g ids.GroupID) 
 		return nil, fmt.Errorf("group %d status from node %d: %w", g, n, err)
 	}
 	return st, nil
+}
+
+// controlStepTimeout bounds each metadata proposal of the control loop, so
+// that one stuck step cannot stall every later pass.
+const controlStepTimeout = 5 * time.Second
+
+// proposeMetaWithin is proposeMeta bounded by controlStepTimeout.
+func (s *Server) proposeMetaWithin(ctx context.Context, e *metapb.Entry) (*metapb.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, controlStepTimeout)
+	defer cancel()
+	return s.proposeMeta(ctx, e)
 }
 
 // sortedKeys returns m's keys in order, for deterministic passes.

@@ -51,9 +51,15 @@ type moveCoordinator struct {
 	term      uint64
 	since     time.Time
 	inherited map[string]bool
-	// seen is when each target node last answered a ping in this term,
-	// started when the newest move to it started (this pass's rows).
-	seen, started map[uint64]time.Time
+	// started is when the newest move to each target started (this
+	// pass's rows).
+	started map[uint64]time.Time
+	// pingMu guards seen (when each target last answered a ping) and
+	// pinging (targets with a ping in flight): pings run beside the
+	// passes, so that a target that does not answer never stalls them.
+	pingMu  sync.Mutex
+	seen    map[uint64]time.Time
+	pinging map[uint64]bool
 	// recorded is the last error written to each row, reported holds the
 	// quarantined rows already logged: neither is written twice.
 	recorded map[string]string
@@ -69,6 +75,8 @@ func newMoveCoordinator(s *Server, cfg Config) *moveCoordinator {
 		metrics:   newMoveMetrics(s.registry),
 		recorded:  map[string]string{},
 		reported:  map[string]bool{},
+		seen:      map[uint64]time.Time{},
+		pinging:   map[uint64]bool{},
 	}
 }
 
@@ -106,7 +114,6 @@ func (c *moveCoordinator) pass(ctx context.Context, st *metaState, obs map[uint6
 		for _, r := range rows {
 			c.inherited[r.GetId()] = true
 		}
-		c.seen = map[uint64]time.Time{}
 		clear(c.recorded)
 		clear(c.reported)
 		c.log.Info("coordinating migrations", "term", term, "rows", len(rows))
@@ -147,8 +154,11 @@ func (c *moveCoordinator) pass(ctx context.Context, st *metaState, obs map[uint6
 // moves in flight; the metadata state's node states stay the authority on
 // membership (a decommissioned target is not ACTIVE, whatever it answers).
 func (c *moveCoordinator) gone(node uint64) bool {
+	c.pingMu.Lock()
+	seen := c.seen[node]
+	c.pingMu.Unlock()
 	last := c.since
-	for _, t := range []time.Time{c.seen[node], c.started[node]} {
+	for _, t := range []time.Time{seen, c.started[node]} {
 		if t.After(last) {
 			last = t
 		}
@@ -157,35 +167,41 @@ func (c *moveCoordinator) gone(node uint64) bool {
 }
 
 // ping asks the target node of every move before its end whether it is
-// alive, concurrently, each bounded by a second.
+// alive, without waiting: at most one ping per target is in flight, each
+// bounded by a second, and an answer is recorded in seen. Pings belong to
+// the server's background goroutines (Stop waits for them); the ones of an
+// earlier term may still record an answer, which is as true then.
 func (c *moveCoordinator) ping(ctx context.Context, rows []*metapb.Checkpoint) {
-	var targets []uint64
 	for _, r := range rows {
 		phase, m, err := migrate.ParseRow(r)
-		if err != nil || phase == migrate.PhaseComplete || slices.Contains(targets, m.To) {
+		if err != nil || phase == migrate.PhaseComplete {
 			continue
 		}
-		targets = append(targets, m.To)
-	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, n := range targets {
-		if ids.NodeID(n) == c.s.id {
-			c.seen[n] = time.Now()
+		n := m.To
+		c.pingMu.Lock()
+		busy := c.pinging[n]
+		switch {
+		case ids.NodeID(n) == c.s.id:
+			c.seen[n], busy = time.Now(), true
+		case !busy:
+			c.pinging[n] = true
+		}
+		c.pingMu.Unlock()
+		if busy {
 			continue
 		}
-		wg.Go(func() {
+		c.s.wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			if _, err := c.s.ep.Call(cctx, ids.NodeID(n), rpcPing, nil); err != nil {
-				return
+			_, err := c.s.ep.Call(cctx, ids.NodeID(n), rpcPing, nil)
+			cancel()
+			c.pingMu.Lock()
+			defer c.pingMu.Unlock()
+			c.pinging[n] = false
+			if err == nil {
+				c.seen[n] = time.Now()
 			}
-			mu.Lock()
-			c.seen[n] = time.Now()
-			mu.Unlock()
 		})
 	}
-	wg.Wait()
 }
 
 // decide carries out one recovery decision: a cleanup, a takeover, an
