@@ -324,3 +324,25 @@ func TestAdminArmsFailpoints(t *testing.T) {
 		t.Fatalf("bad action: %v", err)
 	}
 }
+
+// A target is gone once it has not answered for goneAfter, counting at the
+// latest from the coordinator's takeover and from the newest move to it.
+func TestMoveTargetGone(t *testing.T) {
+	now := time.Now()
+	c := &moveCoordinator{goneAfter: 2 * time.Second, since: now.Add(-10 * time.Second),
+		seen: map[uint64]time.Time{4: now.Add(-3 * time.Second), 5: now.Add(-time.Second)}, started: map[uint64]time.Time{}}
+	if !c.gone(4) || c.gone(5) {
+		t.Fatalf("silent for 3s: gone %v; answered 1s ago: gone %v", c.gone(4), c.gone(5))
+	}
+	if !c.gone(6) {
+		t.Fatal("a target never heard from since a takeover 10s ago is not gone")
+	}
+	c.started[4] = now.Add(-time.Second)
+	if c.gone(4) {
+		t.Fatal("a move started 1s ago already declares its target gone")
+	}
+	c.since = now.Add(-time.Second)
+	if c.gone(6) {
+		t.Fatal("a coordinator of 1s declares a target gone")
+	}
+}
