@@ -93,7 +93,7 @@ func newMoveMetrics(reg prometheus.Registerer) *moveMetrics {
 		completed: prometheus.NewCounter(prometheus.CounterOpts{Name: "nodedb_replica_moves_completed_total", Help: "Replica moves this node finished as coordinator (row deleted after complete)."}),
 		aborted:   prometheus.NewCounter(prometheus.CounterOpts{Name: "nodedb_replica_moves_aborted_total", Help: "Replica moves this node finished aborting as coordinator (row deleted after its compensations)."}),
 		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "nodedb_replica_move_phase_seconds", Help: "Time a replica move spent in a phase, observed when the coordinator leaves it.",
+			Name: "nodedb_replica_move_phase_seconds", Help: "Time a replica move spent in a phase, observed when the coordinator leaves it, counted from the row's last write (the phase's start, a takeover, or a recorded error).",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 14),
 		}, []string{"phase"}),
 		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{Name: "nodedb_migrations_quarantined", Help: "Migration rows the coordinator found quarantined (bad checksum or payload) on its last pass."}),
