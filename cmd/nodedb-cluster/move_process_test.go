@@ -716,3 +716,126 @@ func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
 		t.Fatalf("migrations after the abort:\n%s", out)
 	}
 }
+
+// TestProcessMoveAbortRestoresLeaderThroughACrash aborts a move after the
+// group's leadership moved (its leader was SIGKILLed and restarted), so
+// that the abort's first compensation transfers leadership back to the
+// leader the move started with; the coordinator crashes at that transfer
+// (move.before-transfer, then, in a second round, move.after-transfer).
+// The abort still completes: the original voters, no learner, no row, and
+// the leader at start leads again when the row goes.
+func TestProcessMoveAbortRestoresLeaderThroughACrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
+	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16)}
+	for i := range procs {
+		c.watch(i)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	c.supervise(sctx)
+	t.Cleanup(func() {
+		stop()
+		for _, p := range procs {
+			if p.cmd != nil && p.cmd.Process != nil {
+				p.cmd.Process.Kill()
+			}
+		}
+		c.wg.Wait()
+	})
+	// round runs one abort with fp armed and reports whether a node
+	// crashed there. The compensation is moot (nothing to transfer) if the
+	// restarted leader is not yet counted as recently active when the
+	// coordinator decides, so a round that did not reach fp is run again.
+	round := func(fp string) bool {
+		st, g := c.settled(ctx)
+		leader := g.Leader
+		var from, to uint64
+		for _, n := range st.Nodes {
+			switch {
+			case !slices.Contains(g.Voters, n.ID):
+				to = n.ID
+			case n.ID != leader && from == 0:
+				from = n.ID
+			}
+		}
+		for i := range procs {
+			c.arm(ctx, i, "move.before-checkpoint-catch_up", "error")
+		}
+		id, seen := c.startMove(ctx, server.MoveRequest{Group: 1, From: from, To: to}, st.MetaLeader)
+		c.waitLearnerOn(ctx, to)
+		// Move the group's leadership away: kill its leader, restart it.
+		lp := procs[leader-1]
+		lp.cmd.Process.Kill()
+		for {
+			st, err := c.status(ctx)
+			if err == nil {
+				if g := groupOne(t, st); g.Leader != leader && g.Leader != 0 && slices.Contains(g.Voters, g.Leader) {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("%s: group 1 kept no other leader after node %d was killed", fp, leader)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+		lp.start()
+		c.watch(int(leader - 1))
+		waitAdmin(ctx, t, lp.dir)
+		time.Sleep(1500 * time.Millisecond) // a few election timeouts (--tick 20ms) to be heard from
+		crashes := c.crashes.Load()
+		c.mu.Lock()
+		c.pending = []string{fp}
+		c.mu.Unlock()
+		for i := range procs {
+			c.arm(ctx, i, "move.before-checkpoint-catch_up", "error")
+			c.arm(ctx, i, fp, "1*exit")
+		}
+		c.abortOnceLearner(ctx, id, to)
+		end := c.waitMoveGone(ctx, fp, seen)
+		c.disarm(ctx, "move.before-checkpoint-catch_up")
+		c.mu.Lock()
+		left := c.pending
+		c.pending = nil
+		c.mu.Unlock()
+		for _, name := range left {
+			c.disarm(ctx, name)
+		}
+		if after := groupOne(t, end); !slices.Equal(after.Voters, g.Voters) || len(after.Learners) > 0 {
+			t.Fatalf("%s: group 1 ends with voters %v learners %v, want %v", fp, after.Voters, after.Learners, g.Voters)
+		}
+		return c.crashes.Load() > crashes && len(left) == 0
+	}
+	for _, fp := range []string{"move.before-transfer", "move.after-transfer"} {
+		for attempt := 1; !round(fp); attempt++ {
+			if attempt == 3 {
+				t.Fatalf("%s: never reached in %d aborts: the abort did not transfer leadership back", fp, attempt)
+			}
+			t.Logf("%s: not reached (the restarted leader did not count as active yet); again", fp)
+		}
+	}
+}
+
+// waitLearnerOn waits until group 1's record has a learner on node to.
+func (c *supervisedCluster) waitLearnerOn(ctx context.Context, to uint64) {
+	c.t.Helper()
+	for {
+		st, err := c.status(ctx)
+		if err == nil && slices.Contains(groupOne(c.t, st).Learners, to) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("no learner on node %d: %v", to, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
