@@ -119,7 +119,8 @@ func TestReplicaMoveOfTheLeaderCompletes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if mi.Phase != "add_learner" || mi.Group != 1 || mi.From != from || mi.To != to || mi.Attempt != 1 {
+	// The coordinator may have advanced the row before the answer was read.
+	if mi.Phase == "" || mi.Phase == "aborting" || mi.Group != 1 || mi.From != from || mi.To != to || mi.Attempt != 1 || mi.ID == "" {
 		t.Fatalf("started: %+v", mi)
 	}
 	_, err = c.nodes[2].MoveReplica(ctx, MoveRequest{Group: 1, From: g.Voters[0], To: to})
