@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/failpoint"
@@ -29,9 +30,9 @@ type MoveRequest struct {
 // for the group, the target not active or already holding a replica),
 // not_found (no such group, node, or voter on From), invalid_argument.
 func (s *Server) MoveReplica(ctx context.Context, req MoveRequest) (MigrationInfo, error) {
-	st := s.view.get()
-	if st == nil {
-		return MigrationInfo{}, ErrNoMetadata
+	st, err := s.freshView(ctx)
+	if err != nil {
+		return MigrationInfo{}, err
 	}
 	m, err := migrate.NewReplicaMove(st, req.Group, req.From, req.To, time.Now())
 	if err != nil {
@@ -56,9 +57,9 @@ func (s *Server) MoveReplica(ctx context.Context, req MoveRequest) (MigrationInf
 // Migrations lists the migration rows of the applied metadata state, with
 // the learner lag of moves catching up as their group's leader reports it.
 func (s *Server) Migrations(ctx context.Context) ([]MigrationInfo, error) {
-	st := s.view.get()
-	if st == nil {
-		return nil, ErrNoMetadata
+	st, err := s.freshView(ctx)
+	if err != nil {
+		return nil, err
 	}
 	out := migrationInfos(st, time.Now())
 	for i := range out {
@@ -127,9 +128,23 @@ func (s *Server) addLag(ctx context.Context, st *metaState, mi *MigrationInfo) {
 // return, or complete), unavailable (its group cannot be observed now, so
 // whether it passed the point of no return is unknown).
 func (s *Server) AbortMigration(ctx context.Context, id string) (MigrationInfo, error) {
-	st := s.view.get()
-	if st == nil {
-		return MigrationInfo{}, ErrNoMetadata
+	// The coordinator may write the row between this node's read and the
+	// abort (the abort is conditional on the row it read): read again.
+	for range 3 {
+		mi, err := s.abortMigration(ctx, id)
+		var me *meta.Error
+		if !errors.As(err, &me) || me.Code != metapb.Code_CODE_CHECKPOINT_CONFLICT {
+			return mi, moveAPIError(err)
+		}
+	}
+	mi, err := s.abortMigration(ctx, id)
+	return mi, moveAPIError(err)
+}
+
+func (s *Server) abortMigration(ctx context.Context, id string) (MigrationInfo, error) {
+	st, err := s.freshView(ctx)
+	if err != nil {
+		return MigrationInfo{}, err
 	}
 	var row *metapb.Checkpoint
 	for _, r := range migrate.Rows(st) {
@@ -178,7 +193,7 @@ func (s *Server) AbortMigration(ctx context.Context, id string) (MigrationInfo, 
 		return MigrationInfo{}, err
 	}
 	if _, err := s.proposeMeta(ctx, e); err != nil {
-		return MigrationInfo{}, moveAPIError(fmt.Errorf("abort %s: %w", id, err))
+		return MigrationInfo{}, fmt.Errorf("abort %s: %w", id, err)
 	}
 	if err := failpoint.Inject("move.after-checkpoint-aborting"); err != nil {
 		return MigrationInfo{}, err
@@ -199,6 +214,26 @@ func (s *Server) awaitRow(ctx context.Context, id string, done func(*metapb.Chec
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// freshView returns the metadata state after a linearizable read of the
+// metadata group (ReadIndex: this replica has applied everything committed
+// before the call). The operator routes answer from it: a node that just
+// restarted or lags must not report a move's row as gone (`--wait` would
+// take the move as ended) nor decide a request from an older state. A node
+// without a replica of the metadata group answers from the state it last
+// fetched from a peer.
+func (s *Server) freshView(ctx context.Context) (*metaState, error) {
+	if slices.Contains(s.node.Groups(), MetaGroup) {
+		if _, err := s.node.ReadIndex(ctx, MetaGroup); err != nil {
+			return nil, apiErrorf(CodeUnavailable, "read the metadata: %v", err)
+		}
+	}
+	st := s.view.get()
+	if st == nil {
+		return nil, ErrNoMetadata
+	}
+	return st, nil
 }
 
 // moveAPIError maps a refusal of a move request or of its metadata write
