@@ -85,6 +85,27 @@ type supervisedCluster struct {
 	bad     atomic.Value // string: an unexpected exit
 }
 
+// superviseCluster watches procs, restarts those that exit with status
+// 86 until the test ends, and then kills them all.
+func superviseCluster(ctx context.Context, t *testing.T, procs []*proc) *supervisedCluster {
+	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16)}
+	for i := range procs {
+		c.watch(i)
+	}
+	sctx, stop := context.WithCancel(ctx)
+	c.supervise(sctx)
+	t.Cleanup(func() {
+		stop()
+		for _, p := range procs {
+			if p.cmd != nil && p.cmd.Process != nil {
+				p.cmd.Process.Kill() // the watchers reap them
+			}
+		}
+		c.wg.Wait()
+	})
+	return c
+}
+
 func (c *supervisedCluster) watch(i int) {
 	cmd := c.procs[i].cmd
 	c.wg.Go(func() {
@@ -270,21 +291,7 @@ func TestProcessMoveCrashAtEveryFailpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(points))*90*time.Second+2*time.Minute)
 	defer cancel()
 	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
-	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16)}
-	for i := range procs {
-		c.watch(i)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	c.supervise(sctx)
-	t.Cleanup(func() {
-		stop()
-		for _, p := range procs {
-			if p.cmd != nil && p.cmd.Process != nil {
-				p.cmd.Process.Kill() // the watchers reap them
-			}
-		}
-		c.wg.Wait()
-	})
+	c := superviseCluster(ctx, t, procs)
 
 	var apis []string
 	for _, p := range procs {
@@ -735,21 +742,7 @@ func TestProcessMoveAbortRestoresLeaderThroughACrash(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
-	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16)}
-	for i := range procs {
-		c.watch(i)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	c.supervise(sctx)
-	t.Cleanup(func() {
-		stop()
-		for _, p := range procs {
-			if p.cmd != nil && p.cmd.Process != nil {
-				p.cmd.Process.Kill()
-			}
-		}
-		c.wg.Wait()
-	})
+	c := superviseCluster(ctx, t, procs)
 	// round runs one abort with fp armed and reports whether a node
 	// crashed there. The compensation is moot (nothing to transfer) if the
 	// restarted leader is not yet counted as recently active when the
