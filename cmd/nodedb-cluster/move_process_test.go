@@ -85,6 +85,31 @@ type supervisedCluster struct {
 	bad     atomic.Value // string: an unexpected exit
 }
 
+// startMoveCluster builds the binary and starts four node processes with
+// one data group of three voters (allArgs given to every node), so that
+// one node holds no replica to move one to. The context ends after
+// timeout or with the test.
+func startMoveCluster(t *testing.T, timeout time.Duration, allArgs []string) (context.Context, string, []*proc) {
+	t.Helper()
+	bin, err := buildBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return ctx, bin, startProcClusterWith(ctx, t, bin, t.TempDir(), 4, allArgs, "--groups", "1", "--vshards", "16")
+}
+
+// outsiderOf returns a node of st that holds no voter of g.
+func outsiderOf(st server.ClusterStatus, g server.GroupInfo) uint64 {
+	for _, n := range st.Nodes {
+		if !slices.Contains(g.Voters, n.ID) {
+			return n.ID
+		}
+	}
+	return 0
+}
+
 // superviseCluster watches procs, restarts those that exit with status
 // 86 until the test ends, and then kills them all.
 func superviseCluster(ctx context.Context, t *testing.T, procs []*proc) *supervisedCluster {
@@ -284,13 +309,7 @@ func TestProcessMoveCrashAtEveryFailpoint(t *testing.T) {
 		t.Skip("builds the binary and runs processes")
 	}
 	points := selectedMoveFailpoints(t)
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(len(points))*90*time.Second+2*time.Minute)
-	defer cancel()
-	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
+	ctx, _, procs := startMoveCluster(t, time.Duration(len(points))*90*time.Second+2*time.Minute, nil)
 	c := superviseCluster(ctx, t, procs)
 
 	var apis []string
@@ -329,12 +348,7 @@ func (c *supervisedCluster) moveWithCrash(ctx context.Context, fp string) {
 	st, g := c.settled(ctx)
 	// A forward move takes the leader's voter, so that it transfers
 	// leadership; an abort restores the leader it started with.
-	from, to := g.Leader, uint64(0)
-	for _, n := range st.Nodes {
-		if !slices.Contains(g.Voters, n.ID) {
-			to = n.ID
-		}
-	}
+	from, to := g.Leader, outsiderOf(st, g)
 	crashesBefore := c.crashes.Load()
 	// The failpoint is armed on every node, so that whichever coordinates
 	// reaches it; the supervisor disarms it everywhere at the first crash,
@@ -488,17 +502,7 @@ func (c *supervisedCluster) startMove(ctx context.Context, req server.MoveReques
 // the move through any node until the abort is recorded.
 func (c *supervisedCluster) abortOnceLearner(ctx context.Context, id string, to uint64) {
 	c.t.Helper()
-	for {
-		st, err := c.status(ctx)
-		if err == nil && slices.Contains(groupOne(c.t, st).Learners, to) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			c.t.Fatalf("no learner on node %d: %v", to, err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	c.waitLearnerOn(ctx, to)
 	for attempt := 0; ; attempt++ {
 		p := c.procs[attempt%len(c.procs)]
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -550,21 +554,10 @@ func TestProcessMoveUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
 	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
+	ctx, bin, procs := startMoveCluster(t, 3*time.Minute, nil)
 	st := waitPlaced(ctx, t, procs[0].dir, 4, 3)
 	g := groupOne(t, st)
-	var to uint64
-	for _, n := range st.Nodes {
-		if !slices.Contains(g.Voters, n.ID) {
-			to = n.ID
-		}
-	}
+	to := outsiderOf(st, g)
 	var apis []string
 	for _, p := range procs {
 		apis = append(apis, p.api)
@@ -622,14 +615,8 @@ func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
 	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
 	const grace = 4 * time.Second
-	procs := startProcClusterWith(ctx, t, bin, t.TempDir(), 4, []string{"--node-gone-after", grace.String()}, "--groups", "1", "--vshards", "16")
+	ctx, bin, procs := startMoveCluster(t, 3*time.Minute, []string{"--node-gone-after", grace.String()})
 	c := &supervisedCluster{t: t, procs: procs}
 	hold := func(on bool) {
 		if !on {
@@ -642,27 +629,12 @@ func TestProcessMoveTargetCrashDuringCatchUp(t *testing.T) {
 	}
 	move := func() (server.ClusterStatus, server.GroupInfo, uint64, *proc) {
 		st, g := c.settled(ctx)
-		var to uint64
-		for _, n := range st.Nodes {
-			if !slices.Contains(g.Voters, n.ID) {
-				to = n.ID
-			}
-		}
+		to := outsiderOf(st, g)
 		hold(true)
 		if _, err := adminOf(procs[0].dir).MoveReplica(ctx, server.MoveRequest{Group: 1, From: g.Voters[0], To: to}); err != nil {
 			t.Fatal(err)
 		}
-		for {
-			st, err := c.status(ctx)
-			if err == nil && slices.Contains(groupOne(t, st).Learners, to) {
-				break
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("no learner on node %d", to)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		return st, g, to, procs[to-1]
+		return c.waitLearnerOn(ctx, to), g, to, procs[to-1]
 	}
 
 	// Gone: down for longer than the grace.
@@ -735,13 +707,7 @@ func TestProcessMoveAbortRestoresLeaderThroughACrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
 	}
-	bin, err := buildBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	procs := startProcCluster(ctx, t, bin, t.TempDir(), 4, "--groups", "1", "--vshards", "16")
+	ctx, _, procs := startMoveCluster(t, 4*time.Minute, nil)
 	c := superviseCluster(ctx, t, procs)
 	// round runs one abort with fp armed and reports whether a node
 	// crashed there. The compensation is moot (nothing to transfer) if the
@@ -750,15 +716,8 @@ func TestProcessMoveAbortRestoresLeaderThroughACrash(t *testing.T) {
 	round := func(fp string) bool {
 		st, g := c.settled(ctx)
 		leader := g.Leader
-		var from, to uint64
-		for _, n := range st.Nodes {
-			switch {
-			case !slices.Contains(g.Voters, n.ID):
-				to = n.ID
-			case n.ID != leader && from == 0:
-				from = n.ID
-			}
-		}
+		to := outsiderOf(st, g)
+		from := slices.DeleteFunc(slices.Clone(g.Voters), func(n uint64) bool { return n == leader })[0] // a voter that does not lead
 		for i := range procs {
 			c.arm(ctx, i, "move.before-checkpoint-catch_up", "error")
 		}
@@ -817,13 +776,14 @@ func TestProcessMoveAbortRestoresLeaderThroughACrash(t *testing.T) {
 	}
 }
 
-// waitLearnerOn waits until group 1's record has a learner on node to.
-func (c *supervisedCluster) waitLearnerOn(ctx context.Context, to uint64) {
+// waitLearnerOn waits until group 1's record has a learner on node to and
+// returns the status that shows it.
+func (c *supervisedCluster) waitLearnerOn(ctx context.Context, to uint64) server.ClusterStatus {
 	c.t.Helper()
 	for {
 		st, err := c.status(ctx)
 		if err == nil && slices.Contains(groupOne(c.t, st).Learners, to) {
-			return
+			return st
 		}
 		select {
 		case <-ctx.Done():

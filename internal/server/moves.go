@@ -128,13 +128,14 @@ func (c *moveCoordinator) pass(ctx context.Context, st *metaState, obs map[uint6
 			views[g] = groupView(st, g, o)
 		}
 	}
-	c.ping(ctx, rows)
+	// The targets of the moves before their end, with the newest start.
 	c.started = map[uint64]time.Time{}
 	for _, r := range rows {
-		if _, m, err := migrate.ParseRow(r); err == nil && m.Started().After(c.started[m.To]) {
+		if phase, m, err := migrate.ParseRow(r); err == nil && phase != migrate.PhaseComplete && !m.Started().Before(c.started[m.To]) {
 			c.started[m.To] = m.Started()
 		}
 	}
+	c.ping(ctx)
 	quarantined := 0
 	for _, d := range migrate.Recover(rows, now, migrate.NodeStatesOf(st, c.gone), views, c.cfg) {
 		if d.Action == migrate.Quarantine {
@@ -166,18 +167,13 @@ func (c *moveCoordinator) gone(node uint64) bool {
 	return time.Since(last) > c.goneAfter
 }
 
-// ping asks the target node of every move before its end whether it is
-// alive, without waiting: at most one ping per target is in flight, each
+// ping asks the target node of every move before its end (c.started)
+// whether it is alive, without waiting: at most one ping per target is in flight, each
 // bounded by a second, and an answer is recorded in seen. Pings belong to
 // the server's background goroutines (Stop waits for them); the ones of an
 // earlier term may still record an answer, which is as true then.
-func (c *moveCoordinator) ping(ctx context.Context, rows []*metapb.Checkpoint) {
-	for _, r := range rows {
-		phase, m, err := migrate.ParseRow(r)
-		if err != nil || phase == migrate.PhaseComplete {
-			continue
-		}
-		n := m.To
+func (c *moveCoordinator) ping(ctx context.Context) {
+	for n := range c.started {
 		c.pingMu.Lock()
 		busy := c.pinging[n]
 		switch {

@@ -70,16 +70,17 @@ func (s *Server) Migrations(ctx context.Context) ([]MigrationInfo, error) {
 
 // Migration returns one migration row (not_found if there is none).
 func (s *Server) Migration(ctx context.Context, id string) (MigrationInfo, error) {
-	all, err := s.Migrations(ctx)
+	st, err := s.freshView(ctx)
 	if err != nil {
 		return MigrationInfo{}, err
 	}
-	for _, mi := range all {
-		if mi.ID == id {
-			return mi, nil
-		}
+	row, ok := st.GetMigrations()[id]
+	if !ok {
+		return MigrationInfo{}, apiErrorf(CodeNotFound, "no migration %q (a finished move's row is deleted)", id)
 	}
-	return MigrationInfo{}, apiErrorf(CodeNotFound, "no migration %q (a finished move's row is deleted)", id)
+	mi := migrationInfo(id, row, time.Now())
+	s.addLag(ctx, st, &mi)
+	return mi, nil
 }
 
 // migrationOr is Migration, or, if the row is already gone (the move ran
