@@ -68,10 +68,42 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",
 			Help: "fsyncs of the write-ahead log.",
 		}, func() float64 { return float64(h.cfg.Engine.WALSyncs()) }),
+		engineCollector{h},
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			h.log.Warn("metric not registered", "err", err)
 		}
 	}
+}
+
+// engineCollector exports the Pebble figures an operator needs to size the
+// store: block cache effectiveness and memtable memory. It reads Pebble's
+// metrics once per scrape.
+type engineCollector struct{ h *Host }
+
+var (
+	descCacheHits = prometheus.NewDesc("nodedb_storage_block_cache_hits_total",
+		"Block cache hits (data, index and filter blocks found in memory).", nil, nil)
+	descCacheMisses = prometheus.NewDesc("nodedb_storage_block_cache_misses_total",
+		"Block cache misses (blocks read from the file system).", nil, nil)
+	descCacheBytes = prometheus.NewDesc("nodedb_storage_block_cache_bytes",
+		"Bytes of blocks held in the block cache.", nil, nil)
+	descMemTableBytes = prometheus.NewDesc("nodedb_storage_memtable_bytes",
+		"Bytes reserved by memtables, those kept for recycling included.", nil, nil)
+)
+
+func (c engineCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descCacheHits
+	ch <- descCacheMisses
+	ch <- descCacheBytes
+	ch <- descMemTableBytes
+}
+
+func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.h.cfg.Engine.DB().Metrics()
+	ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(m.BlockCache.Hits))
+	ch <- prometheus.MustNewConstMetric(descCacheMisses, prometheus.CounterValue, float64(m.BlockCache.Misses))
+	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(m.BlockCache.Size))
+	ch <- prometheus.MustNewConstMetric(descMemTableBytes, prometheus.GaugeValue, float64(m.MemTable.Size+m.MemTable.ZombieSize))
 }

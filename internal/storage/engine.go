@@ -27,7 +27,9 @@ import (
 type Options struct {
 	// Dir is the directory of the Pebble store. Created if missing.
 	Dir string
-	// CacheSize is the block cache size in bytes. Default 64 MiB.
+	// CacheSize is the block cache's room for data, index and filter blocks
+	// in bytes. Default 64 MiB. The memtables' memory (up to three times
+	// MemTableSize) comes on top of it.
 	CacheSize int64
 	// MemTableSize is the size of one memtable in bytes. Default 32 MiB.
 	MemTableSize uint64
@@ -36,6 +38,10 @@ type Options struct {
 	// FS overrides the filesystem (tests). Default the OS filesystem.
 	FS vfs.FS
 }
+
+// memTableStopWrites is Pebble's MemTableStopWritesThreshold: writes stall
+// while this many memtables (the mutable one included) wait to be flushed.
+const memTableStopWrites = 2
 
 // Engine is one node's Pebble store.
 type Engine struct {
@@ -66,14 +72,24 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("create store dir %s: %w", opts.Dir, err)
 	}
 	fs := &syncCountingFS{FS: opts.FS}
-	cache := pebble.NewCache(opts.CacheSize)
 	po := &pebble.Options{
-		FS:                 fs,
-		Cache:              cache,
-		MemTableSize:       opts.MemTableSize,
-		Logger:             pebbleLogger{opts.Logger.With("component", "pebble")},
-		FormatMajorVersion: pebble.FormatNewest,
+		FS:                          fs,
+		MemTableSize:                opts.MemTableSize,
+		MemTableStopWritesThreshold: memTableStopWrites,
+		Logger:                      pebbleLogger{opts.Logger.With("component", "pebble")},
+		FormatMajorVersion:          pebble.FormatNewest,
 	}
+	// Pebble charges memtables against the block cache: the mutable one,
+	// those waiting to be flushed (at most MemTableStopWritesThreshold in
+	// all) and one flushed memtable it keeps to recycle. A cache of only
+	// CacheSize would hold no data block at all once the memtables are full
+	// (64 MiB of cache against two 32 MiB memtables did exactly that), and
+	// every point read below the memtables would go to the file system. So the
+	// cache is sized for those reservations plus CacheSize of blocks; the
+	// memtables' memory is used whatever the cache's size.
+	reserve := int64(memTableStopWrites+1) * int64(opts.MemTableSize)
+	cache := pebble.NewCache(opts.CacheSize + reserve)
+	po.Cache = cache
 	// Most point reads on the write path look for keys that do not exist
 	// (new keys, new exactly-once records): bloom filters answer those
 	// without reading data blocks. Lower levels inherit the policy.

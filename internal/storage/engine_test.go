@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -146,5 +147,62 @@ func TestSyncCountingFS(t *testing.T) {
 	// Errors pass through unwrapped.
 	if f, err := fs.Create("missing/dir/000006.log", vfs.WriteCategoryUnspecified); err == nil {
 		t.Fatalf("Create in a missing directory succeeded: %v", f)
+	}
+}
+
+// TestBlockCacheSurvivesFullMemtables proves that CacheSize is room for data
+// blocks: Pebble charges every memtable (the mutable one, those waiting to
+// flush and the one it keeps for recycling) against the block cache, so a
+// cache no larger than those reservations keeps no block at all and every
+// point read below the memtables goes to the file system. With 2 MiB of cache
+// and 1 MiB memtables, after several full memtables have been flushed, reading
+// the same flushed keys twice must be served from the cache the second time.
+func TestBlockCacheSurvivesFullMemtables(t *testing.T) {
+	e, err := Open(Options{Dir: t.TempDir(), CacheSize: 2 << 20, MemTableSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	db := e.DB()
+	val := make([]byte, 1024)
+	const keys = 12 << 10 // 12 MiB of values: a dozen full memtables
+	for i := 0; i < keys; i += 256 {
+		b := db.NewBatch()
+		for j := i; j < i+256; j++ {
+			if err := b.Set(fmt.Appendf(nil, "k%06d", j), val, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+	}
+	if err := db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m := db.Metrics(); m.MemTable.Size+m.MemTable.ZombieSize < 2<<20 {
+		t.Fatalf("memtables reserve %d bytes; the test needs them to reserve at least the cache size",
+			m.MemTable.Size+m.MemTable.ZombieSize)
+	}
+	read := func() {
+		for i := 0; i < 512; i++ {
+			v, c, err := db.Get(fmt.Appendf(nil, "k%06d", i))
+			if err != nil {
+				t.Fatalf("get k%06d: %v", i, err)
+			}
+			if len(v) != len(val) {
+				t.Fatalf("k%06d: %d bytes, want %d", i, len(v), len(val))
+			}
+			c.Close()
+		}
+	}
+	read()
+	before := db.Metrics().BlockCache
+	read()
+	after := db.Metrics().BlockCache
+	if misses := after.Misses - before.Misses; misses != 0 {
+		t.Fatalf("second read of the same 512 keys missed the block cache %d times (cache holds %d bytes in %d blocks)",
+			misses, after.Size, after.Count)
 	}
 }
