@@ -162,11 +162,18 @@ func (h *Host) work(w *workerState) {
 				h.fatal(err)
 			}
 		}
-		h.send(w.out)
-		w.out.reset()
+		// The appender is woken before the messages are handed to the
+		// transport: Go runs the goroutine woken last first on this
+		// processor, and the appender soon blocks it in fsync (a blocking
+		// system call keeps its processor until the runtime takes it back),
+		// which would leave the transport's senders waiting behind the sync
+		// for another processor. Appends to followers go out first, so their
+		// syncs overlap ours; they are half of every commit.
 		h.appender.submit(w.jobs)
 		clear(w.jobs)
 		w.jobs = w.jobs[:0]
+		h.send(w.out)
+		w.out.reset()
 		if err := h.commitApplies(w); err != nil {
 			h.fatal(err)
 		}
