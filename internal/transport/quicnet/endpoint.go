@@ -179,21 +179,24 @@ func (e *Endpoint) peer(id ids.NodeID) *peer {
 	return e.peers[id]
 }
 
-func (e *Endpoint) connectedPeers() int {
+// sessions returns the current connection to each connected peer.
+func (e *Endpoint) sessions() []*session {
 	e.mu.Lock()
 	ps := make([]*peer, 0, len(e.peers))
 	for _, p := range e.peers {
 		ps = append(ps, p)
 	}
 	e.mu.Unlock()
-	n := 0
+	var out []*session
 	for _, p := range ps {
-		if p.current() != nil {
-			n++
+		if s := p.current(); s != nil {
+			out = append(out, s)
 		}
 	}
-	return n
+	return out
 }
+
+func (e *Endpoint) connectedPeers() int { return len(e.sessions()) }
 
 func (e *Endpoint) onRefuse(r *pki.RefusalError) {
 	e.stats.refuse(string(r.Reason), e.refusalVec)
