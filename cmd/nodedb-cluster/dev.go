@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,6 +47,7 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
+			addSyncProcessors(shape.Nodes, slog.Default())
 			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, opts, cmd.Flags().Changed, logLevel, once)
 		},
 	}

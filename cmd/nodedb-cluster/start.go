@@ -59,6 +59,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 			if err := failpoint.Init(); err != nil {
 				return err
 			}
+			addSyncProcessors(1, log)
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
