@@ -20,8 +20,10 @@ import (
 // free. Measured with bench/compare on 2 cores (3 server processes, fsync
 // on): single-client put p50 2.3 ms instead of 2.8 ms and 20% less server
 // CPU per put at one client; throughput at 16 and 256 clients unchanged
-// within the noise (docs/performance.md). The default is Go's (the CPUs the
-// process may use, cgroup limits included), taken at start.
+// within the noise (docs/performance.md). The base is Go's default (the CPUs
+// the process may use, cgroup limits included), taken at start; setting it
+// turns off the runtime's own updates when a container's CPU limit changes
+// later, so an operator who resizes limits live sets GOMAXPROCS instead.
 func addSyncProcessors(nodes int, log *slog.Logger) {
 	if nodes < 1 || os.Getenv("GOMAXPROCS") != "" {
 		return
