@@ -34,6 +34,22 @@ type appendJob struct {
 	done    chan error
 }
 
+// appendJobPool recycles append jobs and their response slices: a busy node
+// makes one per replica per pass.
+var appendJobPool = sync.Pool{New: func() any { return new(appendJob) }}
+
+// release returns j to appendJobPool once the appender has written it and
+// copied its responses out. Destruction jobs are not pooled.
+func (j *appendJob) release() {
+	if j.destroy {
+		return
+	}
+	clear(j.local)
+	clear(j.remote)
+	*j = appendJob{local: j.local[:0], remote: j.remote[:0]}
+	appendJobPool.Put(j)
+}
+
 type appender struct {
 	h      *Host
 	mu     sync.Mutex
@@ -125,6 +141,9 @@ func (a *appender) run() {
 			}
 			h.fatal(err)
 			return
+		}
+		for _, j := range jobs {
+			j.release()
 		}
 		clear(jobs)
 		batch.Reset()

@@ -448,7 +448,8 @@ func (r *replica) route(o *outbox, m raftpb.Message) {
 // the appender needs from the replica's locked state is resolved here: the
 // staged snapshot and the nodes of remote responses.
 func (r *replica) newAppendJob(m raftpb.Message) *appendJob {
-	j := &appendJob{r: r, msg: m}
+	j := appendJobPool.Get().(*appendJob)
+	j.r, j.msg = r, m
 	if m.Snapshot != nil {
 		j.staged = r.staged
 		r.staged = nil
