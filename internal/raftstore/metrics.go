@@ -3,6 +3,7 @@ package raftstore
 import (
 	"sync/atomic"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -101,7 +102,11 @@ func (c engineCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
-	m := c.h.cfg.Engine.DB().Metrics()
+	var m *pebble.Metrics
+	// Through UseEngine, so that a scrape never reads a closing engine.
+	if c.h.UseEngine(func(db *pebble.DB) error { m = db.Metrics(); return nil }) != nil {
+		return
+	}
 	ch <- prometheus.MustNewConstMetric(descCacheHits, prometheus.CounterValue, float64(m.BlockCache.Hits))
 	ch <- prometheus.MustNewConstMetric(descCacheMisses, prometheus.CounterValue, float64(m.BlockCache.Misses))
 	ch <- prometheus.MustNewConstMetric(descCacheBytes, prometheus.GaugeValue, float64(m.BlockCache.Size))
