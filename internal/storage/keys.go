@@ -16,8 +16,11 @@ import (
 //	0x02 group(8)                 applied state (see AppliedState), written in the same
 //	                              batch as the state-machine changes it covers
 //	0x03 group(8) vshard(4) 'u' … state-machine data of one vShard (keys relative to 'u')
-//	0x03 group(8) vshard(4) 'd' … exactly-once records: client(8) seq(8) -> result
-//	0x03 group(8) vshard(4) 'w' … exactly-once watermarks: client(8) -> lowest live seq
+//	0x03 group(8) vshard(4) 'c' … exactly-once client records: client(8) -> watermark,
+//	                              live sequences and their small results
+//	0x03 group(8) vshard(4) 'd' … exactly-once results too large for the client record:
+//	                              client(8) seq(8) -> result
+//	0x03 group(8) vshard(4) 'w' … client records of the earlier format, read, not written
 //	0x04 name                     node-local records (node identity and the like)
 //	0x05 group(8)                 replica tombstone: smallest replica ID still allowed here
 //	0x06 group(8)                 local replica: ID(8) of this node's replica of group
@@ -37,8 +40,11 @@ const (
 	raftSuffixHardState byte = 0x02
 	raftSuffixTruncated byte = 0x03
 
-	// SubUser, SubDedup and SubWatermark are the sub-areas of a vShard.
+	// SubUser, SubClient, SubDedup and SubWatermark are the sub-areas of a
+	// vShard. SubWatermark holds client records of the format before
+	// SubClient's, still read (see internal/raftstore/dedup.go).
 	SubUser      byte = 'u'
+	SubClient    byte = 'c'
 	SubDedup     byte = 'd'
 	SubWatermark byte = 'w'
 )
