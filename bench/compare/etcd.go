@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,8 @@ import (
 type etcdCluster struct {
 	members   []*proc
 	endpoints []string // client URLs
+	metrics   []string // each member's /metrics URL
+	scrape    *http.Client
 	clients   []*clientv3.Client
 	target    string // the endpoints the clients use: "leader" or "all"
 	leaderURL string
@@ -98,11 +101,13 @@ func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, err
 		}
 		c.members = append(c.members, p)
 		c.endpoints = append(c.endpoints, m.client)
+		c.metrics = append(c.metrics, m.http+"/metrics")
 	}
 	var tlsCfg *tls.Config
 	if o.clientTLS {
 		tlsCfg = o.certs.clientTLS()
 	}
+	c.scrape = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}, Timeout: 5 * time.Second}
 	newClient := func(eps []string) (*clientv3.Client, error) {
 		return clientv3.New(clientv3.Config{
 			Endpoints:   eps,
@@ -189,6 +194,11 @@ func (c *etcdCluster) checkAlive() error {
 
 func (c *etcdCluster) name() string     { return "etcd" }
 func (c *etcdCluster) servers() []*proc { return c.members }
+
+// walSyncs is the number of WAL fsyncs of all members so far.
+func (c *etcdCluster) walSyncs(ctx context.Context) (float64, error) {
+	return sumCounter(ctx, c.scrape, c.metrics, "etcd_disk_wal_fsync_duration_seconds_count")
+}
 
 func (c *etcdCluster) client(w int) *clientv3.Client { return c.clients[w%len(c.clients)] }
 

@@ -38,6 +38,8 @@ import (
 type system interface {
 	name() string
 	servers() []*proc
+	// walSyncs is the number of WAL fsyncs of all servers so far.
+	walSyncs(ctx context.Context) (float64, error)
 	put(ctx context.Context, w int, key, value []byte) error
 	get(ctx context.Context, w int, key []byte) error
 	close()
@@ -76,7 +78,10 @@ type row struct {
 	ServerSys  float64 `json:"server_sys_cpu_s"` // the kernel's part of ServerCPU
 	CPUusPerOp float64 `json:"server_cpu_us_per_op"`
 	BenchCPU   float64 `json:"bench_cpu_s"`
-	FirstError string  `json:"first_error,omitempty"`
+	// FsyncsPerOp is the servers' WAL fsyncs (all of them together) per
+	// operation in the measured window; -1 if a scrape failed.
+	FsyncsPerOp float64 `json:"wal_fsyncs_per_op"`
+	FirstError  string  `json:"first_error,omitempty"`
 	// NewTerms counts Raft term changes (elections) over all groups during
 	// the measured window (--manygroups only; summed over rounds).
 	NewTerms int `json:"new_terms,omitempty"`
@@ -132,6 +137,7 @@ func medians(runs []row) []row {
 		m.ServerCPU = med(func(r row) float64 { return r.ServerCPU })
 		m.ServerSys = med(func(r row) float64 { return r.ServerSys })
 		m.CPUusPerOp = med(func(r row) float64 { return r.CPUusPerOp })
+		m.FsyncsPerOp = med(func(r row) float64 { return r.FsyncsPerOp })
 		m.BenchCPU = med(func(r row) float64 { return r.BenchCPU })
 		m.IdleCores = med(func(r row) float64 { return r.IdleCores })
 		m.OtherCores = med(func(r row) float64 { return r.OtherCores })
@@ -481,8 +487,8 @@ func runAll(ctx context.Context, o options) (err error) {
 					return err // interrupted: the run is incomplete
 				}
 				r.Round = round
-				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op)",
-					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp)
+				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op) fsyncs/op=%.3f",
+					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, r.FsyncsPerOp)
 				if r.FirstError != "" {
 					logf("%-8s %-6s first error: %s", w.Name, s.name(), r.FirstError)
 				}
@@ -566,12 +572,18 @@ func preload(ctx context.Context, s system, keys [][]byte, value []byte, timeout
 }
 
 func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value []byte, o options) (row, error) {
-	var u0, s0, u1, s1, self0, self1 float64
+	var u0, s0, u1, s1, self0, self1, sync0, sync1 float64
+	var syncErr error
 	srv := s.servers()
+	syncs := func(v *float64) {
+		n, err := s.walSyncs(ctx)
+		*v = n
+		syncErr = errors.Join(syncErr, err)
+	}
 	cfg := runConfig{
 		Workers: w.Clients, Warmup: o.warmup, Duration: o.duration, OpTimeout: o.opTimeout,
-		OnMeasure: func() { u0, s0 = totalUserSys(srv); self0 = selfCPU() },
-		OnEnd:     func() { u1, s1 = totalUserSys(srv); self1 = selfCPU() },
+		OnMeasure: func() { u0, s0 = totalUserSys(srv); self0 = selfCPU(); syncs(&sync0) },
+		OnEnd:     func() { u1, s1 = totalUserSys(srv); self1 = selfCPU(); syncs(&sync1) },
 	}
 	rngs := make([]*rand.Rand, w.Clients)
 	for i := range rngs {
@@ -599,6 +611,11 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 	}
 	if res.Ops > 0 {
 		r.CPUusPerOp = r.ServerCPU / float64(res.Ops) * 1e6
+		r.FsyncsPerOp = (sync1 - sync0) / float64(res.Ops)
+	}
+	if syncErr != nil {
+		logf("%s %s: WAL fsync count: %v", w.Name, s.name(), syncErr)
+		r.FsyncsPerOp = -1
 	}
 	return r, nil
 }
@@ -712,11 +729,11 @@ func printReport(out io.Writer, rep report) {
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tbench CPU s\t")
+	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tfsyncs/op\tbench CPU s\t")
 	for _, r := range rep.Results {
 		ops := opsCell(r)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.2f\t\n",
-			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.BenchCPU)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.FsyncsPerOp, r.BenchCPU)
 	}
 	tw.Flush()
 	printTail(out, "etcd", "workload", rep.Ratios, rep.Targets, rep.Results, 66, 38)

@@ -20,8 +20,10 @@ type oursCluster struct {
 	nodes []*proc
 	dirs  []string
 	apis  []string
-	cl    *client.Client
-	tr    *http.Transport
+	// metrics are the nodes' /metrics URLs.
+	metrics []string
+	cl      *client.Client
+	tr      *http.Transport
 	// status is the last cluster status seen while waiting for placement.
 	status clusterStatus
 }
@@ -184,10 +186,15 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 	}
 	c.tr = &http.Transport{MaxIdleConns: 3 * o.maxConns, MaxIdleConnsPerHost: o.maxConns, IdleConnTimeout: 90 * time.Second}
 	cfg := client.Config{Endpoints: c.apis, HTTPClient: &http.Client{Transport: c.tr}}
+	scheme := "http"
 	if o.clientTLS {
 		cfg.TLS = o.certs.clientTLS()
 		c.tr.TLSClientConfig = cfg.TLS
 		c.tr.ForceAttemptHTTP2 = true
+		scheme = "https"
+	}
+	for _, a := range c.apis {
+		c.metrics = append(c.metrics, scheme+"://"+a+"/metrics")
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -210,6 +217,11 @@ func (c *oursCluster) checkAlive() error {
 
 func (c *oursCluster) name() string     { return "nodedb" }
 func (c *oursCluster) servers() []*proc { return c.nodes }
+
+// walSyncs is the number of WAL fsyncs of all nodes so far.
+func (c *oursCluster) walSyncs(ctx context.Context) (float64, error) {
+	return sumCounter(ctx, &http.Client{Transport: c.tr, Timeout: 5 * time.Second}, c.metrics, "nodedb_storage_wal_syncs_total")
+}
 
 func (c *oursCluster) put(ctx context.Context, _ int, key, value []byte) error {
 	_, err := c.cl.Put(ctx, key, value)
