@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -72,19 +73,26 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out = multiwire.AppendResponse(out, &resp)
 		left--
 		// Write what is ready now in one go: answers that finish together
-		// (one fsync covers many) share a system call.
-	drain:
-		for {
+		// (one fsync or one ReadIndex round covers many) share a system
+		// call. Their workers were woken together but finish one by one,
+		// so give them one turn of the scheduler before writing.
+		for yielded := false; ; {
 			select {
 			case more, ok := <-done:
 				if !ok {
-					break drain
+					left = 0
+					break
 				}
 				out = multiwire.AppendResponse(out, &more)
 				left--
+				continue
 			default:
-				break drain
 			}
+			if yielded || left == 0 {
+				break
+			}
+			runtime.Gosched()
+			yielded = true
 		}
 		if _, err := w.Write(out); err != nil {
 			// The client is gone; the requests still finish (their
