@@ -117,7 +117,19 @@ func (h *Host) readLocal(r *replica, vshard uint32, query []byte) ([]byte, error
 // issueReads starts a ReadIndex round for queued reads and re-issues rounds
 // that got no answer (the request is lost when leadership changes). Caller
 // holds r.mu.
+//
+// While a round is in flight, new reads are held back and share the next
+// round, issued when the current one ends (as etcd's read loop does): a
+// round is a message to every peer and its answer, and issuing one per
+// worker pass under a steady read load made about one round per read. A
+// held read cannot join the round in flight, whose index may predate it.
+// A read that finds no round in flight (a lightly loaded group) is issued
+// at once.
 func (r *replica) issueReads(reads []*readRequest, ticks int) {
+	if len(r.heldReads) > 0 {
+		reads = append(r.heldReads, reads...)
+		r.heldReads = nil
+	}
 	if ticks > 0 {
 		for id, b := range r.reads {
 			b.age += ticks
@@ -132,6 +144,10 @@ func (r *replica) issueReads(reads []*readRequest, ticks int) {
 		reads, renew, leasable = r.leaseReads(reads)
 	}
 	if len(reads) == 0 && !renew {
+		return
+	}
+	if len(r.reads) > 0 && !renew {
+		r.heldReads = reads
 		return
 	}
 	id := r.h.nextRead.Add(1)
@@ -239,6 +255,9 @@ func (r *replica) completeReads(readStates []raft.ReadState) {
 			continue
 		}
 		delete(r.reads, id)
+		if len(r.reads) == 0 && len(r.heldReads) > 0 {
+			r.h.markReady(r) // issueReads sends the held reads' round
+		}
 		for _, rr := range b.reads {
 			rr.index = rs.Index
 			r.waiting = append(r.waiting, rr)

@@ -66,6 +66,7 @@ type replica struct {
 	leaseUsed  bool                  // reads were served from the current lease
 	ticksAlive int                   // ticks since the replica started, up to ElectionTicks
 	reads      map[uint64]*readBatch // ReadIndex requests in flight, by request ID
+	heldReads  []*readRequest        // reads waiting for the round in flight to end, see issueReads
 	waiting    []*readRequest        // reads with a read index, waiting for apply
 	staged     *stagedSnapshot       // received snapshot not yet installed
 	clients    dedupCache            // exactly-once client records, see dedupCache
@@ -132,6 +133,10 @@ func (r *replica) failAll(err error) {
 		}
 	}
 	r.reads = map[uint64]*readBatch{}
+	for _, rr := range r.heldReads {
+		rr.finish(0, err)
+	}
+	r.heldReads = nil
 	for _, rr := range r.waiting {
 		rr.finish(0, err)
 	}

@@ -76,6 +76,66 @@ func TestReadLeaseSkipsQuorumRounds(t *testing.T) {
 	}
 }
 
+// TestConcurrentReadsShareRounds: while a ReadIndex round is in flight, new
+// reads wait for the next round instead of each starting its own, so a
+// steady read load from many clients costs a handful of rounds per round
+// trip, not one round per read. Every read still returns the value written
+// before it started.
+func TestConcurrentReadsShareRounds(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	cl := c.NewClient(1)
+	if _, err := cl.Put(ctx, []byte("k"), []byte("v1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 2 ms hop: one round takes about 4 ms.
+	c.Net.SetAllLinks(memnet.LinkFaults{MinDelay: 2 * time.Millisecond, MaxDelay: 2 * time.Millisecond})
+	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
+	vs, _ := c.Route([]byte("k"))
+	rounds0 := leader.Stats().ReadIndexBatches.Load()
+	const readers, each = 32, 20
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, readers)
+	for i := range readers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(i), 1))
+			for range each {
+				// Readers out of step with each other and with the rounds.
+				time.Sleep(time.Duration(rng.IntN(1000)) * time.Microsecond)
+				res, err := leader.Read(ctx, g, vs, q)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if got, _ := kv.DecodeGetResponse(res); string(got.Value) != "v1" {
+					errs <- fmt.Errorf("read %q, want v1", got.Value)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	el := time.Since(start)
+	rounds := leader.Stats().ReadIndexBatches.Load() - rounds0
+	// At most one round in flight: rounds are bounded by the elapsed time
+	// over the round trip (4 ms), whatever the number of reads.
+	limit := uint64(el/(4*time.Millisecond)) + 2
+	t.Logf("%d reads in %v: %d ReadIndex rounds (at most %d allowed)", readers*each, el, rounds, limit)
+	if rounds > limit {
+		t.Fatalf("%d reads in %v took %d ReadIndex rounds, want at most %d (one round in flight at a time)", readers*each, el, rounds, limit)
+	}
+}
+
 // TestLinearizableOverQUIC runs the same workload and nemesis (without
 // memnet's lossy links) over real QUIC sockets with mutual TLS.
 func TestLinearizableOverQUIC(t *testing.T) {
