@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/storage"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
@@ -23,6 +24,16 @@ type workerState struct {
 	jobs    []*appendJob
 	apply   *pebble.Batch // committed entries of every replica of the pass
 	applied []*replica    // replicas waiting for apply to commit
+	order   storage.KeyOrder
+}
+
+// close releases the worker's batches.
+func (w *workerState) close() {
+	if w.apply != nil {
+		_ = w.apply.Close()
+		w.apply = nil
+	}
+	_ = w.order.Close()
 }
 
 // outbox batches outgoing messages per destination node.
@@ -151,6 +162,7 @@ func (h *Host) take(dst []*replica) []*replica {
 // writes to the appender. Workers never wait for each other.
 func (h *Host) work(w *workerState) {
 	defer h.wg.Done()
+	defer w.close()
 	var reps []*replica
 	for {
 		reps = h.take(reps[:0])
@@ -325,7 +337,12 @@ func (h *Host) commitApplies(w *workerState) error {
 	if len(w.applied) == 0 {
 		return nil
 	}
-	if err := w.apply.Commit(pebble.NoSync); err != nil {
+	// In key order: see storage.KeyOrder.
+	b, err := w.order.Rewrite(h.eng.DB(), w.apply)
+	if err != nil {
+		return fmt.Errorf("order apply batch: %w", err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("commit apply batch: %w", err)
 	}
 	w.apply.Reset()
