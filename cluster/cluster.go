@@ -110,6 +110,10 @@ type Config struct {
 	// entries; LogKeepEntries how many applied entries it keeps. Defaults
 	// 10000 and 5000.
 	LogMaxEntries, LogKeepEntries uint64
+	// LogTruncateEntries is the log length above which a leader whose
+	// followers are all caught up truncates every replica's log to what
+	// they all hold. Default 512.
+	LogTruncateEntries uint64
 	// MaxProposalBytes bounds one proposal. Default 8 MiB.
 	MaxProposalBytes int
 	// MaxSnapshotFrameBytes bounds one frame of an incoming snapshot stream.
@@ -180,6 +184,7 @@ func Start(cfg Config) (*Node, error) {
 		Workers:               cfg.Workers,
 		LogMaxEntries:         cfg.LogMaxEntries,
 		LogKeepEntries:        cfg.LogKeepEntries,
+		LogTruncateEntries:    cfg.LogTruncateEntries,
 		MaxProposalBytes:      cfg.MaxProposalBytes,
 		MaxSnapshotFrameBytes: cfg.MaxSnapshotFrameBytes,
 		SnapshotChunkBytes:    cfg.SnapshotChunkBytes,

@@ -52,6 +52,18 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 			if len(e.Data) == 0 {
 				break // a new leader's empty entry
 			}
+			if e.Data[0] == kindTruncate {
+				index, err := decodeTruncate(e.Data)
+				if err != nil {
+					h.stats.MalformedEntries.Add(1)
+					h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+					break
+				}
+				// Entries at or below index are applied here: it is
+				// below this entry's own index.
+				r.truncAsked = max(r.truncAsked, min(index, e.Index-1))
+				break
+			}
 			if e.Data[0] == kindIngest {
 				if err := flushCmds(); err != nil {
 					return err
@@ -96,7 +108,50 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 		}
 		r.truncIndex, r.truncTerm = index, term
 	}
+	r.maybeProposeTruncation()
 	return nil
+}
+
+// maybeProposeTruncation keeps a healthy group's log short. Truncation by
+// length alone (LogMaxEntries) keeps up to that many entries per group,
+// whatever the number of groups: with many groups, entries outlive Pebble's
+// memtables and are flushed and compacted before they are deleted. A leader
+// knows how far each follower has the log; when every follower is active
+// and replicating, entries up to the lowest of their match indexes serve no
+// one, so the leader proposes a truncation entry there and every replica
+// applies it to its own log. A follower that is lagging, probing, receiving
+// a snapshot or silent blocks it, leaving the length rule in charge, so
+// nobody is pushed into needing a snapshot. Caller holds r.mu.
+func (r *replica) maybeProposeTruncation() {
+	limit := r.h.cfg.LogTruncateEntries
+	first, last := r.log.Bounds()
+	applied := r.applied.Index
+	if applied < first || applied-first+1 <= limit || (r.truncProposed != 0 && applied <= r.truncProposed) {
+		return
+	}
+	st := r.rn.BasicStatus()
+	if st.RaftState != raft.StateLeader || r.applied.Term != st.Term || st.LeadTransferee != 0 {
+		return
+	}
+	index, healthy := applied, true
+	r.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == uint64(r.id) {
+			return
+		}
+		if !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match < first {
+			healthy = false
+			return
+		}
+		index = min(index, pr.Match)
+	})
+	if !healthy || index < first+limit/2 {
+		return
+	}
+	if err := r.rn.Propose(encodeTruncate(index)); err != nil {
+		return // retried at a later apply
+	}
+	r.truncProposed = last
+	r.h.stats.TruncationsProposed.Add(1)
 }
 
 // afterApply completes applyInto once its batch has committed. Caller holds
@@ -146,8 +201,18 @@ func (r *replica) truncationPoint() (index, term uint64, ok bool) {
 	first, _ := r.log.Bounds()
 	applied := r.applied.Index
 	cfg := &r.h.cfg
+	asked := r.truncAsked
+	r.truncAsked = 0
 	if applied < first || applied-first+1 <= cfg.LogMaxEntries {
-		return 0, 0, false
+		// Only a truncation entry applied in this pass can ask for one.
+		if asked < first || asked > applied {
+			return 0, 0, false
+		}
+		term, err := r.log.Term(asked)
+		if err != nil {
+			return 0, 0, false
+		}
+		return asked, term, true
 	}
 	index = applied - cfg.LogKeepEntries
 	// A follower that is receiving a snapshot, or has just installed one
@@ -173,6 +238,9 @@ func (r *replica) truncationPoint() (index, term uint64, ok bool) {
 				index = need
 			}
 		})
+	}
+	if asked <= applied {
+		index = max(index, asked)
 	}
 	if index < first {
 		return 0, 0, false

@@ -73,6 +73,11 @@ type Config struct {
 	// slightly lagging follower catches up from the log instead of a
 	// snapshot. Default LogMaxEntries/2.
 	LogKeepEntries uint64
+	// LogTruncateEntries is the log length above which a leader whose
+	// followers are all caught up proposes a truncation to the index every
+	// one of them has (see maybeProposeTruncation). Default 512; it only
+	// matters below LogMaxEntries.
+	LogTruncateEntries uint64
 	// SnapshotChunkBytes is the target size of one snapshot stream chunk.
 	// Default 1 MiB.
 	SnapshotChunkBytes int
@@ -145,6 +150,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.LogMaxEntries == 0 {
 		c.LogMaxEntries = 10000
+	}
+	if c.LogTruncateEntries == 0 {
+		c.LogTruncateEntries = 512
 	}
 	if c.LogKeepEntries == 0 || c.LogKeepEntries >= c.LogMaxEntries {
 		c.LogKeepEntries = c.LogMaxEntries / 2

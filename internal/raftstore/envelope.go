@@ -146,3 +146,24 @@ func decodeConfChangeContext(b []byte) (confChangeContext, error) {
 	}
 	return c, nil
 }
+
+// Log truncation entry, proposed by a leader whose followers all hold the log
+// up to index (see maybeProposeTruncation); every replica truncates its own
+// log there when it applies the entry.
+//
+//	kind(1)=4 index(8)
+const (
+	kindTruncate   byte = 4
+	truncateLength      = 1 + 8
+)
+
+func encodeTruncate(index uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{kindTruncate}, index)
+}
+
+func decodeTruncate(b []byte) (uint64, error) {
+	if len(b) != truncateLength || b[0] != kindTruncate {
+		return 0, fmt.Errorf("%w: truncation entry of %d bytes", errMalformedEntry, len(b))
+	}
+	return binary.BigEndian.Uint64(b[1:]), nil
+}

@@ -2,6 +2,7 @@ package raftstore
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
@@ -70,4 +71,16 @@ func FuzzDecodeEntry(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestTruncateEntryRoundTrip(t *testing.T) {
+	got, err := decodeTruncate(encodeTruncate(12345))
+	if err != nil || got != 12345 {
+		t.Fatalf("round trip: %d, %v", got, err)
+	}
+	for _, b := range [][]byte{nil, {kindTruncate}, append(encodeTruncate(1), 0), {kindCommand, 0, 0, 0, 0, 0, 0, 0, 1}} {
+		if _, err := decodeTruncate(b); !errors.Is(err, errMalformedEntry) {
+			t.Errorf("decodeTruncate(%x) = %v, want errMalformedEntry", b, err)
+		}
+	}
 }

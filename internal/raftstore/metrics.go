@@ -28,6 +28,7 @@ type Stats struct {
 	SnapshotsRejected      atomic.Uint64
 	SnapshotsApplied       atomic.Uint64
 	LogTruncations         atomic.Uint64
+	TruncationsProposed    atomic.Uint64
 	ReadIndexBatches       atomic.Uint64
 	LeaseReads             atomic.Uint64 // reads served from a leader's lease, no quorum round
 	MalformedEntries       atomic.Uint64
@@ -62,6 +63,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("snapshots_rejected_total", "Incoming snapshot streams refused or corrupt.", &s.SnapshotsRejected),
 		counter("snapshots_applied_total", "Snapshots installed.", &s.SnapshotsApplied),
 		counter("log_truncations_total", "Raft log truncations.", &s.LogTruncations),
+		counter("log_truncations_proposed_total", "Log truncation entries proposed by leaders whose followers were all caught up.", &s.TruncationsProposed),
 		counter("read_index_batches_total", "ReadIndex requests issued (each covers a batch of reads).", &s.ReadIndexBatches),
 		counter("lease_reads_total", "Linearizable reads served from the leader's lease without a quorum round (--read-lease).", &s.LeaseReads),
 		counter("malformed_entries_total", "Committed entries skipped because they failed to decode.", &s.MalformedEntries),

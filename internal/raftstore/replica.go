@@ -82,6 +82,12 @@ type replica struct {
 	applyResps []raftpb.Message
 	truncIndex uint64
 	truncTerm  uint64
+	// truncAsked is the highest index a truncation entry applied in this
+	// pass asked for; truncProposed the last log index when this replica,
+	// as leader, last proposed one (none is proposed again until the log
+	// has been applied past it).
+	truncAsked    uint64
+	truncProposed uint64
 }
 
 type inboundMsg struct {

@@ -87,6 +87,10 @@ type Config struct {
 	// LogMaxEntries and LogKeepEntries bound every group's Raft log (see
 	// cluster.Config); zero keeps the defaults.
 	LogMaxEntries, LogKeepEntries uint64
+	// LogTruncateEntries is the log length above which a leader whose
+	// followers are all caught up truncates to what they all hold (default
+	// of the cluster package when zero).
+	LogTruncateEntries uint64
 	// MaxKeyBytes and MaxValueBytes bound keys and values of the KV API;
 	// defaults 4 KiB and 1 MiB.
 	MaxKeyBytes, MaxValueBytes int

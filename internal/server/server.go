@@ -223,16 +223,17 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 			}
 			return nil
 		},
-		TickInterval:   s.cfg.TickInterval,
-		ElectionTicks:  s.cfg.ElectionTicks,
-		HeartbeatTicks: s.cfg.HeartbeatTicks,
-		ReadLease:      s.cfg.ReadLease,
-		CacheBytes:     s.cfg.CacheBytes,
-		MemTableBytes:  s.cfg.MemTableBytes,
-		LogMaxEntries:  s.cfg.LogMaxEntries,
-		LogKeepEntries: s.cfg.LogKeepEntries,
-		Logger:         s.log,
-		Registerer:     s.registry,
+		TickInterval:       s.cfg.TickInterval,
+		ElectionTicks:      s.cfg.ElectionTicks,
+		HeartbeatTicks:     s.cfg.HeartbeatTicks,
+		ReadLease:          s.cfg.ReadLease,
+		CacheBytes:         s.cfg.CacheBytes,
+		MemTableBytes:      s.cfg.MemTableBytes,
+		LogMaxEntries:      s.cfg.LogMaxEntries,
+		LogKeepEntries:     s.cfg.LogKeepEntries,
+		LogTruncateEntries: s.cfg.LogTruncateEntries,
+		Logger:             s.log,
+		Registerer:         s.registry,
 		Connect: func(h transport.Handler) (transport.Transport, error) {
 			ep, err := quicnet.Listen(quicnet.Config{
 				Identity:   id,

@@ -49,6 +49,8 @@ type Options struct {
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
 	// cluster package when zero).
 	LogMaxEntries, LogKeepEntries uint64
+	// LogTruncateEntries tunes the leader's truncation of caught-up logs.
+	LogTruncateEntries uint64
 	// Workers is each node's Raft worker pool size (default GOMAXPROCS).
 	Workers int
 	// CacheBytes and MemTableBytes size each node's Pebble; defaults 8 MiB
@@ -236,20 +238,21 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		return fmt.Errorf("testcluster: %s already running", id)
 	}
 	n, err := cluster.Start(cluster.Config{
-		NodeID:         id,
-		Dir:            c.Dir(id),
-		StateMachine:   c.SM,
-		Connect:        c.connector(id),
-		TickInterval:   c.opts.TickInterval,
-		ElectionTicks:  c.opts.ElectionTicks,
-		HeartbeatTicks: c.opts.HeartbeatTicks,
-		ReadLease:      c.opts.ReadLease,
-		Workers:        c.opts.Workers,
-		LogMaxEntries:  c.opts.LogMaxEntries,
-		LogKeepEntries: c.opts.LogKeepEntries,
-		CacheBytes:     c.opts.CacheBytes,
-		MemTableBytes:  c.opts.MemTableBytes,
-		Logger:         c.opts.Logger.With("node", uint64(id)),
+		NodeID:             id,
+		Dir:                c.Dir(id),
+		StateMachine:       c.SM,
+		Connect:            c.connector(id),
+		TickInterval:       c.opts.TickInterval,
+		ElectionTicks:      c.opts.ElectionTicks,
+		HeartbeatTicks:     c.opts.HeartbeatTicks,
+		ReadLease:          c.opts.ReadLease,
+		Workers:            c.opts.Workers,
+		LogMaxEntries:      c.opts.LogMaxEntries,
+		LogKeepEntries:     c.opts.LogKeepEntries,
+		LogTruncateEntries: c.opts.LogTruncateEntries,
+		CacheBytes:         c.opts.CacheBytes,
+		MemTableBytes:      c.opts.MemTableBytes,
+		Logger:             c.opts.Logger.With("node", uint64(id)),
 	})
 	if err != nil {
 		return err

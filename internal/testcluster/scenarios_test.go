@@ -145,6 +145,81 @@ func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 }
 
+// TestCaughtUpLogsStayShort: with every follower up and replicating, the
+// leader truncates every replica's log to what all of them hold long before
+// the length rule would, and no follower needs a snapshot for it; with a
+// follower down, the leader keeps the log for it, and the follower catches
+// up from the log when it returns, not from a snapshot.
+func TestCaughtUpLogsStayShort(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1, LogMaxEntries: 100000, LogTruncateEntries: 50})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := c.NewClient(1)
+	put := func(n int, prefix string) {
+		t.Helper()
+		for i := range n {
+			if _, err := cl.Put(ctx, []byte(fmt.Sprintf("%s-%d", prefix, i%20)), bytes.Repeat([]byte{'x'}, 100), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(400, "a")
+	for _, id := range c.NodeIDs() {
+		waitFor(ctx, t, fmt.Sprintf("node %d's log to be truncated", id), func() bool {
+			st, err := c.Node(id).Status(g)
+			return err == nil && st.LastIndex-st.FirstIndex+1 < 200
+		})
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range c.NodeIDs() {
+		if n := c.Node(id).Stats().SnapshotsApplied.Load(); n != 0 {
+			t.Fatalf("node %d installed %d snapshots; caught-up truncation must not need any", id, n)
+		}
+	}
+
+	// A follower goes down: the log is kept for it.
+	leader = c.Leader(g)
+	var down ids.NodeID
+	for _, id := range c.NodeIDs() {
+		if id != leader.ID() {
+			down = id
+			break
+		}
+	}
+	_, downLast := mustStatus(t, c.Node(down), g)
+	if err := c.StopNode(down); err != nil {
+		t.Fatal(err)
+	}
+	put(400, "b")
+	st, _ := mustStatus(t, c.Leader(g), g)
+	if st.FirstIndex > downLast+1 {
+		t.Fatalf("log truncated past a follower that was down: first index %d, follower had up to %d", st.FirstIndex, downLast)
+	}
+	if err := c.StartNode(down); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Node(down).Stats().SnapshotsApplied.Load(); n != 0 {
+		t.Fatalf("the returning follower installed %d snapshots, want it to catch up from the log", n)
+	}
+	// Healthy again: the logs shrink again.
+	put(200, "c")
+	for _, id := range c.NodeIDs() {
+		waitFor(ctx, t, fmt.Sprintf("node %d's log to be truncated again", id), func() bool {
+			st, err := c.Node(id).Status(g)
+			return err == nil && st.LastIndex-st.FirstIndex+1 < 200
+		})
+	}
+}
+
 func mustStatus(t *testing.T, n *cluster.Node, g ids.GroupID) (cluster.GroupStatus, uint64) {
 	t.Helper()
 	st, err := n.Status(g)
