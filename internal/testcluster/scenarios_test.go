@@ -154,8 +154,7 @@ func TestCaughtUpLogsStayShort(t *testing.T) {
 	c := New(t, Options{Nodes: 3, Groups: 1, LogMaxEntries: 100000, LogTruncateEntries: 50})
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
-	leader, err := c.WaitLeader(ctx, g)
-	if err != nil {
+	if _, err := c.WaitLeader(ctx, g); err != nil {
 		t.Fatal(err)
 	}
 	cl := c.NewClient(1)
@@ -184,7 +183,7 @@ func TestCaughtUpLogsStayShort(t *testing.T) {
 	}
 
 	// A follower goes down: the log is kept for it.
-	leader = c.Leader(g)
+	leader := c.Leader(g)
 	var down ids.NodeID
 	for _, id := range c.NodeIDs() {
 		if id != leader.ID() {
