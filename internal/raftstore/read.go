@@ -242,6 +242,27 @@ func (r *replica) holdVote(m *raftpb.Message) bool {
 // election that a leadership transfer started.
 var campaignTransfer = []byte("CampaignTransfer")
 
+// reissueReads hands the reads of every round in flight back to the queue,
+// to be issued again in a fresh round: called when the leader changes, since
+// etcd raft forgets pending ReadIndex requests when it steps down, and a
+// follower's request to a former leader may never be answered. Without it
+// those reads, and the reads held behind them, would wait for the rounds'
+// expiry (two election timeouts). A fresh round gives a later read index,
+// which is as good for every read (TestReadsSurviveLeaderChange). An answer
+// to a forgotten round is ignored. Caller holds r.mu.
+func (r *replica) reissueReads() {
+	if len(r.reads) == 0 {
+		return
+	}
+	var again []*readRequest
+	for id, b := range r.reads {
+		again = append(again, b.reads...)
+		delete(r.reads, id)
+	}
+	r.heldReads = append(again, r.heldReads...)
+	r.h.markReady(r)
+}
+
 // completeReads hands read indexes to waiting reads and releases those whose
 // index has been applied. Caller holds r.mu.
 func (r *replica) completeReads(readStates []raft.ReadState) {

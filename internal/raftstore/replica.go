@@ -158,7 +158,9 @@ func (r *replica) updateSoftState(ss *raft.SoftState) {
 	if ss == nil {
 		return
 	}
-	r.leader.Store(ss.Lead)
+	if prev := r.leader.Swap(ss.Lead); prev != ss.Lead {
+		r.reissueReads()
+	}
 	r.isLeader.Store(ss.RaftState == raft.StateLeader)
 	n, _ := r.nodeOf(ids.ReplicaID(ss.Lead))
 	r.leaderNode.Store(uint64(n))

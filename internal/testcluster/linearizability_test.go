@@ -136,6 +136,84 @@ func TestConcurrentReadsShareRounds(t *testing.T) {
 	}
 }
 
+// TestReadsSurviveLeaderChange: a replica that loses or changes its leader
+// drops the ReadIndex round in flight (etcd raft forgets pending requests
+// when it steps down); the reads waiting on it, and those held behind it,
+// are issued again at once rather than after the round's two-election-timeout
+// expiry. Readers on the old leader keep getting answers within an election
+// timeout across a leadership transfer.
+func TestReadsSurviveLeaderChange(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1, ElectionTicks: 50}) // 500 ms elections, 1 s round expiry
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	cl := c.NewClient(1)
+	if _, err := cl.Put(ctx, []byte("k"), []byte("v"), nil); err != nil {
+		t.Fatal(err)
+	}
+	old, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := old.Status(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to cluster.Replica
+	for _, r := range st.Config.Replicas {
+		if r.Node != old.ID() {
+			to = r
+			break
+		}
+	}
+	// Slow links keep a round in flight at almost any moment.
+	c.Net.SetAllLinks(memnet.LinkFaults{MinDelay: 3 * time.Millisecond, MaxDelay: 3 * time.Millisecond})
+	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
+	vs, _ := c.Route([]byte("k"))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var slowest time.Duration
+	for range 8 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				res, err := old.Read(ctx, g, vs, q)
+				if err != nil {
+					var nl *cluster.NotLeaderError
+					if !errors.As(err, &nl) {
+						t.Errorf("read: %v", err)
+						return
+					}
+					continue
+				}
+				if got, _ := kv.DecodeGetResponse(res); string(got.Value) != "v" {
+					t.Errorf("read %q, want v", got.Value)
+					return
+				}
+				mu.Lock()
+				slowest = max(slowest, time.Since(start))
+				mu.Unlock()
+			}
+		})
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := old.TransferLeadership(ctx, g, to.Replica); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	t.Logf("slowest read across the transfer: %v", slowest)
+	if slowest >= 500*time.Millisecond {
+		t.Fatalf("a read took %v across a leadership transfer; want it re-issued, well under the 500 ms election timeout", slowest)
+	}
+}
+
 // TestLinearizableOverQUIC runs the same workload and nemesis (without
 // memnet's lossy links) over real QUIC sockets with mutual TLS.
 func TestLinearizableOverQUIC(t *testing.T) {
