@@ -34,6 +34,13 @@ type multi struct {
 	workers *workers
 }
 
+// answerBufs recycles the buffers exchanges encode their answers into; a
+// buffer grown past maxPooledAnswerBuf (a large value) is left to the
+// collector.
+var answerBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+const maxPooledAnswerBuf = 256 << 10
+
 // maxMultiBody bounds a POST /v1/multi body before it is read.
 const maxMultiBody = 64 << 20
 
@@ -67,7 +74,14 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", multiwire.ContentType)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	out := []byte{multiwire.Version}
+	bp := answerBufs.Get().(*[]byte)
+	out := append((*bp)[:0], multiwire.Version)
+	defer func() {
+		if cap(out) <= maxPooledAnswerBuf {
+			*bp = out[:0]
+			answerBufs.Put(bp)
+		}
+	}()
 	left := len(reqs)
 	for resp := range done {
 		out = multiwire.AppendResponse(out, &resp)

@@ -114,7 +114,8 @@ func AppendResponse(b []byte, r *Response) []byte {
 	b = binary.AppendUvarint(b, uint64(r.Index))
 	b = binary.AppendUvarint(b, uint64(r.Status))
 	b = appendHeader(b, r.Header)
-	return appendString(b, string(r.Body))
+	b = binary.AppendUvarint(b, uint64(len(r.Body)))
+	return append(b, r.Body...)
 }
 
 // ResponseReader reads a response stream frame by frame.
