@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -64,15 +65,7 @@ type clientRecord struct {
 }
 
 func (rec *clientRecord) find(seq uint64) (int, bool) {
-	return slices.BinarySearchFunc(rec.live, seq, func(l liveSeq, s uint64) int {
-		switch {
-		case l.seq < s:
-			return -1
-		case l.seq > s:
-			return 1
-		}
-		return 0
-	})
+	return slices.BinarySearchFunc(rec.live, seq, func(l liveSeq, s uint64) int { return cmp.Compare(l.seq, s) })
 }
 
 func dedupKey(g ids.GroupID, vs uint32, client, seq uint64) []byte {
@@ -218,18 +211,8 @@ func loadClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64) 
 	if !ok {
 		return rec, fmt.Errorf("%w: client record of %d", storage.ErrCorrupt, client)
 	}
-	slices.SortFunc(rec.live, func(a, b liveSeq) int { return cmpUint64(a.seq, b.seq) })
+	slices.SortFunc(rec.live, func(a, b liveSeq) int { return cmp.Compare(a.seq, b.seq) })
 	return rec, nil
-}
-
-func cmpUint64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func storeClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64, rec *clientRecord) error {

@@ -48,16 +48,7 @@ func TestReadLeaseSkipsQuorumRounds(t *testing.T) {
 	c := New(t, Options{Nodes: 3, Groups: 1, ReadLease: true})
 	ctx := testCtx(t, 30*time.Second)
 	g := ids.GroupID(1)
-	cl := c.NewClient(1)
-	if _, err := cl.Put(ctx, []byte("k"), []byte("v"), nil); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := c.WaitLeader(ctx, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
-	vs, _ := c.Route([]byte("k"))
+	leader, vs, q := readSetup(ctx, t, c, "v")
 	rounds0, lease0 := leader.Stats().ReadIndexBatches.Load(), leader.Stats().LeaseReads.Load()
 	const reads = 300
 	for range reads {
@@ -85,18 +76,9 @@ func TestConcurrentReadsShareRounds(t *testing.T) {
 	c := New(t, Options{Nodes: 3, Groups: 1})
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
-	cl := c.NewClient(1)
-	if _, err := cl.Put(ctx, []byte("k"), []byte("v1"), nil); err != nil {
-		t.Fatal(err)
-	}
-	leader, err := c.WaitLeader(ctx, g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leader, vs, q := readSetup(ctx, t, c, "v1")
 	// A 2 ms hop: one round takes about 4 ms.
 	c.Net.SetAllLinks(memnet.LinkFaults{MinDelay: 2 * time.Millisecond, MaxDelay: 2 * time.Millisecond})
-	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
-	vs, _ := c.Route([]byte("k"))
 	rounds0 := leader.Stats().ReadIndexBatches.Load()
 	const readers, each = 32, 20
 	start := time.Now()
@@ -146,14 +128,7 @@ func TestReadsSurviveLeaderChange(t *testing.T) {
 	c := New(t, Options{Nodes: 3, Groups: 1, ElectionTicks: 50}) // 500 ms elections, 1 s round expiry
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
-	cl := c.NewClient(1)
-	if _, err := cl.Put(ctx, []byte("k"), []byte("v"), nil); err != nil {
-		t.Fatal(err)
-	}
-	old, err := c.WaitLeader(ctx, g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old, vs, q := readSetup(ctx, t, c, "v")
 	st, err := old.Status(g)
 	if err != nil {
 		t.Fatal(err)
@@ -167,8 +142,6 @@ func TestReadsSurviveLeaderChange(t *testing.T) {
 	}
 	// Slow links keep a round in flight at almost any moment.
 	c.Net.SetAllLinks(memnet.LinkFaults{MinDelay: 3 * time.Millisecond, MaxDelay: 3 * time.Millisecond})
-	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
-	vs, _ := c.Route([]byte("k"))
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -212,6 +185,22 @@ func TestReadsSurviveLeaderChange(t *testing.T) {
 	if slowest >= 500*time.Millisecond {
 		t.Fatalf("a read took %v across a leadership transfer; want it re-issued, well under the 500 ms election timeout", slowest)
 	}
+}
+
+// readSetup writes "k" = value in group 1 of c and returns the group's
+// leader and the vShard and encoded query of a get of "k".
+func readSetup(ctx context.Context, t *testing.T, c *Cluster, value string) (*cluster.Node, uint32, []byte) {
+	t.Helper()
+	if _, err := c.NewClient(1).Put(ctx, []byte("k"), []byte(value), nil); err != nil {
+		t.Fatal(err)
+	}
+	leader, err := c.WaitLeader(ctx, ids.GroupID(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := kv.EncodeGet([]byte("k"), kv.DefaultLimits())
+	vs, _ := c.Route([]byte("k"))
+	return leader, vs, q
 }
 
 // TestLinearizableOverQUIC runs the same workload and nemesis (without

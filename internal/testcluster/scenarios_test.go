@@ -86,17 +86,7 @@ func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var down ids.NodeID
-	for _, id := range c.NodeIDs() {
-		if id != leader.ID() {
-			down = id
-			break
-		}
-	}
-	_, downLast := mustStatus(t, c.Node(down), g)
-	if err := c.StopNode(down); err != nil {
-		t.Fatal(err)
-	}
+	down, downLast := stopFollower(t, c, leader, g)
 	cl := c.NewClient(1)
 	written := 0
 	for i := 0; written < 300; i++ {
@@ -183,18 +173,7 @@ func TestCaughtUpLogsStayShort(t *testing.T) {
 	}
 
 	// A follower goes down: the log is kept for it.
-	leader := c.Leader(g)
-	var down ids.NodeID
-	for _, id := range c.NodeIDs() {
-		if id != leader.ID() {
-			down = id
-			break
-		}
-	}
-	_, downLast := mustStatus(t, c.Node(down), g)
-	if err := c.StopNode(down); err != nil {
-		t.Fatal(err)
-	}
+	down, downLast := stopFollower(t, c, c.Leader(g), g)
 	put(400, "b")
 	st, _ := mustStatus(t, c.Leader(g), g)
 	if st.FirstIndex > downLast+1 {
@@ -217,6 +196,24 @@ func TestCaughtUpLogsStayShort(t *testing.T) {
 			return err == nil && st.LastIndex-st.FirstIndex+1 < 200
 		})
 	}
+}
+
+// stopFollower stops a node other than leader's and returns it with the
+// last log index of its replica of g before it stopped.
+func stopFollower(t *testing.T, c *Cluster, leader *cluster.Node, g ids.GroupID) (ids.NodeID, uint64) {
+	t.Helper()
+	var down ids.NodeID
+	for _, id := range c.NodeIDs() {
+		if id != leader.ID() {
+			down = id
+			break
+		}
+	}
+	_, last := mustStatus(t, c.Node(down), g)
+	if err := c.StopNode(down); err != nil {
+		t.Fatal(err)
+	}
+	return down, last
 }
 
 func mustStatus(t *testing.T, n *cluster.Node, g ids.GroupID) (cluster.GroupStatus, uint64) {
