@@ -84,72 +84,35 @@ func legacyClientKey(g ids.GroupID, vs uint32, client uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, client)
 }
 
-// varintReader decodes a record field by field; bad is set at the first
-// field that does not decode, and every later read returns zero.
-type varintReader struct {
-	v   []byte
-	bad bool
-}
-
-func (r *varintReader) uvarint() uint64 {
-	x, n := binary.Uvarint(r.v)
-	if n <= 0 {
-		r.bad = true
-		return 0
-	}
-	r.v = r.v[n:]
-	return x
-}
-
-func (r *varintReader) varint() int64 {
-	x, n := binary.Varint(r.v)
-	if n <= 0 {
-		r.bad = true
-		return 0
-	}
-	r.v = r.v[n:]
-	return x
-}
-
-func (r *varintReader) bytes(n uint64) []byte {
-	if r.bad || n > uint64(len(r.v)) {
-		r.bad = true
-		return nil
-	}
-	b := r.v[:n:n]
-	r.v = r.v[n:]
-	return b
-}
-
 // decodeClientRecord decodes a 'c' record. v is owned by the record.
 func decodeClientRecord(v []byte) (clientRecord, bool) {
 	var rec clientRecord
 	if len(v) == 0 || v[0] != clientRecordVersion {
 		return rec, false
 	}
-	r := varintReader{v: v[1:]}
-	rec.lastWrite = r.varint()
-	rec.watermark = r.uvarint()
-	cnt := r.uvarint()
-	if r.bad || cnt > uint64(len(r.v))/2 || cnt > maxLiveSeqs+1 {
+	r := storage.NewRecordReader(v[1:])
+	rec.lastWrite = r.Varint()
+	rec.watermark = r.Uvarint()
+	cnt := r.Uvarint()
+	if r.Err() != nil || cnt > uint64(len(r.Rest()))/2 || cnt > maxLiveSeqs+1 {
 		return rec, false
 	}
 	rec.live = make([]liveSeq, 0, cnt)
 	for range cnt {
-		l := liveSeq{seq: r.uvarint()}
-		n := r.uvarint()
+		l := liveSeq{seq: r.Uvarint()}
+		n := r.Uvarint()
 		if n == 0 {
 			l.spilled = true
 		} else {
-			l.res = r.bytes(n - 1)
+			l.res = r.Bytes(n - 1)
 			rec.inline += len(l.res)
 		}
-		if r.bad || (len(rec.live) > 0 && rec.live[len(rec.live)-1].seq >= l.seq) {
+		if r.Err() != nil || (len(rec.live) > 0 && rec.live[len(rec.live)-1].seq >= l.seq) {
 			return rec, false
 		}
 		rec.live = append(rec.live, l)
 	}
-	return rec, len(r.v) == 0
+	return rec, len(r.Rest()) == 0
 }
 
 func encodeClientRecord(rec *clientRecord) []byte {
@@ -174,16 +137,16 @@ func encodeClientRecord(rec *clientRecord) []byte {
 // result is in its 'd' key.
 func decodeLegacyClientRecord(v []byte) (clientRecord, bool) {
 	rec := clientRecord{legacy: true}
-	r := varintReader{v: v}
-	rec.watermark = r.uvarint()
-	cnt := r.uvarint()
-	if r.bad || cnt > uint64(len(r.v)) {
+	r := storage.NewRecordReader(v)
+	rec.watermark = r.Uvarint()
+	cnt := r.Uvarint()
+	if r.Err() != nil || cnt > uint64(len(r.Rest())) {
 		return rec, false
 	}
 	rec.live = make([]liveSeq, 0, cnt)
 	for range cnt {
-		s := r.uvarint()
-		if r.bad {
+		s := r.Uvarint()
+		if r.Err() != nil {
 			return rec, false
 		}
 		rec.live = append(rec.live, liveSeq{seq: s, spilled: true})

@@ -97,44 +97,25 @@ func DecodeAppliedState(b []byte) (AppliedState, error) {
 	if len(b) == 0 || b[0] != appliedStateVersion {
 		return s, fmt.Errorf("%w: applied state: unknown version", ErrCorrupt)
 	}
-	r := reader{b: b[1:]}
-	s.Index = r.uvarint()
-	s.Term = r.uvarint()
-	s.MaxReplicaID = ids.ReplicaID(r.uvarint())
-	n := r.uvarint()
-	if r.err == nil && (n > maxReplicas || n > uint64(len(r.b))/2) {
-		r.err = fmt.Errorf("replica count %d", n)
+	r := NewRecordReader(b[1:])
+	s.Index = r.Uvarint()
+	s.Term = r.Uvarint()
+	s.MaxReplicaID = ids.ReplicaID(r.Uvarint())
+	n := r.Uvarint()
+	if r.Err() == nil && (n > maxReplicas || n > uint64(len(r.Rest()))/2) {
+		r.Fail(fmt.Errorf("replica count %d", n))
 	}
-	if r.err == nil && n > 0 {
+	if r.Err() == nil && n > 0 {
 		s.Replicas = make([]ReplicaDesc, n)
 		for i := range s.Replicas {
-			s.Replicas[i] = ReplicaDesc{Replica: ids.ReplicaID(r.uvarint()), Node: ids.NodeID(r.uvarint())}
+			s.Replicas[i] = ReplicaDesc{Replica: ids.ReplicaID(r.Uvarint()), Node: ids.NodeID(r.Uvarint())}
 		}
 	}
-	if r.err != nil {
-		return s, fmt.Errorf("%w: applied state: %v", ErrCorrupt, r.err)
+	if r.Err() != nil {
+		return s, fmt.Errorf("%w: applied state: %v", ErrCorrupt, r.Err())
 	}
-	if err := s.ConfState.Unmarshal(r.b); err != nil {
+	if err := s.ConfState.Unmarshal(r.Rest()); err != nil {
 		return s, fmt.Errorf("%w: applied state conf state: %v", ErrCorrupt, err)
 	}
 	return s, nil
-}
-
-// reader decodes uvarints and remembers the first error.
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = errors.New("truncated or overlong varint")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
 }
