@@ -14,14 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/nodedb/nodedb-cluster/internal/apitest"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/server"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }
 
 // testCluster is real nodes (QUIC between them) in this process, each with
 // its client API on a loopback port (internal/apitest).

@@ -19,12 +19,14 @@ import (
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/server"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
 // binDir holds the binary built for the process tests; TestMain removes it.
 var binDir string
 
 func TestMain(m *testing.M) {
+	testwatch.Watch()
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

@@ -17,17 +17,17 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	kvv1 "github.com/nodedb/nodedb-cluster/api/kv/v1"
 	"github.com/nodedb/nodedb-cluster/api/kv/v1/kvv1connect"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/server"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 	"github.com/nodedb/nodedb-cluster/vshard"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }
 
 const connectVShards = 16
 

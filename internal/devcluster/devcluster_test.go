@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }
 
 func TestBootstrapThenRestartKeepsShapeAndData(t *testing.T) {
 	dir := t.TempDir()

@@ -3,7 +3,7 @@ package raftstore
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }

@@ -15,16 +15,16 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }
 
 // testCluster is a cluster of in-process nodes over real QUIC on 127.0.0.1.
 type testCluster struct {

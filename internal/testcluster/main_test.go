@@ -3,8 +3,8 @@ package testcluster
 import (
 	"testing"
 
-	"go.uber.org/goleak"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
 
 // Every test stops its cluster; no goroutine may outlive it.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }

@@ -104,6 +104,9 @@ func (c *RPCClient) Call(ctx context.Context, method string, body []byte) ([]byt
 	}
 	b, err := FinishFrame(b, off, FrameRPCRequest)
 	if err == nil {
+		if d, ok := c.w.(writeDeadliner); ok {
+			d.SetWriteDeadline(rpcWriteDeadline(ctx, time.Now()))
+		}
 		_, err = c.w.Write(b)
 	}
 	if cap(b) > 1<<20 {
@@ -123,6 +126,36 @@ func (c *RPCClient) Call(ctx context.Context, method string, body []byte) ([]byt
 		forget()
 		return nil, ctx.Err()
 	}
+}
+
+// writeDeadliner is a stream whose writes can be bounded (a QUIC stream, a
+// TCP or TLS connection).
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+const (
+	// rpcWriteFloor is the least time a request's write is given, however
+	// close its caller's deadline: a write that times out half-way leaves
+	// a partial frame, so the whole stream fails with it, and the calls
+	// in flight on it lose their answers.
+	rpcWriteFloor = time.Second
+	// rpcWriteDefault bounds the write of a request whose context has no
+	// deadline.
+	rpcWriteDefault = 10 * time.Second
+)
+
+// rpcWriteDeadline is the deadline of a request's write. Without one, a
+// peer that stops reading (its flow-control window stays shut) would hold
+// the caller, and every caller queued behind the stream's write lock, past
+// any context, and so hold up the shutdown of whatever made the call.
+func rpcWriteDeadline(ctx context.Context, now time.Time) time.Time {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return now.Add(rpcWriteDefault)
+	}
+	if floor := now.Add(rpcWriteFloor); dl.Before(floor) {
+		return floor
+	}
+	return dl
 }
 
 // Fail marks the client broken, fails every call waiting on it and aborts

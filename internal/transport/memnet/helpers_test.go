@@ -9,14 +9,14 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/goleak"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	testwatch.Main(m)
 }
 
 // recorder is a Handler that keeps everything it receives.

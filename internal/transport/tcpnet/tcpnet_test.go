@@ -15,14 +15,14 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
-	"go.uber.org/goleak"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
+	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testwatch.Main(m) }
 
 // recorder is a transport.Handler that keeps what it receives.
 type recorder struct {
