@@ -154,6 +154,9 @@ func (p *peer) session(ctx context.Context) (*session, error) {
 		}
 		p.dialErr = nil
 		p.mu.Unlock()
+		if testHookDialed != nil {
+			testHookDialed()
+		}
 		p.register(s)
 		close(ch)
 	}
@@ -177,8 +180,25 @@ func (p *peer) register(s *session) {
 		p.nextDial = time.Time{}
 	}
 	p.mu.Unlock()
+	// A dial that finished while the endpoint was closing registers after
+	// Close closed the peers' connections: nothing would close this one,
+	// and its goroutines would hold Close's wait forever. Starting under
+	// e.mu orders every start before Close's wait, or after its closed
+	// flag, which is then seen here.
+	p.e.mu.Lock()
+	if p.e.closed {
+		p.e.mu.Unlock()
+		p.mu.Lock()
+		if p.sess == s {
+			p.sess = nil
+		}
+		p.mu.Unlock()
+		s.close(codeNormal, "node stopping")
+		return
+	}
+	s.start()
+	p.e.mu.Unlock()
 	if keep == s {
-		s.start()
 		if old != nil {
 			p.e.stats.ConnsReplaced.Add(1)
 			old.close(codeDuplicate, "replaced by a newer connection")
@@ -187,11 +207,14 @@ func (p *peer) register(s *session) {
 		p.e.stats.ConnsReplaced.Add(1)
 		// The loser still serves streams the peer may already have opened on
 		// it until it closes; closing it tells the peer to switch.
-		s.start()
 		s.close(codeDuplicate, "another connection to this peer is in use")
 	}
 	p.queue.Wake()
 }
+
+// testHookDialed, when set, runs after a dial succeeds and before its
+// connection is registered (tests close the endpoint there).
+var testHookDialed func()
 
 // better reports whether connection a should replace b.
 func better(a, b *session, local, remote ids.NodeID) bool {

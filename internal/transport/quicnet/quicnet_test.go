@@ -678,3 +678,56 @@ func TestPathMetricsPerPeer(t *testing.T) {
 		t.Errorf("congestion window = %v bytes", v)
 	}
 }
+
+// TestCloseDuringADial: a dial that completes while the endpoint is closing
+// (after Close closed the peers' connections, while it waits for their
+// goroutines) must not leave a connection that nothing closes: Close
+// returns, and the call that dialed fails.
+func TestCloseDuringADial(t *testing.T) {
+	p := newPKI(t)
+	e1 := p.endpoint(t, 1, newRecorder(), nil)
+	e2 := p.endpoint(t, 2, newRecorder(), nil)
+	e3 := p.endpoint(t, 3, newRecorder(), nil)
+	connect(e1, e2, e3)
+	e2.Handle("echo", func(ctx context.Context, from ids.NodeID, req []byte) ([]byte, error) { return req, nil })
+	// A request in service on e1 that takes a while to end keeps Close
+	// waiting for e1's goroutines after the connections are closed.
+	serving := make(chan struct{})
+	e1.Handle("linger", func(ctx context.Context, from ids.NodeID, req []byte) ([]byte, error) {
+		close(serving)
+		time.Sleep(300 * time.Millisecond)
+		return nil, nil
+	})
+	go e3.Call(context.Background(), 1, "linger", nil)
+	<-serving
+
+	closed := make(chan struct{})
+	var once sync.Once
+	testHookDialed = func() {
+		once.Do(func() {
+			go func() {
+				e1.Close()
+				close(closed)
+			}()
+			// Let Close set its flag and close the peers' connections.
+			waitFor(t, "close to begin", func() bool {
+				e1.mu.Lock()
+				defer e1.mu.Unlock()
+				return e1.closed
+			})
+			time.Sleep(50 * time.Millisecond)
+		})
+	}
+	t.Cleanup(func() { testHookDialed = nil })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := e1.Call(ctx, 2, "echo", []byte("x")); err == nil {
+		t.Error("a call whose endpoint closed during its dial succeeded")
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return: a connection registered during Close was left open")
+	}
+}

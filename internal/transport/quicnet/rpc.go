@@ -63,8 +63,17 @@ func (s *session) rpcStream(ctx context.Context) (*rpcStream, error) {
 		st.CancelRead(0)
 		st.CancelWrite(0)
 	})
-	s.rpcStreams = append(s.rpcStreams, rs)
+	// The reader is one of the endpoint's goroutines, which Close waits
+	// for: it may start only before Close begins to wait.
+	s.e.mu.Lock()
+	if s.e.closed {
+		s.e.mu.Unlock()
+		rs.Fail(transport.ErrClosed)
+		return nil, fmt.Errorf("open rpc stream to node %s: %w", s.peer, transport.ErrClosed)
+	}
 	s.e.wg.Add(1)
+	s.e.mu.Unlock()
+	s.rpcStreams = append(s.rpcStreams, rs)
 	go func() {
 		defer s.e.wg.Done()
 		if err := rs.ReadResponses(st); errors.Is(err, transport.ErrProtocol) {
