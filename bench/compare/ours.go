@@ -123,9 +123,7 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 		if o.clientTLS {
 			args = append(args, "--api-cert", o.certs.Cert, "--api-key", o.certs.Key)
 		}
-		if o.readLease {
-			args = append(args, "--read-lease")
-		}
+		args = append(args, fmt.Sprintf("--read-lease=%t", o.readLease))
 		args = append(args, extra...)
 		p, err := ps.start(fmt.Sprintf("nodedb n%d", i+1), c.dirs[i]+".log", o.bin, args...)
 		if err != nil {

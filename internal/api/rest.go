@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -115,8 +116,10 @@ func writeOptions(r *http.Request) (server.WriteOptions, error) {
 }
 
 // epochOf reads the optional X-Nodedb-Epoch header.
-func epochOf(r *http.Request) (uint64, error) {
-	v := r.Header.Get(HeaderEpoch)
+func epochOf(r *http.Request) (uint64, error) { return epochHeader(r.Header) }
+
+func epochHeader(hd http.Header) (uint64, error) {
+	v := hd.Get(HeaderEpoch)
 	if v == "" {
 		return 0, nil
 	}
@@ -129,8 +132,13 @@ func epochOf(r *http.Request) (uint64, error) {
 
 // readOptions reads consistency and max_staleness.
 func readOptions(r *http.Request) (server.ReadOptions, error) {
+	return readOptionsOf(r.URL.Query(), r.Header)
+}
+
+// readOptionsOf reads the read parameters from a request's query and
+// headers (q may be nil: no query).
+func readOptionsOf(q url.Values, hd http.Header) (server.ReadOptions, error) {
 	var o server.ReadOptions
-	q := r.URL.Query()
 	switch c := q.Get("consistency"); c {
 	case "", "linearizable":
 		if q.Has("max_staleness") {
@@ -146,15 +154,16 @@ func readOptions(r *http.Request) (server.ReadOptions, error) {
 	default:
 		return o, invalid("consistency %q: want linearizable or stale", c)
 	}
-	o.NoForward = r.Header.Get(HeaderNoForward) == "1"
+	o.NoForward = hd.Get(HeaderNoForward) == "1"
 	var err error
-	o.Epoch, err = epochOf(r)
+	o.Epoch, err = epochHeader(hd)
 	return o, err
 }
 
 // key returns the path's key, bounded.
-func (h *rest) key(r *http.Request) ([]byte, error) {
-	k := r.PathValue("key")
+func (h *rest) key(r *http.Request) ([]byte, error) { return h.checkKey(r.PathValue("key")) }
+
+func (h *rest) checkKey(k string) ([]byte, error) {
 	if k == "" {
 		return nil, invalid("empty key")
 	}
@@ -245,6 +254,11 @@ func (h *rest) get(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := withTimeout(r)
 	defer cancel()
 	res, err := h.svc.KVGet(ctx, key, o)
+	writeGet(w, key, res, err)
+}
+
+// writeGet writes the answer to a GET of key: its value, or err.
+func writeGet(w http.ResponseWriter, key []byte, res server.GetResult, err error) {
 	if err != nil {
 		writeError(w, err)
 		return
@@ -337,11 +351,16 @@ func (h *rest) readyz(w http.ResponseWriter, r *http.Request) {
 // withTimeout is the request's context, bounded by its X-Nodedb-Timeout
 // (clamped to 1ms..60s) or requestTimeout.
 func withTimeout(r *http.Request) (context.Context, context.CancelFunc) {
-	d := requestTimeout
-	if v := r.Header.Get(HeaderTimeout); v != "" {
+	return context.WithTimeout(r.Context(), timeoutOf(r.Header))
+}
+
+// timeoutOf is the bound of a request's work: its X-Nodedb-Timeout, or
+// requestTimeout.
+func timeoutOf(hd http.Header) time.Duration {
+	if v := hd.Get(HeaderTimeout); v != "" {
 		if t, err := time.ParseDuration(v); err == nil {
-			d = min(max(t, time.Millisecond), time.Minute)
+			return min(max(t, time.Millisecond), time.Minute)
 		}
 	}
-	return context.WithTimeout(r.Context(), d)
+	return requestTimeout
 }

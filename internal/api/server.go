@@ -40,10 +40,11 @@ type Endpoint struct {
 // serves no more: it ends the goroutines that run carried requests.
 func Handler(svc Service, metrics prometheus.Gatherer) (h http.Handler, stop func()) {
 	mux := http.NewServeMux()
-	(&rest{svc: svc}).register(mux)
+	rh := &rest{svc: svc}
+	rh.register(mux)
 	mux.Handle("/v1/admin/", svc.AdminHandler())
 	w := newWorkers()
-	mux.Handle("POST /v1/multi", newMulti(mux, svc.Limits().MaxValueSize, w))
+	mux.Handle("POST /v1/multi", newMulti(mux, rh, svc.Limits().MaxValueSize, w))
 	path, h := ConnectHandler(svc)
 	mux.Handle(path, h)
 	if metrics != nil {
