@@ -44,10 +44,12 @@ func (m *memService) KVScan(ctx context.Context, prefix []byte, cursor string, l
 	return server.ScanPage{}, nil
 }
 
-func (m *memService) ClusterStatus() (server.ClusterStatus, error) { return server.ClusterStatus{}, nil }
-func (m *memService) Ready() error                                 { return nil }
-func (m *memService) Limits() kv.Limits                            { return kv.Limits{MaxKeySize: 4 << 10, MaxValueSize: 1 << 20} }
-func (m *memService) AdminHandler() http.Handler                   { return http.NotFoundHandler() }
+func (m *memService) ClusterStatus() (server.ClusterStatus, error) {
+	return server.ClusterStatus{}, nil
+}
+func (m *memService) Ready() error               { return nil }
+func (m *memService) Limits() kv.Limits          { return kv.Limits{MaxKeySize: 4 << 10, MaxValueSize: 1 << 20} }
+func (m *memService) AdminHandler() http.Handler { return http.NotFoundHandler() }
 
 // BenchmarkMultiGet measures the API layer's cost of a POST /v1/multi
 // exchange carrying 16 linearizable GETs of 256-byte values, as the Go
