@@ -136,9 +136,10 @@ func (m *multi) serveOne(outer *http.Request, i int, sr *multiwire.Request) mult
 		writeError(rec, invalid("a multi request carries only PUT, GET and DELETE of /v1/kv/{key}, not %s %.100q", sr.Method, sr.URI))
 		return rec.response(i)
 	}
-	if sr.Method == http.MethodGet {
-		if key, ok := plainGetKey(sr.URI); ok {
-			return m.get(outer, i, sr, key)
+	if key, ok := plainKey(sr.URI); ok {
+		switch sr.Method {
+		case http.MethodGet, http.MethodPut, http.MethodDelete:
+			return m.plain(outer, i, sr, key)
 		}
 	}
 	req, err := http.NewRequestWithContext(outer.Context(), sr.Method, sr.URI, bytes.NewReader(sr.Body))
@@ -156,11 +157,12 @@ func (m *multi) serveOne(outer *http.Request, i int, sr *multiwire.Request) mult
 	return rec.response(i)
 }
 
-// plainGetKey returns the key of a GET whose URI is /v1/kv/{key} with no
-// query, when the URI routes there as it is (no path cleaning): the
-// commonest carried request, which m.get serves without building an
-// http.Request or routing it. Any other URI goes the general way.
-func plainGetKey(uri string) (string, bool) {
+// plainKey returns the key of a URI /v1/kv/{key} with no query, when the
+// URI routes there as it is (no path cleaning): the URI of the commonest
+// carried requests (a GET, a PUT without a condition, a DELETE), which
+// m.plain serves without building an http.Request or routing it. Any other
+// URI goes the general way.
+func plainKey(uri string) (string, bool) {
 	seg, ok := strings.CutPrefix(uri, "/v1/kv/")
 	if !ok || seg == "" || seg == "." || seg == ".." || strings.ContainsAny(seg, "/?#") {
 		return "", false
@@ -172,25 +174,49 @@ func plainGetKey(uri string) (string, bool) {
 	return key, true
 }
 
-// get serves a carried GET of key exactly as rest.get would: the same
-// options (from the headers: a plain GET has no query), limits, bound of
-// work and answer.
-func (m *multi) get(outer *http.Request, i int, sr *multiwire.Request, key string) multiwire.Response {
+// plain serves a carried GET, PUT or DELETE of key exactly as rest's
+// handlers would: the same options (from the headers: the URI has no
+// query), limits, bound of work and answer.
+func (m *multi) plain(outer *http.Request, i int, sr *multiwire.Request, key string) multiwire.Response {
 	rec := newRecorder()
 	k, err := m.rest.checkKey(key)
 	if err != nil {
 		writeError(rec, err)
 		return rec.response(i)
 	}
-	o, err := readOptionsOf(nil, sr.Header)
+	ctx, cancel := context.WithTimeout(outer.Context(), timeoutOf(sr.Header))
+	defer cancel()
+	svc := m.rest.svc
+	if sr.Method == http.MethodGet {
+		o, err := readOptionsOf(nil, sr.Header)
+		if err != nil {
+			writeError(rec, err)
+			return rec.response(i)
+		}
+		res, err := svc.KVGet(ctx, k, o)
+		writeGet(rec, k, res, err)
+		return rec.response(i)
+	}
+	o, err := writeOptionsOf(nil, sr.Header)
 	if err != nil {
 		writeError(rec, err)
 		return rec.response(i)
 	}
-	ctx, cancel := context.WithTimeout(outer.Context(), timeoutOf(sr.Header))
-	res, err := m.rest.svc.KVGet(ctx, k, o)
-	cancel()
-	writeGet(rec, k, res, err)
+	if sr.Method == http.MethodDelete {
+		res, err := svc.KVDelete(ctx, k, o)
+		writeWrite(rec, res, err)
+		return rec.response(i)
+	}
+	if max := m.rest.maxValue(); int64(len(sr.Body)) > max {
+		writeError(rec, valueTooLarge(int64(len(sr.Body)), max))
+		return rec.response(i)
+	}
+	value := sr.Body
+	if value == nil {
+		value = []byte{} // as read from an empty body
+	}
+	res, err := svc.KVPut(ctx, k, value, o)
+	writeWrite(rec, res, err)
 	return rec.response(i)
 }
 

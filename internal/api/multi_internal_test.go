@@ -3,12 +3,15 @@ package api
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/nodedb/nodedb-cluster/internal/kv"
@@ -16,19 +19,46 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
-// memService is a Service over a map, for measuring the API layer alone.
+// memService is a Service over a map, for measuring the API layer alone
+// and comparing its paths. A key "down/..." answers unavailable.
 type memService struct {
-	vals map[string][]byte
+	mu    sync.Mutex
+	vals  map[string][]byte
+	vers  map[string]uint64
+	still bool // writes change nothing (benchmarks: answers of one length)
 }
 
+func newMemService() *memService {
+	return &memService{vals: map[string][]byte{}, vers: map[string]uint64{}}
+}
+
+var errDown = &server.APIError{Code: server.CodeUnavailable, Message: "no leader"}
+
 func (m *memService) KVPut(ctx context.Context, key, value []byte, o server.WriteOptions) (server.WriteResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if bytes.HasPrefix(key, []byte("down/")) {
+		return server.WriteResult{}, errDown
+	}
+	prev := m.vers[string(key)]
+	if m.still {
+		return server.WriteResult{Version: prev + 1, VShard: 7, PrevVersion: prev}, nil
+	}
 	m.vals[string(key)] = append([]byte(nil), value...)
-	return server.WriteResult{Version: 1, VShard: 7}, nil
+	m.vers[string(key)] = prev + 1 + o.Seq // the sequence shows that the headers were read
+	return server.WriteResult{Version: m.vers[string(key)], VShard: 7, PrevVersion: prev}, nil
 }
 
 func (m *memService) KVDelete(ctx context.Context, key []byte, o server.WriteOptions) (server.WriteResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if bytes.HasPrefix(key, []byte("down/")) {
+		return server.WriteResult{}, errDown
+	}
+	prev := m.vers[string(key)]
 	delete(m.vals, string(key))
-	return server.WriteResult{Version: 2, VShard: 7}, nil
+	m.vers[string(key)] = prev + 1
+	return server.WriteResult{Version: prev + 1, VShard: 7, PrevVersion: prev}, nil
 }
 
 func (m *memService) KVBatch(ctx context.Context, ops []kv.Op, o server.WriteOptions) ([]server.WriteResult, error) {
@@ -36,8 +66,16 @@ func (m *memService) KVBatch(ctx context.Context, ops []kv.Op, o server.WriteOpt
 }
 
 func (m *memService) KVGet(ctx context.Context, key []byte, o server.ReadOptions) (server.GetResult, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if bytes.HasPrefix(key, []byte("down/")) {
+		return server.GetResult{}, errDown
+	}
+	if o.NoForward {
+		return server.GetResult{}, &server.APIError{Code: server.CodeNotLeader, Message: "not the leader", Hint: map[string]any{"leader": 2}}
+	}
 	v, ok := m.vals[string(key)]
-	return server.GetResult{Found: ok, Value: v, Version: 1, VShard: 7}, nil
+	return server.GetResult{Found: ok, Value: v, Version: m.vers[string(key)] + o.Epoch, VShard: 7}, nil
 }
 
 func (m *memService) KVScan(ctx context.Context, prefix []byte, cursor string, limit int, o server.ReadOptions) (server.ScanPage, error) {
@@ -55,16 +93,31 @@ func (m *memService) AdminHandler() http.Handler { return http.NotFoundHandler()
 // exchange carrying 16 linearizable GETs of 256-byte values, as the Go
 // client sends them under load, over a service that answers from a map:
 // everything the node does for a read besides the read itself.
-func BenchmarkMultiGet(b *testing.B) {
+func BenchmarkMultiGet(b *testing.B) { benchMulti(b, http.MethodGet) }
+
+// BenchmarkMultiPut is BenchmarkMultiGet for PUTs of 256-byte values with
+// an exactly-once identity, as the Go client sends them.
+func BenchmarkMultiPut(b *testing.B) { benchMulti(b, http.MethodPut) }
+
+func benchMulti(b *testing.B, method string) {
 	const n = 16
-	svc := &memService{vals: map[string][]byte{}}
+	svc := newMemService()
+	svc.still = true
 	reqs := make([]multiwire.Request, n)
+	value := bytes.Repeat([]byte{'v'}, 256)
 	for i := range reqs {
 		k := fmt.Sprintf("bench/key-%d", i)
-		svc.vals[k] = bytes.Repeat([]byte{'v'}, 256)
+		svc.vals[k], svc.vers[k] = value, 1
 		hd := http.Header{}
 		hd.Set(HeaderTimeout, "4.5s")
-		reqs[i] = multiwire.Request{Method: http.MethodGet, URI: "/v1/kv/bench%2Fkey-" + fmt.Sprint(i), Header: hd}
+		req := multiwire.Request{Method: method, URI: "/v1/kv/bench%2Fkey-" + fmt.Sprint(i), Header: hd}
+		if method == http.MethodPut {
+			hd.Set(HeaderClientID, "123456789")
+			hd.Set(HeaderSeq, "0")
+			hd.Set(HeaderAckedBelow, "0")
+			req.Body = value
+		}
+		reqs[i] = req
 	}
 	body := multiwire.AppendRequests(nil, reqs)
 	h, stop := Handler(svc, nil)
@@ -92,7 +145,13 @@ func BenchmarkMultiGet(b *testing.B) {
 			}
 			break
 		}
-		if err != nil || a.Status != http.StatusOK || len(a.Body) != 256 || a.Header.Get(HeaderVersion) != "1" || a.Header.Get(HeaderVShard) != "7" {
+		ok := a.Status == http.StatusOK && a.Header.Get(HeaderVShard) == "7"
+		if method == http.MethodGet {
+			ok = ok && len(a.Body) == 256 && a.Header.Get(HeaderVersion) == "1"
+		} else {
+			ok = ok && a.Header.Get(HeaderVersion) == "2"
+		}
+		if err != nil || !ok {
 			b.Fatalf("answer %+v: %v", a, err)
 		}
 	}
@@ -103,13 +162,13 @@ func BenchmarkMultiGet(b *testing.B) {
 			b.Fatalf("answers of %d bytes, want %d", w.Body.Len(), want.Len())
 		}
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/get")
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/request")
 }
 
-// TestPlainGetKeyMatchesTheMux: a carried GET that takes the fast path
-// (plainGetKey) is one the mux would route to GET /v1/kv/{key} with the
+// TestPlainKeyMatchesTheMux: a carried GET that takes the fast path
+// (plainKey) is one the mux would route to GET /v1/kv/{key} with the
 // same key; anything the fast path refuses still gets the mux's answer.
-func TestPlainGetKeyMatchesTheMux(t *testing.T) {
+func TestPlainKeyMatchesTheMux(t *testing.T) {
 	mux := http.NewServeMux()
 	var routed string
 	mux.HandleFunc("GET /v1/kv/{key}", func(w http.ResponseWriter, r *http.Request) { routed = r.PathValue("key") })
@@ -129,7 +188,7 @@ func TestPlainGetKeyMatchesTheMux(t *testing.T) {
 	}
 	fast := 0
 	for _, uri := range uris {
-		key, ok := plainGetKey(uri)
+		key, ok := plainKey(uri)
 		if !ok {
 			continue
 		}
@@ -148,5 +207,101 @@ func TestPlainGetKeyMatchesTheMux(t *testing.T) {
 	}
 	if fast < 2000 {
 		t.Errorf("only %d of %d URIs took the fast path", fast, len(uris))
+	}
+}
+
+// TestCarriedMatchesAlone: a request carried in /v1/multi gets the answer
+// it gets alone (status, headers, body), whether it takes the shortcut for
+// plain KV requests or the general path.
+func TestCarriedMatchesAlone(t *testing.T) {
+	hd := func(kv ...string) http.Header {
+		h := http.Header{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	long := "/v1/kv/" + strings.Repeat("k", 5000)
+	cases := []multiwire.Request{
+		{Method: http.MethodGet, URI: "/v1/kv/a"},
+		{Method: http.MethodGet, URI: "/v1/kv/missing"},
+		{Method: http.MethodGet, URI: "/v1/kv/a%2Fb"},
+		{Method: http.MethodGet, URI: "/v1/kv/a", Header: hd(HeaderEpoch, "5")},
+		{Method: http.MethodGet, URI: "/v1/kv/a", Header: hd(HeaderEpoch, "x")},
+		{Method: http.MethodGet, URI: "/v1/kv/a", Header: hd(HeaderNoForward, "1")},
+		{Method: http.MethodGet, URI: "/v1/kv/down/x"},
+		{Method: http.MethodGet, URI: "/v1/kv/down%2Fx"},
+		{Method: http.MethodGet, URI: long},
+		{Method: http.MethodGet, URI: "/v1/kv/a?consistency=stale&max_staleness=2s"},
+		{Method: http.MethodPut, URI: "/v1/kv/a", Body: []byte("new")},
+		{Method: http.MethodPut, URI: "/v1/kv/fresh", Body: nil},
+		{Method: http.MethodPut, URI: "/v1/kv/a", Body: []byte("v"), Header: hd(HeaderClientID, "9", HeaderSeq, "4")},
+		{Method: http.MethodPut, URI: "/v1/kv/a", Body: []byte("v"), Header: hd(HeaderSeq, "-1")},
+		{Method: http.MethodPut, URI: "/v1/kv/a", Body: bytes.Repeat([]byte{'x'}, 2000)},
+		{Method: http.MethodPut, URI: "/v1/kv/down%2Fx", Body: []byte("v")},
+		{Method: http.MethodPut, URI: "/v1/kv/a?if_version=1", Body: []byte("v")},
+		{Method: http.MethodPut, URI: long, Body: []byte("v")},
+		{Method: http.MethodDelete, URI: "/v1/kv/a"},
+		{Method: http.MethodDelete, URI: "/v1/kv/down%2Fx"},
+	}
+	limits := func(m *memService) *limitedService { return &limitedService{memService: m, maxValue: 1000} }
+	for _, c := range cases {
+		name := c.Method + " " + c.URI[:min(len(c.URI), 40)]
+		fresh := func() *limitedService {
+			m := newMemService()
+			m.vals["a"], m.vers["a"] = []byte("old"), 3
+			return limits(m)
+		}
+		// Alone.
+		h, stop := Handler(fresh(), nil)
+		r := httptest.NewRequest(c.Method, c.URI, bytes.NewReader(c.Body))
+		for k, v := range c.Header {
+			r.Header[k] = v
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		stop()
+		// Carried.
+		h, stop = Handler(fresh(), nil)
+		mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, []multiwire.Request{c})))
+		mr.Header.Set("Content-Type", multiwire.ContentType)
+		mw := httptest.NewRecorder()
+		h.ServeHTTP(mw, mr)
+		stop()
+		rr := multiwire.NewResponseReader(mw.Body, multiwire.DefaultLimits())
+		a, err := rr.Next(1)
+		if err != nil {
+			t.Fatalf("%s: carried: %v (%d %s)", name, err, mw.Code, mw.Body)
+		}
+		if a.Status != w.Code || !bytes.Equal(a.Body, w.Body.Bytes()) {
+			t.Errorf("%s: carried %d %q, alone %d %q", name, a.Status, a.Body, w.Code, w.Body)
+		}
+		for _, k := range []string{"Content-Type", "Content-Length", HeaderVersion, HeaderVShard, "Retry-After"} {
+			if a.Header.Get(k) != w.Header().Get(k) {
+				t.Errorf("%s: header %s carried %q, alone %q", name, k, a.Header.Get(k), w.Header().Get(k))
+			}
+		}
+	}
+}
+
+// limitedService lowers memService's value limit.
+type limitedService struct {
+	*memService
+	maxValue int
+}
+
+func (l *limitedService) Limits() kv.Limits {
+	return kv.Limits{MaxKeySize: 4 << 10, MaxValueSize: l.maxValue}
+}
+
+func TestWriteResultJSON(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for range 1000 {
+		res := server.WriteResult{Version: rng.Uint64() >> rng.IntN(64), VShard: rng.Uint32() >> rng.IntN(32), PrevVersion: rng.Uint64() >> rng.IntN(64)}
+		var want bytes.Buffer
+		json.NewEncoder(&want).Encode(res)
+		if got := appendWriteResult(nil, res); !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("%+v: %q, encoding/json %q", res, got, want.Bytes())
+		}
 	}
 }

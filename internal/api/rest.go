@@ -87,8 +87,13 @@ func invalid(format string, args ...any) error {
 
 // writeOptions reads the write parameters and headers.
 func writeOptions(r *http.Request) (server.WriteOptions, error) {
+	return writeOptionsOf(r.URL.Query(), r.Header)
+}
+
+// writeOptionsOf reads the write parameters from a request's query and
+// headers (q may be nil: no query).
+func writeOptionsOf(q url.Values, hd http.Header) (server.WriteOptions, error) {
 	var o server.WriteOptions
-	q := r.URL.Query()
 	if v := q.Get("if_version"); v != "" || q.Has("if_version") {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
@@ -96,12 +101,12 @@ func writeOptions(r *http.Request) (server.WriteOptions, error) {
 		}
 		o.IfVersion = &n
 	}
-	o.IdempotencyKey = r.Header.Get(HeaderIdempotencyKey)
+	o.IdempotencyKey = hd.Get(HeaderIdempotencyKey)
 	for _, f := range []struct {
 		h   string
 		dst *uint64
 	}{{HeaderClientID, &o.Client}, {HeaderSeq, &o.Seq}, {HeaderAckedBelow, &o.AckedBelow}} {
-		if v := r.Header.Get(f.h); v != "" {
+		if v := hd.Get(f.h); v != "" {
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil {
 				return o, invalid("%s %q: want a decimal uint64", f.h, v)
@@ -109,9 +114,9 @@ func writeOptions(r *http.Request) (server.WriteOptions, error) {
 			*f.dst = n
 		}
 	}
-	o.NoForward = r.Header.Get(HeaderNoForward) == "1"
+	o.NoForward = hd.Get(HeaderNoForward) == "1"
 	var err error
-	o.Epoch, err = epochOf(r)
+	o.Epoch, err = epochHeader(hd)
 	return o, err
 }
 
@@ -184,12 +189,9 @@ func (h *rest) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	max := int64(h.svc.Limits().MaxValueSize)
-	if max <= 0 {
-		max = kv.DefaultMaxValueSize
-	}
+	max := h.maxValue()
 	if r.ContentLength > max {
-		writeError(w, &server.APIError{Code: server.CodeTooLarge, Message: fmt.Sprintf("value is %d bytes, the limit is %d", r.ContentLength, max)})
+		writeError(w, valueTooLarge(r.ContentLength, max))
 		return
 	}
 	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
@@ -206,11 +208,7 @@ func (h *rest) put(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := withTimeout(r)
 	defer cancel()
 	res, err := h.svc.KVPut(ctx, key, value, o)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	writeWrite(w, res)
+	writeWrite(w, res, err)
 }
 
 func (h *rest) del(w http.ResponseWriter, r *http.Request) {
@@ -227,17 +225,45 @@ func (h *rest) del(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := withTimeout(r)
 	defer cancel()
 	res, err := h.svc.KVDelete(ctx, key, o)
+	writeWrite(w, res, err)
+}
+
+// maxValue is the largest value a PUT may carry.
+func (h *rest) maxValue() int64 {
+	if max := int64(h.svc.Limits().MaxValueSize); max > 0 {
+		return max
+	}
+	return kv.DefaultMaxValueSize
+}
+
+func valueTooLarge(n, max int64) error {
+	return &server.APIError{Code: server.CodeTooLarge, Message: fmt.Sprintf("value is %d bytes, the limit is %d", n, max)}
+}
+
+// writeWrite writes the answer to a write: its result, or err. The JSON is
+// what encoding/json makes of server.WriteResult (TestWriteResultJSON),
+// written without reflection: it is the answer of every write.
+func writeWrite(w http.ResponseWriter, res server.WriteResult, err error) {
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	writeWrite(w, res)
+	hd := w.Header()
+	hd.Set(HeaderVersion, strconv.FormatUint(res.Version, 10))
+	hd.Set(HeaderVShard, strconv.FormatUint(uint64(res.VShard), 10))
+	hd.Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(appendWriteResult(make([]byte, 0, 64), res))
 }
 
-func writeWrite(w http.ResponseWriter, res server.WriteResult) {
-	w.Header().Set(HeaderVersion, strconv.FormatUint(res.Version, 10))
-	w.Header().Set(HeaderVShard, strconv.FormatUint(uint64(res.VShard), 10))
-	writeJSON(w, http.StatusOK, res)
+func appendWriteResult(b []byte, res server.WriteResult) []byte {
+	b = append(b, `{"version":`...)
+	b = strconv.AppendUint(b, res.Version, 10)
+	b = append(b, `,"vshard":`...)
+	b = strconv.AppendUint(b, uint64(res.VShard), 10)
+	b = append(b, `,"prev_version":`...)
+	b = strconv.AppendUint(b, res.PrevVersion, 10)
+	return append(b, "}\n"...)
 }
 
 func (h *rest) get(w http.ResponseWriter, r *http.Request) {
