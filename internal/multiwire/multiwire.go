@@ -80,11 +80,13 @@ func AppendRequests(b []byte, reqs []Request) []byte {
 
 // DecodeRequests decodes a request body.
 func DecodeRequests(b []byte, lim Limits) ([]Request, error) {
-	d := decoder{b: b, lim: lim}
+	// Strings (methods, URIs, header names and values) are cut from one
+	// copy of the body instead of being copied one by one.
+	d := decoder{b: b, s: string(b), lim: lim}
 	if v := d.byte(); d.err == nil && v != Version {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrMalformed, v, Version)
 	}
-	n := d.count(lim.MaxRequests, "requests")
+	n := d.count(lim.MaxRequests, "requests", "")
 	if d.err != nil {
 		return nil, d.err
 	}
@@ -161,7 +163,7 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 		return Response{}, fmt.Errorf("%w: status %d", ErrMalformed, status)
 	}
 	resp := Response{Index: int(idx), Status: int(status)}
-	nh, err := rr.readLen(rr.lim.MaxHeaders, "headers")
+	nh, err := rr.readLen(rr.lim.MaxHeaders, "headers", "")
 	if err != nil {
 		return Response{}, err
 	}
@@ -184,19 +186,21 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 	return resp, nil
 }
 
-func (rr *ResponseReader) readLen(max int, what string) (int, error) {
+// readLen reads a length of at most max of what (with unit: " bytes" or
+// ""; given apart so that no message is built unless it is needed).
+func (rr *ResponseReader) readLen(max int, what, unit string) (int, error) {
 	n, err := readUvarint(rr.r)
 	if err != nil {
 		return 0, unexpected(err)
 	}
 	if n > uint64(max) {
-		return 0, fmt.Errorf("%w: %d %s, at most %d", ErrMalformed, n, what, max)
+		return 0, fmt.Errorf("%w: %d %s%s, at most %d", ErrMalformed, n, what, unit, max)
 	}
 	return int(n), nil
 }
 
 func (rr *ResponseReader) readBytes(max int, what string) ([]byte, error) {
-	n, err := rr.readLen(max, what+" bytes")
+	n, err := rr.readLen(max, what, " bytes")
 	if err != nil {
 		return nil, err
 	}
@@ -261,8 +265,11 @@ func appendHeader(b []byte, h http.Header) []byte {
 	return b
 }
 
+// decoder reads a request body. s holds the same bytes as b, as a string:
+// strings are cut from it.
 type decoder struct {
 	b   []byte
+	s   string
 	lim Limits
 	err error
 }
@@ -271,6 +278,11 @@ func (d *decoder) fail(format string, args ...any) {
 	if d.err == nil {
 		d.err = fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
 	}
+}
+
+// skip consumes k bytes.
+func (d *decoder) skip(k int) {
+	d.b, d.s = d.b[k:], d.s[k:]
 }
 
 func (d *decoder) byte() byte {
@@ -282,57 +294,85 @@ func (d *decoder) byte() byte {
 		return 0
 	}
 	v := d.b[0]
-	d.b = d.b[1:]
+	d.skip(1)
 	return v
 }
 
-func (d *decoder) count(max int, what string) int {
+// count reads a length of at most max of what (with unit: " bytes" or "";
+// given apart so that no message is built unless it is needed).
+func (d *decoder) count(max int, what, unit string) int {
 	if d.err != nil {
 		return 0
 	}
 	n, k := binary.Uvarint(d.b)
 	if k <= 0 {
-		d.fail("bad length of %s", what)
+		d.fail("bad length of %s%s", what, unit)
 		return 0
 	}
-	d.b = d.b[k:]
+	d.skip(k)
 	if n > uint64(max) {
-		d.fail("%d %s, at most %d", n, what, max)
+		d.fail("%d %s%s, at most %d", n, what, unit, max)
 		return 0
 	}
 	return int(n)
 }
 
-func (d *decoder) bytes(max int, what string) []byte {
-	n := d.count(max, what+" bytes")
+// length reads the length of a string or byte field and checks it against
+// what is left.
+func (d *decoder) length(max int, what string) int {
+	n := d.count(max, what, " bytes")
 	if d.err != nil {
-		return nil
+		return 0
 	}
 	if n > len(d.b) {
 		d.fail("%s of %d bytes, %d left", what, n, len(d.b))
+		return 0
+	}
+	return n
+}
+
+func (d *decoder) bytes(max int, what string) []byte {
+	n := d.length(max, what)
+	if d.err != nil {
 		return nil
 	}
 	v := d.b[:n:n]
-	d.b = d.b[n:]
+	d.skip(n)
 	return v
 }
 
-func (d *decoder) string(max int, what string) string { return string(d.bytes(max, what)) }
+func (d *decoder) string(max int, what string) string {
+	n := d.length(max, what)
+	if d.err != nil {
+		return ""
+	}
+	v := d.s[:n]
+	d.skip(n)
+	return v
+}
 
+// header reads a request's headers into one map whose values share one
+// backing array.
 func (d *decoder) header() http.Header {
-	n := d.count(d.lim.MaxHeaders, "headers")
+	n := d.count(d.lim.MaxHeaders, "headers", "")
 	if d.err != nil {
 		return nil
 	}
 	h := make(http.Header, n)
-	for range n {
+	vals := make([]string, n)
+	for i := range n {
 		k := d.string(d.lim.MaxString, "header name")
 		v := d.string(d.lim.MaxString, "header value")
 		if d.err != nil {
 			return nil
 		}
 		k = http.CanonicalHeaderKey(k)
-		h[k] = append(h[k], v)
+		if prev, ok := h[k]; ok {
+			h[k] = append(prev, v)
+			continue
+		}
+		vals[i] = v
+		h[k] = vals[i : i+1 : i+1]
 	}
 	return h
 }
