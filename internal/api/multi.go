@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -63,13 +64,15 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, invalid("%v", err))
 		return
 	}
+	ctxs, stop := workBounds(r.Context(), reqs)
+	defer stop() // after every request has answered: see the loop below
 	done := make(chan multiwire.Response, len(reqs))
 	var wg sync.WaitGroup
 	wg.Add(len(reqs))
 	for i := range reqs {
 		m.workers.run(func() {
 			defer wg.Done()
-			done <- m.serveOne(r, i, &reqs[i])
+			done <- m.serveOne(r, ctxs[i], i, &reqs[i])
 		})
 	}
 	go func() { wg.Wait(); close(done) }()
@@ -129,8 +132,46 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// serveOne runs one carried request through the inner handler.
-func (m *multi) serveOne(outer *http.Request, i int, sr *multiwire.Request) multiwire.Response {
+// maxBounds bounds the distinct X-Nodedb-Timeout values of an exchange
+// that share a context; past it, requests get a context each.
+const maxBounds = 8
+
+// workBounds returns the context of each request's work: the exchange's,
+// bounded by the request's X-Nodedb-Timeout. Requests with the same value
+// (the Go client gives all of its requests the same) share one context and
+// its timer, made once for the exchange. stop releases them; call it once
+// every request is done.
+func workBounds(outer context.Context, reqs []multiwire.Request) (ctxs []context.Context, stop func()) {
+	type bound struct {
+		v   string
+		ctx context.Context
+	}
+	var bounds []bound
+	var cancels []context.CancelFunc
+	ctxs = make([]context.Context, len(reqs))
+	for i := range reqs {
+		v := reqs[i].Header.Get(HeaderTimeout)
+		j := slices.IndexFunc(bounds, func(b bound) bool { return b.v == v })
+		if j >= 0 {
+			ctxs[i] = bounds[j].ctx
+			continue
+		}
+		ctx, cancel := context.WithTimeout(outer, timeoutValue(v))
+		cancels = append(cancels, cancel)
+		ctxs[i] = ctx
+		if len(bounds) < maxBounds {
+			bounds = append(bounds, bound{v, ctx})
+		}
+	}
+	return ctxs, func() {
+		for _, c := range cancels {
+			c()
+		}
+	}
+}
+
+// serveOne runs one carried request; ctx bounds its work.
+func (m *multi) serveOne(outer *http.Request, ctx context.Context, i int, sr *multiwire.Request) multiwire.Response {
 	if !strings.HasPrefix(sr.URI, "/v1/kv/") || (sr.Method != http.MethodPut && sr.Method != http.MethodGet && sr.Method != http.MethodDelete) {
 		rec := newRecorder()
 		writeError(rec, invalid("a multi request carries only PUT, GET and DELETE of /v1/kv/{key}, not %s %.100q", sr.Method, sr.URI))
@@ -139,7 +180,7 @@ func (m *multi) serveOne(outer *http.Request, i int, sr *multiwire.Request) mult
 	if key, ok := plainKey(sr.URI); ok {
 		switch sr.Method {
 		case http.MethodGet, http.MethodPut, http.MethodDelete:
-			return m.plain(outer, i, sr, key)
+			return m.plain(ctx, i, sr, key)
 		}
 	}
 	req, err := http.NewRequestWithContext(outer.Context(), sr.Method, sr.URI, bytes.NewReader(sr.Body))
@@ -176,16 +217,14 @@ func plainKey(uri string) (string, bool) {
 
 // plain serves a carried GET, PUT or DELETE of key exactly as rest's
 // handlers would: the same options (from the headers: the URI has no
-// query), limits, bound of work and answer.
-func (m *multi) plain(outer *http.Request, i int, sr *multiwire.Request, key string) multiwire.Response {
+// query), limits, bound of work (ctx, from workBounds) and answer.
+func (m *multi) plain(ctx context.Context, i int, sr *multiwire.Request, key string) multiwire.Response {
 	rec := newRecorder()
 	k, err := m.rest.checkKey(key)
 	if err != nil {
 		writeError(rec, err)
 		return rec.response(i)
 	}
-	ctx, cancel := context.WithTimeout(outer.Context(), timeoutOf(sr.Header))
-	defer cancel()
 	svc := m.rest.svc
 	if sr.Method == http.MethodGet {
 		o, err := readOptionsOf(nil, sr.Header)

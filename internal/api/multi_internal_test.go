@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/multiwire"
@@ -302,6 +303,43 @@ func TestWriteResultJSON(t *testing.T) {
 		json.NewEncoder(&want).Encode(res)
 		if got := appendWriteResult(nil, res); !bytes.Equal(got, want.Bytes()) {
 			t.Fatalf("%+v: %q, encoding/json %q", res, got, want.Bytes())
+		}
+	}
+}
+
+// TestWorkBounds: requests with the same X-Nodedb-Timeout share one bound
+// of work, each is bounded by its own value, and stop ends them all.
+func TestWorkBounds(t *testing.T) {
+	var reqs []multiwire.Request
+	add := func(v string) {
+		hd := http.Header{}
+		if v != "" {
+			hd.Set(HeaderTimeout, v)
+		}
+		reqs = append(reqs, multiwire.Request{Header: hd})
+	}
+	add("2s")
+	add("2s")
+	add("")
+	add("bad")
+	for i := range maxBounds + 2 {
+		add(fmt.Sprintf("%ds", 10+i))
+	}
+	start := time.Now()
+	ctxs, stop := workBounds(context.Background(), reqs)
+	if ctxs[0] != ctxs[1] {
+		t.Error("two requests with the same timeout got different contexts")
+	}
+	for i, want := range map[int]time.Duration{0: 2 * time.Second, 2: requestTimeout, 3: requestTimeout, 4: 10 * time.Second, len(reqs) - 1: time.Duration(10+maxBounds+1) * time.Second} {
+		dl, ok := ctxs[i].Deadline()
+		if !ok || dl.Sub(start) < want || dl.Sub(start) > want+time.Second {
+			t.Errorf("request %d: deadline in %v, want %v", i, dl.Sub(start), want)
+		}
+	}
+	stop()
+	for i, ctx := range ctxs {
+		if ctx.Err() == nil {
+			t.Errorf("request %d: context not ended by stop", i)
 		}
 	}
 }

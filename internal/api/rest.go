@@ -382,8 +382,11 @@ func withTimeout(r *http.Request) (context.Context, context.CancelFunc) {
 
 // timeoutOf is the bound of a request's work: its X-Nodedb-Timeout, or
 // requestTimeout.
-func timeoutOf(hd http.Header) time.Duration {
-	if v := hd.Get(HeaderTimeout); v != "" {
+func timeoutOf(hd http.Header) time.Duration { return timeoutValue(hd.Get(HeaderTimeout)) }
+
+// timeoutValue is timeoutOf for the header's value.
+func timeoutValue(v string) time.Duration {
+	if v != "" {
 		if t, err := time.ParseDuration(v); err == nil {
 			return min(max(t, time.Millisecond), time.Minute)
 		}
