@@ -470,12 +470,18 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 	if tg.addr == "" {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("no node to send to")}
 	}
+	// The attempt is bounded by RequestTimeout and by ctx. A caller's
+	// deadline within RequestTimeout (the usual case: one per operation) is
+	// the attempt's bound as it is, with no context of its own to make.
 	d := c.cfg.RequestTimeout
-	if dl, ok := ctx.Deadline(); ok {
-		d = min(d, time.Until(dl))
+	actx := ctx
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+		d = time.Until(dl)
+	} else {
+		var cancel context.CancelFunc
+		actx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
 	}
-	actx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
 	uri := r.path
 	if len(r.query) > 0 {
 		uri += "?" + r.query.Encode()

@@ -27,6 +27,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"syscall"
@@ -276,7 +277,22 @@ func main() {
 	flag.IntVar(&o.mg.oursWorkers, "ours-workers", 0, "with --manygroups: Raft workers per node of ours (0: the cluster package's default, GOMAXPROCS)")
 	flag.Uint64Var(&o.mg.shards, "dragonboat-shards", 0, "with --manygroups: dragonboat's execution and LogDB shards per NodeHost (0: its default, 16; each LogDB shard syncs its own WAL)")
 	flag.Uint64Var(&o.mg.snapshotEntries, "dragonboat-snapshot-entries", 0, "with --manygroups: dragonboat's Config.SnapshotEntries (0: its default, no snapshots)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the load generator, and with --manygroups both systems) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "compare: cpu profile:", err)
+			os.Exit(1)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
 	if o.quick {
 		o.warmup, o.duration, o.idle = time.Second, 3*time.Second, time.Second
 	}
@@ -295,6 +311,7 @@ func main() {
 		err = runAll(ctx, o)
 	}
 	if err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "compare:", err)
 		os.Exit(1)
 	}

@@ -132,6 +132,11 @@ func Run(ctx context.Context, cfg Config, op Op) (Result, error) {
 				return
 			}
 			st := &stats[w]
+			// A context of the worker's own: the contexts the client
+			// derives for each request then never contend on a lock
+			// shared by every worker.
+			ctx, stop := context.WithCancel(ctx)
+			defer stop()
 			for n := 0; ctx.Err() == nil; n++ {
 				t0 := time.Now()
 				if !t0.Before(end) {
