@@ -486,27 +486,34 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 	if len(r.query) > 0 {
 		uri += "?" + r.query.Encode()
 	}
+	// Names are canonical already, and values share one array: a request's
+	// headers cost two allocations besides their values.
 	h := make(http.Header, 8)
+	vals := make([]string, 0, 8)
+	set := func(k, v string) {
+		vals = append(vals, v)
+		h[k] = vals[len(vals)-1 : len(vals) : len(vals)]
+	}
 	// The cluster gets a tenth less time than the attempt, so that it can
 	// answer (outcome_unknown at worst) before the client stops waiting.
 	srv := (d - d/10).Truncate(time.Millisecond)
-	h.Set(headerTimeout, max(srv, time.Millisecond).String())
+	set(headerTimeout, max(srv, time.Millisecond).String())
 	if r.body != nil {
-		h.Set("Content-Type", "application/octet-stream")
+		set("Content-Type", "application/octet-stream")
 	}
 	if !r.stale && vs >= 0 {
-		h.Set(headerNoForward, "1")
+		set(headerNoForward, "1")
 	}
 	if vs >= 0 && tg.epoch != 0 {
-		h.Set(headerEpoch, strconv.FormatUint(tg.epoch, 10))
+		set(headerEpoch, strconv.FormatUint(tg.epoch, 10))
 	}
 	if r.write {
 		if r.idem != "" {
-			h.Set(headerIdempotencyKey, r.idem)
+			set(headerIdempotencyKey, r.idem)
 		} else {
-			h.Set(headerClientID, strconv.FormatUint(c.id, 10))
-			h.Set(headerSeq, strconv.FormatUint(r.seq, 10))
-			h.Set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
+			set(headerClientID, strconv.FormatUint(c.id, 10))
+			set(headerSeq, strconv.FormatUint(r.seq, 10))
+			set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
 		}
 	}
 	alone := func() (*response, error) { return c.sendAlone(actx, r.method, tg, uri, h, r.body) }

@@ -125,6 +125,7 @@ type ResponseReader struct {
 	r       *bufio.Reader
 	lim     Limits
 	started bool
+	scratch []byte
 }
 
 // NewResponseReader reads the stream in r.
@@ -168,17 +169,26 @@ func (rr *ResponseReader) Next(n int) (Response, error) {
 		return Response{}, err
 	}
 	resp.Header = make(http.Header, nh)
-	for range nh {
-		k, err := rr.readBytes(rr.lim.MaxString, "header name")
+	vals := make([]string, nh)
+	for i := range nh {
+		k, err := rr.readScratch(rr.lim.MaxString, "header name")
 		if err != nil {
 			return Response{}, err
 		}
-		v, err := rr.readBytes(rr.lim.MaxString, "header value")
+		ck, known := knownName(k)
+		if !known {
+			ck = http.CanonicalHeaderKey(string(k))
+		}
+		v, err := rr.readScratch(rr.lim.MaxString, "header value")
 		if err != nil {
 			return Response{}, err
 		}
-		ck := http.CanonicalHeaderKey(string(k))
-		resp.Header[ck] = append(resp.Header[ck], string(v))
+		if prev, ok := resp.Header[ck]; ok {
+			resp.Header[ck] = append(prev, string(v))
+			continue
+		}
+		vals[i] = string(v)
+		resp.Header[ck] = vals[i : i+1 : i+1]
 	}
 	if resp.Body, err = rr.readBytes(rr.lim.MaxBody, "body"); err != nil {
 		return Response{}, err
@@ -197,6 +207,41 @@ func (rr *ResponseReader) readLen(max int, what, unit string) (int, error) {
 		return 0, fmt.Errorf("%w: %d %s%s, at most %d", ErrMalformed, n, what, unit, max)
 	}
 	return int(n), nil
+}
+
+// readScratch reads a string field into the reader's scratch buffer, valid
+// until the next call.
+func (rr *ResponseReader) readScratch(max int, what string) ([]byte, error) {
+	n, err := rr.readLen(max, what, " bytes")
+	if err != nil {
+		return nil, err
+	}
+	if cap(rr.scratch) < n {
+		rr.scratch = make([]byte, n)
+	}
+	b := rr.scratch[:n]
+	if _, err := io.ReadFull(rr.r, b); err != nil {
+		return nil, unexpected(err)
+	}
+	return b, nil
+}
+
+// knownName returns the canonical form of the header names a node's answers
+// carry, without allocating.
+func knownName(k []byte) (string, bool) {
+	switch string(k) {
+	case "Content-Type":
+		return "Content-Type", true
+	case "Content-Length":
+		return "Content-Length", true
+	case "X-Nodedb-Version":
+		return "X-Nodedb-Version", true
+	case "X-Nodedb-Vshard":
+		return "X-Nodedb-Vshard", true
+	case "Retry-After":
+		return "Retry-After", true
+	}
+	return "", false
 }
 
 func (rr *ResponseReader) readBytes(max int, what string) ([]byte, error) {

@@ -30,6 +30,7 @@ func TestResponsesRoundTrip(t *testing.T) {
 		{Index: 2, Status: 200, Header: http.Header{"X-Nodedb-Version": {"3"}}, Body: []byte(`{"version":3}`)},
 		{Index: 0, Status: 409, Header: http.Header{"Retry-After": {"1"}}, Body: []byte(`{"code":"conflict"}`)},
 		{Index: 1, Status: 204, Header: http.Header{}, Body: []byte{}},
+		{Index: 1, Status: 200, Header: http.Header{"Content-Type": {"application/json"}, "X-Other": {"a", "b"}, "X-Nodedb-Vshard": {"7"}}, Body: []byte("x")},
 	}
 	b := []byte{Version}
 	for i := range in {
@@ -37,7 +38,7 @@ func TestResponsesRoundTrip(t *testing.T) {
 	}
 	rr := NewResponseReader(bytes.NewReader(b), DefaultLimits())
 	for i := range in {
-		got, err := rr.Next(3)
+		got, err := rr.Next(len(in))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,7 +46,7 @@ func TestResponsesRoundTrip(t *testing.T) {
 			t.Fatalf("frame %d: got %+v, want %+v", i, got, in[i])
 		}
 	}
-	if _, err := rr.Next(3); err != io.EOF {
+	if _, err := rr.Next(len(in)); err != io.EOF {
 		t.Fatalf("after the last frame: %v, want io.EOF", err)
 	}
 }
