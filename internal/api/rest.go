@@ -120,9 +120,7 @@ func writeOptionsOf(q url.Values, hd http.Header) (server.WriteOptions, error) {
 	return o, err
 }
 
-// epochOf reads the optional X-Nodedb-Epoch header.
-func epochOf(r *http.Request) (uint64, error) { return epochHeader(r.Header) }
-
+// epochHeader reads the optional X-Nodedb-Epoch header.
 func epochHeader(hd http.Header) (uint64, error) {
 	v := hd.Get(HeaderEpoch)
 	if v == "" {
