@@ -101,12 +101,8 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) > 0 {
-		b.ReportMetric(float64(len(all))/elapsed.Seconds(), "proposals/s")
-		b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
-		b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
+	if ops := reportLatencies(b, lat, elapsed, "proposals/s"); ops > 0 {
+		count := float64(ops)
 		var syncs, msgs, readies uint64
 		for _, n := range c.Live() {
 			syncs += n.WALSyncs()
@@ -115,13 +111,13 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 		}
 		// Raft messages and Ready structs of all three nodes per proposal:
 		// the per-group work that batching amortizes.
-		b.ReportMetric(float64(msgs-msgsBefore)/float64(len(all)), "msgs/proposal")
-		b.ReportMetric(float64(readies-readiesBefore)/float64(len(all)), "readies/proposal")
+		b.ReportMetric(float64(msgs-msgsBefore)/count, "msgs/proposal")
+		b.ReportMetric(float64(readies-readiesBefore)/count, "readies/proposal")
 		// CPU of the whole process (three nodes and the clients) per
 		// proposal: steadier than throughput on a noisy disk.
-		b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/float64(len(all)), "cpu-µs/proposal")
+		b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/count, "cpu-µs/proposal")
 		// Fsyncs of all three nodes per proposal: group commit at work.
-		b.ReportMetric(float64(syncs-syncsBefore)/float64(len(all)), "fsyncs/proposal")
+		b.ReportMetric(float64(syncs-syncsBefore)/count, "fsyncs/proposal")
 	}
 }
 
@@ -250,16 +246,27 @@ func benchReads(b *testing.B, groups, readers int, lease bool) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
+	n := reportLatencies(b, lat, elapsed, "reads/s")
+	if n == 0 {
 		return
 	}
 	msgs, rounds := stat()
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "reads/s")
+	b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/float64(n), "cpu-µs/read")
+	b.ReportMetric(float64(msgs-msgsBefore)/float64(n), "msgs/read")
+	b.ReportMetric(float64(rounds-roundsBefore)/float64(n), "rounds/read")
+}
+
+// reportLatencies reports the rate (as rateUnit), p50 and p99 of the
+// operations whose latencies the workers recorded, and returns how many
+// there were.
+func reportLatencies(b *testing.B, lat [][]time.Duration, elapsed time.Duration, rateUnit string) int {
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return 0
+	}
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), rateUnit)
 	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
-	b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/float64(len(all)), "cpu-µs/read")
-	b.ReportMetric(float64(msgs-msgsBefore)/float64(len(all)), "msgs/read")
-	b.ReportMetric(float64(rounds-roundsBefore)/float64(len(all)), "rounds/read")
+	return len(all)
 }
