@@ -72,7 +72,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for i := range reqs {
 		m.workers.run(func() {
 			defer wg.Done()
-			done <- m.serveOne(r, ctxs[i], i, &reqs[i])
+			done <- m.serveOne(ctxs[i], r, i, &reqs[i])
 		})
 	}
 	go func() { wg.Wait(); close(done) }()
@@ -171,17 +171,14 @@ func workBounds(outer context.Context, reqs []multiwire.Request) (ctxs []context
 }
 
 // serveOne runs one carried request; ctx bounds its work.
-func (m *multi) serveOne(outer *http.Request, ctx context.Context, i int, sr *multiwire.Request) multiwire.Response {
+func (m *multi) serveOne(ctx context.Context, outer *http.Request, i int, sr *multiwire.Request) multiwire.Response {
 	if !strings.HasPrefix(sr.URI, "/v1/kv/") || (sr.Method != http.MethodPut && sr.Method != http.MethodGet && sr.Method != http.MethodDelete) {
 		rec := newRecorder()
 		writeError(rec, invalid("a multi request carries only PUT, GET and DELETE of /v1/kv/{key}, not %s %.100q", sr.Method, sr.URI))
 		return rec.response(i)
 	}
 	if key, ok := plainKey(sr.URI); ok {
-		switch sr.Method {
-		case http.MethodGet, http.MethodPut, http.MethodDelete:
-			return m.plain(ctx, i, sr, key)
-		}
+		return m.plain(ctx, i, sr, key)
 	}
 	req, err := http.NewRequestWithContext(outer.Context(), sr.Method, sr.URI, bytes.NewReader(sr.Body))
 	if err != nil {
