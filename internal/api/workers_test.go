@@ -43,3 +43,33 @@ func TestWorkersReuseAndStop(t *testing.T) {
 		t.Fatalf("%d tasks ran, want 132", ran.Load())
 	}
 }
+
+// TestIdleWorkersExit: a worker with no task for a whole idle period exits
+// within two periods; one that keeps getting tasks stays.
+func TestIdleWorkersExit(t *testing.T) {
+	w := newWorkers()
+	w.idle = 100 * time.Millisecond
+	defer w.stop()
+	done := make(chan struct{})
+	w.run(func() { close(done) })
+	<-done
+	// Tasks every 30ms for 600ms: the same worker runs them all.
+	for range 20 {
+		time.Sleep(30 * time.Millisecond)
+		done := make(chan struct{})
+		w.run(func() { close(done) })
+		<-done
+	}
+	// One worker; a couple more if the machine was slow to park it before
+	// the next task. Workers that exited every period would make six.
+	if n := w.spawned.Load(); n > 3 {
+		t.Fatalf("%d workers started for tasks 30ms apart over 600ms with a 100ms idle period", n)
+	}
+	exited := make(chan struct{})
+	go func() { w.wg.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(time.Second):
+		t.Fatal("an idle worker did not exit within ten idle periods")
+	}
+}
