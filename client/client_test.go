@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -262,6 +263,30 @@ func TestExample(t *testing.T) {
 	for _, want := range []string{"put example/greeting", "get example/greeting = \"hello\"", "conflict", "scan"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("example output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestDecodeWriteResult: a node's write answer is read without reflection,
+// and any other JSON of the same fields is still read (encoding/json).
+func TestDecodeWriteResult(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 1000 {
+		want := WriteResult{Version: rng.Uint64() >> rng.IntN(64), VShard: rng.Uint32() >> rng.IntN(32), PrevVersion: rng.Uint64() >> rng.IntN(64)}
+		// As a node writes it (encoding/json's output for its struct).
+		b := fmt.Appendf(nil, "{\"version\":%d,\"vshard\":%d,\"prev_version\":%d}\n", want.Version, want.VShard, want.PrevVersion)
+		if got, err := decodeWriteResult(b); err != nil || got != want {
+			t.Fatalf("%s: %+v %v", b, got, err)
+		}
+		// Another order, spaces, an extra field.
+		b = fmt.Appendf(nil, "{ \"vshard\": %d, \"prev_version\": %d, \"x\": 1, \"version\": %d }", want.VShard, want.PrevVersion, want.Version)
+		if got, err := decodeWriteResult(b); err != nil || got != want {
+			t.Fatalf("%s: %+v %v", b, got, err)
+		}
+	}
+	for _, bad := range []string{``, `{`, `{"version":1,"vshard":99999999999,"prev_version":0}`, `{"version":-1}`, `[1]`} {
+		if got, err := decodeWriteResult([]byte(bad)); err == nil {
+			t.Errorf("%q decoded as %+v", bad, got)
 		}
 	}
 }

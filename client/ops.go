@@ -83,11 +83,12 @@ func WithStale(maxStaleness time.Duration) ReadOption {
 	return func(o *readOptions) { o.stale = maxStaleness }
 }
 
-func (o readOptions) apply(q url.Values) {
-	if o.stale > 0 {
-		q.Set("consistency", "stale")
-		q.Set("max_staleness", o.stale.String())
+// query returns the read's query parameters, nil for a linearizable read.
+func (o readOptions) query() url.Values {
+	if o.stale <= 0 {
+		return nil
 	}
+	return url.Values{"consistency": {"stale"}, "max_staleness": {o.stale.String()}}
 }
 
 // Put writes value at key.
@@ -112,23 +113,78 @@ func (c *Client) write(ctx context.Context, method string, key, value []byte, op
 	if err != nil {
 		return WriteResult{}, err
 	}
-	r := &request{method: method, path: p, key: key, body: value, write: true, idem: o.idem, query: url.Values{}}
+	r := &request{method: method, path: p, key: key, body: value, write: true, idem: o.idem}
 	if o.ifVersion != nil {
-		r.query.Set("if_version", strconv.FormatUint(*o.ifVersion, 10))
+		r.query = url.Values{"if_version": {strconv.FormatUint(*o.ifVersion, 10)}}
 	}
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return WriteResult{}, err
 	}
-	var w struct {
+	w, err := decodeWriteResult(resp.body)
+	if err != nil {
+		return WriteResult{}, &Error{Code: CodeInternal, Message: fmt.Sprintf("decode write answer %q: %v", resp.body, err), Status: resp.status}
+	}
+	return w, nil
+}
+
+// decodeWriteResult decodes a write's JSON answer. A node writes it as
+// {"version":V,"vshard":S,"prev_version":P}, which is read here without
+// reflection; anything else (another field order, spaces, more fields)
+// goes to encoding/json.
+func decodeWriteResult(b []byte) (WriteResult, error) {
+	var w WriteResult
+	rest, ok := bytes.CutPrefix(b, []byte(`{"version":`))
+	var v uint64
+	if ok {
+		v, rest, ok = cutUint(rest, 64)
+		w.Version = v
+	}
+	if ok {
+		rest, ok = bytes.CutPrefix(rest, []byte(`,"vshard":`))
+	}
+	if ok {
+		v, rest, ok = cutUint(rest, 32)
+		w.VShard = uint32(v)
+	}
+	if ok {
+		rest, ok = bytes.CutPrefix(rest, []byte(`,"prev_version":`))
+	}
+	if ok {
+		w.PrevVersion, rest, ok = cutUint(rest, 64)
+	}
+	if ok {
+		rest, ok = bytes.CutPrefix(rest, []byte("}"))
+	}
+	if ok && len(bytes.TrimSpace(rest)) == 0 {
+		return w, nil
+	}
+	var j struct {
 		Version     uint64 `json:"version"`
 		VShard      uint32 `json:"vshard"`
 		PrevVersion uint64 `json:"prev_version"`
 	}
-	if err := json.Unmarshal(resp.body, &w); err != nil {
-		return WriteResult{}, &Error{Code: CodeInternal, Message: fmt.Sprintf("decode write answer %q: %v", resp.body, err), Status: resp.status}
+	if err := json.Unmarshal(b, &j); err != nil {
+		return WriteResult{}, err
 	}
-	return WriteResult{Version: w.Version, VShard: w.VShard, PrevVersion: w.PrevVersion}, nil
+	return WriteResult{Version: j.Version, VShard: j.VShard, PrevVersion: j.PrevVersion}, nil
+}
+
+// cutUint parses the decimal digits at the start of b as an unsigned
+// integer of the given bit size.
+func cutUint(b []byte, bits int) (uint64, []byte, bool) {
+	n := 0
+	for n < len(b) && b[n] >= '0' && b[n] <= '9' {
+		n++
+	}
+	if n == 0 {
+		return 0, b, false
+	}
+	v, err := strconv.ParseUint(string(b[:n]), 10, bits)
+	if err != nil {
+		return 0, b, false
+	}
+	return v, b[n:], true
 }
 
 // Get reads key; ErrNotFound when it is absent.
@@ -141,8 +197,7 @@ func (c *Client) Get(ctx context.Context, key []byte, opts ...ReadOption) (GetRe
 	if err != nil {
 		return GetResult{}, err
 	}
-	r := &request{method: http.MethodGet, path: p, key: key, stale: o.stale > 0, query: url.Values{}}
-	o.apply(r.query)
+	r := &request{method: http.MethodGet, path: p, key: key, stale: o.stale > 0, query: o.query()}
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return GetResult{}, err
@@ -163,7 +218,10 @@ func (c *Client) ScanPage(ctx context.Context, prefix []byte, cursor string, lim
 	for _, f := range opts {
 		f(&o)
 	}
-	q := url.Values{}
+	q := o.query()
+	if q == nil {
+		q = url.Values{}
+	}
 	if len(prefix) > 0 {
 		q.Set("prefix", string(prefix))
 	}
@@ -173,7 +231,6 @@ func (c *Client) ScanPage(ctx context.Context, prefix []byte, cursor string, lim
 	if cursor != "" {
 		q.Set("cursor", cursor)
 	}
-	o.apply(q)
 	r := &request{method: http.MethodGet, path: "/v1/kv", vs: -1, stale: o.stale > 0, query: q}
 	if tag, ok := prefixHashKey(prefix); ok {
 		// Every key with this prefix is in the tag's vShard: go to its
