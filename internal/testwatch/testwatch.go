@@ -61,14 +61,16 @@ func timeoutFlag() time.Duration {
 }
 
 // fireAfter is when the watchdog fires for a binary with the given
-// timeout: a tenth of it, at most 30 seconds, before the testing package's
-// own panic, so that the report is the end of the output. Zero means no
-// watchdog.
+// timeout: a tenth of it before the testing package's own panic, at least
+// 2 seconds (a loaded machine may run the timer late) but no more than half
+// the timeout, and at most 30 seconds, so that the report is the end of the
+// output. Zero means no watchdog.
 func fireAfter(timeout time.Duration) time.Duration {
 	if timeout <= 0 {
 		return 0
 	}
-	return timeout - min(timeout/10, 30*time.Second)
+	margin := min(max(timeout/10, 2*time.Second), timeout/2, 30*time.Second)
+	return timeout - margin
 }
 
 // module is the import path prefix of this module's frames.

@@ -26,7 +26,7 @@ func TestReportIsTheTail(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a child test binary for seconds")
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHangs$", "-test.timeout=4s")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHangs$", "-test.timeout=5s")
 	cmd.Env = append(os.Environ(), "TESTWATCH_HANG=1")
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
@@ -98,7 +98,9 @@ testwatch: 3 goroutines run test code
 func TestFireAfter(t *testing.T) {
 	for _, tc := range []struct{ timeout, want time.Duration }{
 		{0, 0},
-		{4 * time.Second, 3600 * time.Millisecond},
+		{2 * time.Second, time.Second},
+		{5 * time.Second, 3 * time.Second},
+		{time.Minute, 54 * time.Second},
 		{10 * time.Minute, 9*time.Minute + 30*time.Second},
 	} {
 		if got := fireAfter(tc.timeout); got != tc.want {
