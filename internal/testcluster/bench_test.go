@@ -64,6 +64,18 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 			}
 		}
 	}
+	value := make([]byte, 256)
+	clients := make([]*Client, proposers)
+	cmds := make([][]byte, proposers)
+	for p := range proposers {
+		clients[p] = c.NewClient(uint64(p + 1))
+		clients[p].AttemptTimeout = 10 * time.Second
+		cmd, err := kv.EncodePut(keys[p], value, nil, kv.DefaultLimits())
+		if err != nil {
+			b.Fatal(err)
+		}
+		cmds[p] = cmd
+	}
 	var syncsBefore, msgsBefore, readiesBefore uint64
 	for _, n := range c.Live() {
 		syncsBefore += n.WALSyncs()
@@ -71,36 +83,10 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 		readiesBefore += n.Stats().ReadiesProcessed.Load()
 	}
 	cpuBefore := processCPU()
-	value := make([]byte, 256)
-	lat := make([][]time.Duration, proposers)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for p := range proposers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cl := c.NewClient(uint64(p + 1))
-			cl.AttemptTimeout = 10 * time.Second
-			cmd, err := kv.EncodePut(keys[p], value, nil, kv.DefaultLimits())
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				if _, err := cl.Write(ctx, keys[p], cmd); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[p] = append(lat[p], time.Since(t0))
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
+	lat, elapsed := runClosedLoop(b, proposers, func(p int) error {
+		_, err := clients[p].Write(ctx, keys[p], cmds[p])
+		return err
+	})
 	if ops := reportLatencies(b, lat, elapsed, "proposals/s"); ops > 0 {
 		count := float64(ops)
 		var syncs, msgs, readies uint64
@@ -213,39 +199,22 @@ func benchReads(b *testing.B, groups, readers int, lease bool) {
 	}
 	msgsBefore, roundsBefore := stat()
 	cpuBefore := processCPU()
-	lat := make([][]time.Duration, readers)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
-	for r := range readers {
-		wg.Go(func() {
-			vs, g := c.Route(keys[r])
-			for next.Add(1) <= int64(b.N) {
-				t0 := time.Now()
-				n := c.Leader(g)
-				if n == nil {
-					b.Errorf("group %d has no leader", g)
-					return
-				}
-				res, err := n.Read(ctx, g, vs, queries[r])
-				if err == nil {
-					var got kv.GetResponse
-					if got, err = kv.DecodeGetResponse(res); err == nil && (!got.Found || len(got.Value) != len(value)) {
-						err = fmt.Errorf("read %s: %+v", keys[r], got)
-					}
-				}
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				lat[r] = append(lat[r], time.Since(t0))
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
+	lat, elapsed := runClosedLoop(b, readers, func(r int) error {
+		vs, g := c.Route(keys[r])
+		n := c.Leader(g)
+		if n == nil {
+			return fmt.Errorf("group %d has no leader", g)
+		}
+		res, err := n.Read(ctx, g, vs, queries[r])
+		if err != nil {
+			return err
+		}
+		got, err := kv.DecodeGetResponse(res)
+		if err == nil && (!got.Found || len(got.Value) != len(value)) {
+			err = fmt.Errorf("read %s: %+v", keys[r], got)
+		}
+		return err
+	})
 	n := reportLatencies(b, lat, elapsed, "reads/s")
 	if n == 0 {
 		return
@@ -254,6 +223,33 @@ func benchReads(b *testing.B, groups, readers int, lease bool) {
 	b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/float64(n), "cpu-µs/read")
 	b.ReportMetric(float64(msgs-msgsBefore)/float64(n), "msgs/read")
 	b.ReportMetric(float64(rounds-roundsBefore)/float64(n), "rounds/read")
+}
+
+// runClosedLoop runs b.N operations over workers goroutines, each running
+// op(w) back to back, and returns every worker's latencies and the time
+// taken. A failed operation fails the benchmark and stops its worker.
+func runClosedLoop(b *testing.B, workers int, op func(w int) error) ([][]time.Duration, time.Duration) {
+	lat := make([][]time.Duration, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for w := range workers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				t0 := time.Now()
+				if err := op(w); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[w] = append(lat[w], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	return lat, elapsed
 }
 
 // reportLatencies reports the rate (as rateUnit), p50 and p99 of the
