@@ -269,6 +269,7 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	}
 	var w storage.VShardWriter
 	w.Reset(b, r.group, vs, r.values)
+	w.Invalidates(r.readCache)
 	if r.clients == nil {
 		r.clients = dedupCache{}
 	}

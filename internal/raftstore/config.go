@@ -98,6 +98,10 @@ type Config struct {
 	// of each other (time is measured, never compared across nodes). Off by
 	// default.
 	ReadLease bool
+	// ReadCacheBytes bounds each replica's cache of values read by clients
+	// (storage.ReadCache), which spares a read of a recently read key its
+	// Pebble search. Default 1 MiB; negative turns the cache off.
+	ReadCacheBytes int
 	// Logger receives the host's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the host's metrics. Default: not registered.
@@ -165,6 +169,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ConcurrentSnapshots <= 0 {
 		c.ConcurrentSnapshots = 2
+	}
+	if c.ReadCacheBytes == 0 {
+		c.ReadCacheBytes = 1 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -342,12 +342,19 @@ func (h *Host) commitApplies(w *workerState) error {
 	if err != nil {
 		return fmt.Errorf("order apply batch: %w", err)
 	}
+	// The replicas are still being processed by this worker, which owns
+	// their read caches' apply side until it releases them.
+	for _, r := range w.applied {
+		r.readCache.BeginCommit()
+	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("commit apply batch: %w", err)
 	}
 	w.apply.Reset()
 	var first error
 	for _, r := range w.applied {
+		// Before afterApply moves the applied index that releases reads.
+		r.readCache.EndCommit()
 		r.mu.Lock()
 		if err := r.afterApply(); err != nil && first == nil {
 			first = err

@@ -328,6 +328,9 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		pending: map[uint64]*proposal{},
 		reads:   map[uint64]*readBatch{},
 	}
+	if h.cfg.ReadCacheBytes > 0 {
+		r.readCache = storage.NewReadCache(h.cfg.ReadCacheBytes)
+	}
 	log.SetSnapshotFunc(r.buildSnapshot)
 	rn, err := raft.NewRawNode(&raft.Config{
 		ID:                        uint64(id),
@@ -416,6 +419,7 @@ func (h *Host) destroyLocked(r *replica) error {
 	}
 	r.gone.Store(true)
 	r.destroyed = true
+	r.readCache.Clear() // and never ended: the data goes
 	deleted := make(chan struct{})
 	h.mu.Lock()
 	if h.replicas[r.group] == r {

@@ -102,7 +102,7 @@ func (h *Host) readLocal(r *replica, vshard uint32, query []byte) ([]byte, error
 	var res []byte
 	err := h.UseEngine(func(db *pebble.DB) error {
 		var v storage.VShardReader
-		v.Reset(db, r.group, vshard)
+		v.ResetCached(db, r.group, vshard, r.readCache)
 		var err error
 		res, err = r.sm.Read(&v, vshard, query)
 		return err

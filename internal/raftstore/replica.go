@@ -71,6 +71,7 @@ type replica struct {
 	staged     *stagedSnapshot       // received snapshot not yet installed
 	clients    dedupCache            // exactly-once client records, see dedupCache
 	values     *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
+	readCache  *storage.ReadCache    // values read by clients; set at creation, nil when off
 	coalesce   []raftpb.Message      // scratch of supersededCommitNotices
 	notices    []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
 	noticeDue  atomic.Bool           // the notices' delay has passed

@@ -519,6 +519,10 @@ func (r *replica) installSnapshot(st *stagedSnapshot, snap *raftpb.Snapshot) err
 		return fmt.Errorf("no staged state for snapshot at %d", snap.Metadata.Index)
 	}
 	r.log.StageSnapshotInstall(snap.Metadata.Index)
+	// Reads may be served while the state changes under them, as from
+	// Pebble alone, but nothing read before the ingest stays cached.
+	r.readCache.Clear()
+	defer r.readCache.EndClear()
 	return r.h.eng.Ingest(context.Background(), st.path)
 }
 

@@ -181,6 +181,7 @@ func (r *replica) applyIngest(b *pebble.Batch, e *raftpb.Entry) error {
 	// The vShard's data and exactly-once records change under the caches.
 	clear(r.clients)
 	r.values.Clear()
+	r.readCache.TouchAll()
 	prefix := storage.VShardPrefix(r.group, vs)
 	if flags&ingestClear != 0 {
 		if err := b.DeleteRange(prefix, storage.PrefixEnd(prefix), nil); err != nil {

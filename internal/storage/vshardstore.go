@@ -16,6 +16,7 @@ type VShardReader struct {
 	r      pebble.Reader
 	prefix []byte
 	buf    []byte
+	cache  *ReadCache // see ResetCached
 }
 
 var _ statemachine.Reader = (*VShardReader)(nil)
@@ -24,6 +25,14 @@ var _ statemachine.Reader = (*VShardReader)(nil)
 func (v *VShardReader) Reset(r pebble.Reader, g ids.GroupID, vshard uint32) {
 	v.r = r
 	v.prefix = AppendVShardSubPrefix(v.prefix[:0], g, vshard, SubUser)
+	v.cache = nil
+}
+
+// ResetCached is Reset for a reader of the database itself (not of a batch)
+// whose point reads go through the group's ReadCache.
+func (v *VShardReader) ResetCached(db *pebble.DB, g ids.GroupID, vshard uint32, cache *ReadCache) {
+	v.Reset(db, g, vshard)
+	v.cache = cache
 }
 
 func (v *VShardReader) key(k []byte) []byte {
@@ -33,7 +42,23 @@ func (v *VShardReader) key(k []byte) []byte {
 
 // Get implements statemachine.Reader.
 func (v *VShardReader) Get(key []byte) ([]byte, error) {
-	val, ok, err := getCopy(v.r, v.key(key))
+	k := v.key(key)
+	if v.cache != nil {
+		cv, hit, gen := v.cache.lookup(k)
+		if !hit {
+			val, present, err := getCopy(v.r, k)
+			if err != nil {
+				return nil, err
+			}
+			cv = cachedValue{val: val, present: present}
+			v.cache.fill(k, cv, gen)
+		}
+		if !cv.present {
+			return nil, statemachine.ErrNotFound
+		}
+		return append([]byte(nil), cv.val...), nil // a copy, as Reader promises
+	}
+	val, ok, err := getCopy(v.r, k)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +103,7 @@ type VShardWriter struct {
 	VShardReader
 	b     *pebble.Batch
 	cache *ValueCache
+	reads *ReadCache // told of every key written, see Invalidates
 }
 
 var _ statemachine.Writer = (*VShardWriter)(nil)
@@ -89,7 +115,12 @@ func (w *VShardWriter) Reset(b *pebble.Batch, g ids.GroupID, vshard uint32, cach
 	w.VShardReader.Reset(b, g, vshard)
 	w.b = b
 	w.cache = cache
+	w.reads = nil
 }
+
+// Invalidates makes w record every key it writes in rc (ReadCache.Touch), so
+// that committing the batch drops them from the group's read cache.
+func (w *VShardWriter) Invalidates(rc *ReadCache) { w.reads = rc }
 
 // Get implements statemachine.Reader, through the cache when there is one.
 func (w *VShardWriter) Get(key []byte) ([]byte, error) {
@@ -118,6 +149,7 @@ func (w *VShardWriter) Set(key, value []byte) error {
 	if err := w.b.Set(k, value, nil); err != nil {
 		return err
 	}
+	w.reads.Touch(k)
 	if w.cache != nil {
 		w.cache.put(k, cachedValue{val: append([]byte(nil), value...), present: true})
 	}
@@ -130,6 +162,7 @@ func (w *VShardWriter) Delete(key []byte) error {
 	if err := w.b.Delete(k, nil); err != nil {
 		return err
 	}
+	w.reads.Touch(k)
 	if w.cache != nil {
 		w.cache.put(k, cachedValue{})
 	}

@@ -135,6 +135,83 @@ func TestLaggingFollowerCatchesUpBySnapshot(t *testing.T) {
 	}
 }
 
+// TestSnapshotInstallRefreshesCachedReads: a follower that served reads of a
+// key, then missed its overwrite and caught up by snapshot, serves the new
+// value afterwards, stale and linearizable reads alike (the values it had
+// cached for clients predate the snapshot).
+func TestSnapshotInstallRefreshesCachedReads(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1, LogMaxEntries: 40, LogKeepEntries: 10})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	leader, err := c.WaitLeader(ctx, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var follower *cluster.Node
+	for _, n := range c.Live() {
+		if n.ID() != leader.ID() {
+			follower = n
+			break
+		}
+	}
+	key := []byte("cached")
+	vs, _ := c.Route(key)
+	q, _ := kv.EncodeGet(key, kv.DefaultLimits())
+	read := func(what string, lin bool) kv.GetResponse {
+		t.Helper()
+		var res []byte
+		var err error
+		if lin {
+			res, err = follower.Read(ctx, g, vs, q)
+		} else {
+			res, err = follower.ReadLocal(g, vs, q)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		got, err := kv.DecodeGetResponse(res)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return got
+	}
+	cl := c.NewClient(1)
+	if _, err := cl.Put(ctx, key, []byte("old"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := read("read before the partition", true); string(got.Value) != "old" {
+			t.Fatalf("read before the partition: %+v", got)
+		}
+	}
+	lastBefore := follower.Stats().SnapshotsApplied.Load()
+	c.Isolate(follower.ID())
+	if _, err := cl.Put(ctx, key, []byte("new"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 200; i++ {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("filler-%d", i)), []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := read("stale read while isolated", false); string(got.Value) != "old" {
+		t.Fatalf("stale read while isolated: %+v (the follower cannot have seen the overwrite)", got)
+	}
+	c.Heal()
+	waitFor(ctx, t, "the follower to install a snapshot", func() bool {
+		return follower.Stats().SnapshotsApplied.Load() > lastBefore
+	})
+	if _, err := c.WaitConverged(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	if got := read("stale read after the snapshot", false); string(got.Value) != "new" {
+		t.Fatalf("stale read after the snapshot: %+v, want the overwrite", got)
+	}
+	if got := read("linearizable read after the snapshot", true); string(got.Value) != "new" {
+		t.Fatalf("linearizable read after the snapshot: %+v, want the overwrite", got)
+	}
+}
+
 // TestCaughtUpLogsStayShort: with every follower up and replicating, the
 // leader truncates every replica's log to what all of them hold long before
 // the length rule would, and no follower needs a snapshot for it; with a

@@ -73,6 +73,20 @@ func TestVShardExportImport(t *testing.T) {
 		t.Fatalf("corrupt import: %v, want ErrBadSnapshot", err)
 	}
 	_, empty, _ := dl.VShardHash(dst, vs)
+	// Reads at the destination before the import find nothing, and each
+	// node's read cache remembers that; the import must drop it.
+	q7, _ := kv.EncodeGet(keys[7], kv.DefaultLimits())
+	for _, n := range c.Live() {
+		for range 2 {
+			res, err := n.ReadLocal(dst, vs, q7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := kv.DecodeGetResponse(res); got.Found {
+				t.Fatalf("%s: key found at the destination before the import", n.ID())
+			}
+		}
+	}
 
 	if err := dl.ImportVShard(ctx, dst, vs, bytes.NewReader(export)); err != nil {
 		t.Fatal(err)
@@ -90,6 +104,13 @@ func TestVShardExportImport(t *testing.T) {
 		}
 		if h == empty {
 			t.Fatal("import changed nothing")
+		}
+		res, err := n.ReadLocal(dst, vs, q7)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := kv.DecodeGetResponse(res); !got.Found || !bytes.Equal(got.Value, bytes.Repeat([]byte{7}, 2000)) {
+			t.Fatalf("%s: read after the import: %+v", n.ID(), got)
 		}
 	}
 	// The data is served by the destination group.

@@ -1,0 +1,197 @@
+package storage
+
+import "sync"
+
+// ReadCache serves client reads of one group's vShard user areas from memory.
+// Under a read-heavy load the Pebble point read behind every client read (a
+// search of the memtable skiplists, then of the tables) was about a sixth of
+// a node's CPU; a key read recently is found here in a map instead.
+//
+// What a read may return: a linearizable read is released once the durable
+// applied index has reached its read index, and must then see the state at
+// that index or later, and never a state older than one another read has
+// already seen. Reads straight from Pebble give that, because a committed
+// apply batch is visible to every later read. The cache gives the same by
+// never holding a value that Pebble has replaced:
+//
+//   - A key's entry is dropped before the apply batch that writes it commits
+//     (BeginCommit), and no entry is filled while any batch is committing:
+//     a reader that missed may have read Pebble on either side of the
+//     commit. EndCommit, called once the batch has committed, ends that.
+//   - A reader fills the entry it missed only if no commit began or ended
+//     since its lookup (a generation counter): its value may predate a
+//     commit otherwise.
+//   - Writes to the user areas that do not go through a VShardWriter that
+//     tracks this cache (snapshot install, vShard import) drop every entry
+//     in the same way (TouchAll or Clear).
+//
+// Between BeginCommit and EndCommit the untouched keys are still served:
+// the batch does not change them. The applied index that releases reads
+// moves only after EndCommit.
+//
+// Memory is bounded like ValueCache's: two generations of at most maxBytes/2
+// each. Lookups and fills are safe for concurrent use; Touch, TouchAll,
+// BeginCommit and EndCommit belong to the apply path, which serialises them
+// (the replica's worker); Clear may be called from anywhere.
+type ReadCache struct {
+	mu        sync.Mutex
+	gen       uint64 // bumped by every BeginCommit, EndCommit and Clear
+	writing   int    // commits begun and not ended
+	cur, prev map[string]cachedValue
+	curBytes  int
+	maxBytes  int
+
+	// The apply path's keys written by the batch being built, concatenated
+	// (ends[i] is where key i ends), and whether the batch rewrites the user
+	// areas wholesale.
+	touched    []byte
+	ends       []int
+	touchedAll bool
+	// committing counts the BeginCommit calls of the batch in flight that
+	// EndCommit must match (0 or 1).
+	committing int
+}
+
+// NewReadCache returns a cache holding about maxBytes of keys and values.
+func NewReadCache(maxBytes int) *ReadCache {
+	return &ReadCache{maxBytes: maxBytes}
+}
+
+// lookup returns key's cached value, or the generation a fill after a read of
+// Pebble must present.
+func (c *ReadCache) lookup(key []byte) (v cachedValue, hit bool, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.cur[string(key)]; ok {
+		return v, true, 0
+	}
+	if v, ok := c.prev[string(key)]; ok {
+		c.putLocked(key, v) // promote: it is in use
+		return v, true, 0
+	}
+	return cachedValue{}, false, c.gen
+}
+
+// fill caches v, read from Pebble after a lookup that returned gen, unless a
+// commit or a clear began or ended since.
+func (c *ReadCache) fill(key []byte, v cachedValue, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.writing != 0 || c.gen != gen {
+		return
+	}
+	c.putLocked(key, v)
+}
+
+func (c *ReadCache) putLocked(key []byte, v cachedValue) {
+	size := len(key) + len(v.val) + cachedEntryOverhead
+	if size > c.maxBytes/2 {
+		return // larger than a generation: keeping it would evict everything else
+	}
+	if c.cur == nil {
+		c.cur = make(map[string]cachedValue)
+	}
+	if old, ok := c.cur[string(key)]; ok {
+		c.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
+	} else if c.curBytes+size > c.maxBytes/2 {
+		c.prev, c.cur, c.curBytes = c.cur, make(map[string]cachedValue, len(c.cur)), 0
+	}
+	delete(c.prev, string(key))
+	c.cur[string(key)] = v
+	c.curBytes += size
+}
+
+// Touch records that the batch being built writes key.
+func (c *ReadCache) Touch(key []byte) {
+	if c == nil || c.touchedAll {
+		return
+	}
+	c.touched = append(c.touched, key...)
+	c.ends = append(c.ends, len(c.touched))
+}
+
+// TouchAll records that the batch being built changes the user areas other
+// than key by key (a range deletion, an import).
+func (c *ReadCache) TouchAll() {
+	if c == nil {
+		return
+	}
+	c.touchedAll = true
+	c.touched, c.ends = c.touched[:0], c.ends[:0]
+}
+
+// BeginCommit is called before the batch holding the touched keys commits:
+// it drops their entries and stops fills until EndCommit. It does nothing if
+// the batch touched nothing.
+func (c *ReadCache) BeginCommit() {
+	if c == nil || (!c.touchedAll && len(c.ends) == 0) {
+		return
+	}
+	c.mu.Lock()
+	c.gen++
+	c.writing++
+	if c.touchedAll {
+		c.cur, c.prev, c.curBytes = nil, nil, 0
+	} else {
+		start := 0
+		for _, end := range c.ends {
+			k := c.touched[start:end]
+			if old, ok := c.cur[string(k)]; ok {
+				c.curBytes -= len(k) + len(old.val) + cachedEntryOverhead
+				delete(c.cur, string(k))
+			}
+			delete(c.prev, string(k))
+			start = end
+		}
+	}
+	c.mu.Unlock()
+	c.committing++
+	c.touched, c.ends, c.touchedAll = c.touched[:0], c.ends[:0], false
+}
+
+// EndCommit is called once the batch has committed (after BeginCommit, which
+// it matches; without one it does nothing).
+func (c *ReadCache) EndCommit() {
+	if c == nil || c.committing == 0 {
+		return
+	}
+	c.committing--
+	c.mu.Lock()
+	c.gen++
+	c.writing--
+	c.mu.Unlock()
+}
+
+// Clear drops every entry and every fill in progress. Call it before a write
+// to the user areas that bypasses the apply path; EndClear after it.
+func (c *ReadCache) Clear() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.gen++
+	c.writing++
+	c.cur, c.prev, c.curBytes = nil, nil, 0
+	c.mu.Unlock()
+}
+
+// EndClear ends the write that Clear began.
+func (c *ReadCache) EndClear() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.gen++
+	c.writing--
+	c.mu.Unlock()
+}
+
+// Len returns the number of cached keys (for tests and metrics).
+func (c *ReadCache) Len() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cur) + len(c.prev)
+}
