@@ -330,6 +330,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 	}
 	if h.cfg.ReadCacheBytes > 0 {
 		r.readCache = storage.NewReadCache(h.cfg.ReadCacheBytes)
+		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)
 	}
 	log.SetSnapshotFunc(r.buildSnapshot)
 	rn, err := raft.NewRawNode(&raft.Config{

@@ -31,6 +31,8 @@ type Stats struct {
 	TruncationsProposed    atomic.Uint64
 	ReadIndexBatches       atomic.Uint64
 	LeaseReads             atomic.Uint64 // reads served from a leader's lease, no quorum round
+	ReadCacheHits          atomic.Uint64 // client point reads answered by a replica's read cache
+	ReadCacheMisses        atomic.Uint64 // client point reads that went to Pebble
 	MalformedEntries       atomic.Uint64
 }
 
@@ -66,6 +68,8 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("log_truncations_proposed_total", "Log truncation entries proposed by leaders whose followers were all caught up.", &s.TruncationsProposed),
 		counter("read_index_batches_total", "ReadIndex requests issued (each covers a batch of reads).", &s.ReadIndexBatches),
 		counter("lease_reads_total", "Linearizable reads served from the leader's lease without a quorum round (--read-lease).", &s.LeaseReads),
+		counter("read_cache_hits_total", "Client point reads answered from a replica's read cache.", &s.ReadCacheHits),
+		counter("read_cache_misses_total", "Client point reads that searched Pebble (and filled the read cache when no write raced them).", &s.ReadCacheMisses),
 		counter("malformed_entries_total", "Committed entries skipped because they failed to decode.", &s.MalformedEntries),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",

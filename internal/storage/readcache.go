@@ -1,6 +1,9 @@
 package storage
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // ReadCache serves client reads of one group's vShard user areas from memory.
 // Under a read-heavy load the Pebble point read behind every client read (a
@@ -40,6 +43,8 @@ type ReadCache struct {
 	cur, prev map[string]cachedValue
 	curBytes  int
 	maxBytes  int
+	// hits and misses, when set (CountInto), count lookups.
+	hits, misses *atomic.Uint64
 
 	// The apply path's keys written by the batch being built, concatenated
 	// (ends[i] is where key i ends), and whether the batch rewrites the user
@@ -57,19 +62,29 @@ func NewReadCache(maxBytes int) *ReadCache {
 	return &ReadCache{maxBytes: maxBytes}
 }
 
+// CountInto makes the cache count its lookups' hits and misses in the given
+// counters (shared by a node's caches).
+func (c *ReadCache) CountInto(hits, misses *atomic.Uint64) { c.hits, c.misses = hits, misses }
+
 // lookup returns key's cached value, or the generation a fill after a read of
 // Pebble must present.
 func (c *ReadCache) lookup(key []byte) (v cachedValue, hit bool, gen uint64) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if v, ok := c.cur[string(key)]; ok {
-		return v, true, 0
+	v, hit = c.cur[string(key)]
+	if !hit {
+		if v, hit = c.prev[string(key)]; hit {
+			c.putLocked(key, v) // promote: it is in use
+		}
 	}
-	if v, ok := c.prev[string(key)]; ok {
-		c.putLocked(key, v) // promote: it is in use
-		return v, true, 0
+	gen = c.gen
+	c.mu.Unlock()
+	switch {
+	case hit && c.hits != nil:
+		c.hits.Add(1)
+	case !hit && c.misses != nil:
+		c.misses.Add(1)
 	}
-	return cachedValue{}, false, c.gen
+	return v, hit, gen
 }
 
 // fill caches v, read from Pebble after a lookup that returned gen, unless a

@@ -179,10 +179,14 @@ func TestSnapshotInstallRefreshesCachedReads(t *testing.T) {
 	if _, err := cl.Put(ctx, key, []byte("old"), nil); err != nil {
 		t.Fatal(err)
 	}
+	hits := follower.Stats().ReadCacheHits.Load()
 	for range 3 {
 		if got := read("read before the partition", true); string(got.Value) != "old" {
 			t.Fatalf("read before the partition: %+v", got)
 		}
+	}
+	if follower.Stats().ReadCacheHits.Load() < hits+2 {
+		t.Fatalf("repeated reads of one key: %d read cache hits, want at least 2", follower.Stats().ReadCacheHits.Load()-hits)
 	}
 	lastBefore := follower.Stats().SnapshotsApplied.Load()
 	c.Isolate(follower.ID())
