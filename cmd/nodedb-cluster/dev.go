@@ -48,6 +48,7 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
 			addSyncProcessors(shape.Nodes, slog.Default())
+			raiseGCPercent(slog.Default())
 			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, opts, cmd.Flags().Changed, logLevel, once)
 		},
 	}

@@ -60,6 +60,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 				return err
 			}
 			addSyncProcessors(1, log)
+			raiseGCPercent(log)
 			cfg.Logger = log
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
