@@ -70,6 +70,7 @@ var (
 	ErrConfChangeRejected = raftstore.ErrConfChangeRejected
 	ErrReplicaExists      = raftstore.ErrReplicaExists
 	ErrReplicaTombstoned  = raftstore.ErrReplicaTombstoned
+	ErrTransferAborted    = raftstore.ErrTransferAborted
 	// ErrWrongNode is returned when a data dir belongs to another node.
 	ErrWrongNode = errors.New("cluster: data dir belongs to another node")
 )

@@ -159,7 +159,11 @@ func (h *Host) TransferLeadership(ctx context.Context, g ids.GroupID, to ids.Rep
 	if !r.isLeader.Load() {
 		return r.notLeader()
 	}
-	r.enqueueCtrl(func() { r.rn.TransferLeader(uint64(to)) })
+	started := make(chan struct{})
+	r.enqueueCtrl(func() {
+		r.rn.TransferLeader(uint64(to))
+		close(started)
+	})
 	t := time.NewTicker(h.cfg.TickInterval)
 	defer t.Stop()
 	for {
@@ -172,6 +176,28 @@ func (h *Host) TransferLeadership(ctx context.Context, g ids.GroupID, to ids.Rep
 		case <-h.stopc:
 			return ErrStopped
 		case <-t.C:
+		}
+		select {
+		case <-started:
+		default:
+			continue
+		}
+		// Raft gives up a transfer whose target has not caught up after an
+		// election timeout, and a new election ends it too; without this
+		// check the caller would wait for its deadline.
+		r.mu.Lock()
+		st := r.rn.BasicStatus()
+		gone := r.destroyed
+		r.mu.Unlock()
+		switch {
+		case gone:
+			return ErrGroupNotFound
+		case ids.ReplicaID(st.Lead) == to:
+			return nil
+		case st.RaftState == raft.StateLeader && st.LeadTransferee == 0:
+			return fmt.Errorf("transfer leadership of %s to %s: %w (leadership stays here)", g, to, ErrTransferAborted)
+		case st.RaftState != raft.StateLeader && st.Lead != 0:
+			return fmt.Errorf("transfer leadership of %s to %s: %w (%s was elected)", g, to, ErrTransferAborted, ids.ReplicaID(st.Lead))
 		}
 	}
 }

@@ -35,6 +35,11 @@ var (
 	// ErrReplicaTombstoned is returned when creating a replica whose ID is
 	// below the group's tombstone on this node: IDs are never reused.
 	ErrReplicaTombstoned = errors.New("raftstore: replica ID was removed from this node")
+	// ErrTransferAborted is returned when Raft abandoned a leadership
+	// transfer: the target did not catch up within an election timeout, or
+	// another replica was elected. Leadership is unchanged or elsewhere;
+	// asking again is safe.
+	ErrTransferAborted = errors.New("raftstore: leadership transfer abandoned")
 )
 
 // NotLeaderError is returned when a request that needs the leader reached

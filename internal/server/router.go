@@ -162,7 +162,7 @@ func toRPCError(err error) error {
 		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}
 	case errors.Is(err, cluster.ErrTooLarge):
 		return &transport.RPCError{Code: codeTooLarge, Message: err.Error()}
-	case errors.Is(err, cluster.ErrProposalDropped), errors.Is(err, cluster.ErrStopped):
+	case errors.Is(err, cluster.ErrProposalDropped), errors.Is(err, cluster.ErrStopped), errors.Is(err, cluster.ErrTransferAborted):
 		return &transport.RPCError{Code: codeUnavailable, Message: err.Error()}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}

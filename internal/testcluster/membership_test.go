@@ -278,6 +278,46 @@ func TestConfChangeRightAfterElection(t *testing.T) {
 	}
 }
 
+// TestTransferToACutOffReplicaFails: Raft abandons a leadership transfer
+// whose target does not answer within an election timeout; TransferLeadership
+// reports that then (ErrTransferAborted), instead of waiting for its caller's
+// deadline, and leadership stays where it was.
+func TestTransferToACutOffReplicaFails(t *testing.T) {
+	c := New(t, Options{Nodes: 3, Groups: 1})
+	ctx := testCtx(t, 60*time.Second)
+	g := ids.GroupID(1)
+	leader, st := leaderStatus(ctx, t, c, g)
+	var to cluster.Replica
+	for _, r := range st.Config.Replicas {
+		if r.Node != leader.ID() {
+			to = r
+			break
+		}
+	}
+	c.Isolate(to.Node)
+	cl := c.NewClient(1)
+	for i := range 5 {
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("k%d", i)), []byte("v"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	err := leader.TransferLeadership(ctx, g, to.Replica)
+	if !errors.Is(err, cluster.ErrTransferAborted) {
+		t.Fatalf("transfer to a cut-off replica: %v, want ErrTransferAborted", err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("the abandoned transfer was reported after %v", d)
+	}
+	if !leader.IsLeader(g) {
+		t.Fatal("leadership moved although the transfer was abandoned")
+	}
+	c.Heal()
+	if err := leader.TransferLeadership(ctx, g, to.Replica); err != nil {
+		t.Fatalf("transfer after healing: %v", err)
+	}
+}
+
 // leaderStatus waits for g's leader and returns it with its view of g.
 func leaderStatus(ctx context.Context, t *testing.T, c *Cluster, g ids.GroupID) (*cluster.Node, cluster.GroupStatus) {
 	t.Helper()
