@@ -32,17 +32,15 @@ import (
 // the batch does not change them. The applied index that releases reads
 // moves only after EndCommit.
 //
-// Memory is bounded like ValueCache's: two generations of at most maxBytes/2
-// each. Lookups and fills are safe for concurrent use; Touch, TouchAll,
-// BeginCommit and EndCommit belong to the apply path, which serialises them
-// (the replica's worker); Clear may be called from anywhere.
+// Memory is bounded like ValueCache's (see generations). Lookups and fills
+// are safe for concurrent use; Touch, TouchAll, BeginCommit and EndCommit
+// belong to the apply path, which serialises them (the replica's worker);
+// Clear may be called from anywhere.
 type ReadCache struct {
-	mu        sync.Mutex
-	gen       uint64 // bumped by every BeginCommit, EndCommit and Clear
-	writing   int    // commits begun and not ended
-	cur, prev map[string]cachedValue
-	curBytes  int
-	maxBytes  int
+	mu      sync.Mutex
+	gen     uint64 // bumped by every BeginCommit, EndCommit and Clear
+	writing int    // commits begun and not ended
+	gens    generations
 	// hits and misses, when set (CountInto), count lookups.
 	hits, misses *atomic.Uint64
 
@@ -59,7 +57,7 @@ type ReadCache struct {
 
 // NewReadCache returns a cache holding about maxBytes of keys and values.
 func NewReadCache(maxBytes int) *ReadCache {
-	return &ReadCache{maxBytes: maxBytes}
+	return &ReadCache{gens: generations{maxBytes: maxBytes}}
 }
 
 // CountInto makes the cache count its lookups' hits and misses in the given
@@ -70,12 +68,7 @@ func (c *ReadCache) CountInto(hits, misses *atomic.Uint64) { c.hits, c.misses = 
 // Pebble must present.
 func (c *ReadCache) lookup(key []byte) (v cachedValue, hit bool, gen uint64) {
 	c.mu.Lock()
-	v, hit = c.cur[string(key)]
-	if !hit {
-		if v, hit = c.prev[string(key)]; hit {
-			c.putLocked(key, v) // promote: it is in use
-		}
-	}
+	v, hit = c.gens.get(key)
 	gen = c.gen
 	c.mu.Unlock()
 	switch {
@@ -95,25 +88,7 @@ func (c *ReadCache) fill(key []byte, v cachedValue, gen uint64) {
 	if c.writing != 0 || c.gen != gen {
 		return
 	}
-	c.putLocked(key, v)
-}
-
-func (c *ReadCache) putLocked(key []byte, v cachedValue) {
-	size := len(key) + len(v.val) + cachedEntryOverhead
-	if size > c.maxBytes/2 {
-		return // larger than a generation: keeping it would evict everything else
-	}
-	if c.cur == nil {
-		c.cur = make(map[string]cachedValue)
-	}
-	if old, ok := c.cur[string(key)]; ok {
-		c.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
-	} else if c.curBytes+size > c.maxBytes/2 {
-		c.prev, c.cur, c.curBytes = c.cur, make(map[string]cachedValue, len(c.cur)), 0
-	}
-	delete(c.prev, string(key))
-	c.cur[string(key)] = v
-	c.curBytes += size
+	c.gens.put(key, v)
 }
 
 // Touch records that the batch being built writes key.
@@ -146,16 +121,11 @@ func (c *ReadCache) BeginCommit() {
 	c.gen++
 	c.writing++
 	if c.touchedAll {
-		c.cur, c.prev, c.curBytes = nil, nil, 0
+		c.gens.clear()
 	} else {
 		start := 0
 		for _, end := range c.ends {
-			k := c.touched[start:end]
-			if old, ok := c.cur[string(k)]; ok {
-				c.curBytes -= len(k) + len(old.val) + cachedEntryOverhead
-				delete(c.cur, string(k))
-			}
-			delete(c.prev, string(k))
+			c.gens.del(c.touched[start:end])
 			start = end
 		}
 	}
@@ -186,7 +156,7 @@ func (c *ReadCache) Clear() {
 	c.mu.Lock()
 	c.gen++
 	c.writing++
-	c.cur, c.prev, c.curBytes = nil, nil, 0
+	c.gens.clear()
 	c.mu.Unlock()
 }
 
@@ -208,5 +178,5 @@ func (c *ReadCache) Len() int {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.cur) + len(c.prev)
+	return c.gens.len()
 }

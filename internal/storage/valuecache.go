@@ -16,14 +16,11 @@ package storage
 // serving. Only the apply path reads it; reads served to clients go to
 // Pebble.
 //
-// Memory is bounded by two generations of at most maxBytes/2 each: when the
-// current one fills, it becomes the previous one and the oldest is dropped,
-// an approximation of LRU that needs no per-entry bookkeeping. Not safe for
-// concurrent use; its owner (a replica) serialises access.
+// Memory is bounded by two generations of at most maxBytes/2 each (see
+// generations). Not safe for concurrent use; its owner (a replica)
+// serialises access.
 type ValueCache struct {
-	cur, prev map[string]cachedValue
-	curBytes  int
-	maxBytes  int
+	gens generations
 }
 
 type cachedValue struct {
@@ -36,7 +33,7 @@ const cachedEntryOverhead = 64
 
 // NewValueCache returns a cache holding about maxBytes of keys and values.
 func NewValueCache(maxBytes int) *ValueCache {
-	return &ValueCache{maxBytes: maxBytes}
+	return &ValueCache{gens: generations{maxBytes: maxBytes}}
 }
 
 // Clear drops everything; call it whenever a user area changes other than
@@ -45,7 +42,7 @@ func (c *ValueCache) Clear() {
 	if c == nil {
 		return
 	}
-	c.cur, c.prev, c.curBytes = nil, nil, 0
+	c.gens.clear()
 }
 
 // Len returns the number of cached keys (for tests and metrics).
@@ -53,38 +50,68 @@ func (c *ValueCache) Len() int {
 	if c == nil {
 		return 0
 	}
-	return len(c.cur) + len(c.prev)
+	return c.gens.len()
 }
 
-func (c *ValueCache) get(key []byte) (cachedValue, bool) {
-	if v, ok := c.cur[string(key)]; ok {
+func (c *ValueCache) get(key []byte) (cachedValue, bool) { return c.gens.get(key) }
+
+func (c *ValueCache) put(key []byte, v cachedValue) { c.gens.put(key, v) }
+
+// generations is the map behind ValueCache and ReadCache: at most maxBytes
+// of keys and values in two generations of at most maxBytes/2 each. When the
+// current one fills, it becomes the previous one and the oldest is dropped,
+// an approximation of LRU that needs no per-entry bookkeeping. Not safe for
+// concurrent use.
+type generations struct {
+	cur, prev map[string]cachedValue
+	curBytes  int
+	maxBytes  int
+}
+
+func (g *generations) clear() { g.cur, g.prev, g.curBytes = nil, nil, 0 }
+
+func (g *generations) len() int { return len(g.cur) + len(g.prev) }
+
+// get returns key's value, moving it to the current generation if it was in
+// the previous one (it is in use).
+func (g *generations) get(key []byte) (cachedValue, bool) {
+	if v, ok := g.cur[string(key)]; ok {
 		return v, true
 	}
-	if v, ok := c.prev[string(key)]; ok {
-		c.put(key, v) // promote: it is in use
+	if v, ok := g.prev[string(key)]; ok {
+		g.put(key, v)
 		return v, true
 	}
 	return cachedValue{}, false
 }
 
-func (c *ValueCache) put(key []byte, v cachedValue) {
+// put sets key's value. A value larger than a generation is not kept (it
+// would evict everything else), and any older one for the key is dropped.
+func (g *generations) put(key []byte, v cachedValue) {
 	size := len(key) + len(v.val) + cachedEntryOverhead
-	if size > c.maxBytes/2 {
-		// Larger than a generation: keeping it would evict everything else.
-		delete(c.cur, string(key))
-		delete(c.prev, string(key))
+	if size > g.maxBytes/2 {
+		g.del(key)
 		return
 	}
-	if c.cur == nil {
-		c.cur = make(map[string]cachedValue)
+	if g.cur == nil {
+		g.cur = make(map[string]cachedValue)
 	}
-	if old, ok := c.cur[string(key)]; ok {
-		c.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
-	} else if c.curBytes+size > c.maxBytes/2 {
-		c.prev, c.cur, c.curBytes = c.cur, make(map[string]cachedValue, len(c.cur)), 0
+	if old, ok := g.cur[string(key)]; ok {
+		g.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
+	} else if g.curBytes+size > g.maxBytes/2 {
+		g.prev, g.cur, g.curBytes = g.cur, make(map[string]cachedValue, len(g.cur)), 0
 	}
 	// A stale copy in prev must not be found after cur rotates away.
-	delete(c.prev, string(key))
-	c.cur[string(key)] = v
-	c.curBytes += size
+	delete(g.prev, string(key))
+	g.cur[string(key)] = v
+	g.curBytes += size
+}
+
+// del drops key.
+func (g *generations) del(key []byte) {
+	if old, ok := g.cur[string(key)]; ok {
+		g.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
+		delete(g.cur, string(key))
+	}
+	delete(g.prev, string(key))
 }

@@ -78,8 +78,8 @@ func TestValueCacheBound(t *testing.T) {
 	c := NewValueCache(10_000)
 	for i := range 1000 {
 		c.put([]byte(fmt.Sprintf("key%04d", i)), cachedValue{val: make([]byte, 100), present: true})
-		if c.curBytes > 5_000 {
-			t.Fatalf("generation holds %d bytes > half the budget", c.curBytes)
+		if c.gens.curBytes > 5_000 {
+			t.Fatalf("generation holds %d bytes > half the budget", c.gens.curBytes)
 		}
 	}
 	if n := c.Len(); n == 0 || n > 2*5_000/(7+100+cachedEntryOverhead)+2 {

@@ -26,13 +26,7 @@ func TestLeadershipTransfer(t *testing.T) {
 	key := []byte("k")
 	for round := range 3 {
 		leader, st := leaderStatus(ctx, t, c, g)
-		var to cluster.Replica
-		for _, r := range st.Config.Replicas {
-			if r.Node != leader.ID() {
-				to = r
-				break
-			}
-		}
+		to := followerOf(t, st, leader.ID())
 		if err := leader.TransferLeadership(ctx, g, to.Replica); err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
@@ -287,13 +281,7 @@ func TestTransferToACutOffReplicaFails(t *testing.T) {
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
 	leader, st := leaderStatus(ctx, t, c, g)
-	var to cluster.Replica
-	for _, r := range st.Config.Replicas {
-		if r.Node != leader.ID() {
-			to = r
-			break
-		}
-	}
+	to := followerOf(t, st, leader.ID())
 	c.Isolate(to.Node)
 	cl := c.NewClient(1)
 	for i := range 5 {
@@ -316,6 +304,19 @@ func TestTransferToACutOffReplicaFails(t *testing.T) {
 	if err := leader.TransferLeadership(ctx, g, to.Replica); err != nil {
 		t.Fatalf("transfer after healing: %v", err)
 	}
+}
+
+// followerOf returns a replica in st's configuration that is not on the
+// leader's node.
+func followerOf(t *testing.T, st cluster.GroupStatus, leader ids.NodeID) cluster.Replica {
+	t.Helper()
+	for _, r := range st.Config.Replicas {
+		if r.Node != leader {
+			return r
+		}
+	}
+	t.Fatalf("no follower in %+v", st.Config)
+	return cluster.Replica{}
 }
 
 // leaderStatus waits for g's leader and returns it with its view of g.

@@ -143,17 +143,8 @@ func TestSnapshotInstallRefreshesCachedReads(t *testing.T) {
 	c := New(t, Options{Nodes: 3, Groups: 1, LogMaxEntries: 40, LogKeepEntries: 10})
 	ctx := testCtx(t, 60*time.Second)
 	g := ids.GroupID(1)
-	leader, err := c.WaitLeader(ctx, g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var follower *cluster.Node
-	for _, n := range c.Live() {
-		if n.ID() != leader.ID() {
-			follower = n
-			break
-		}
-	}
+	leader, st := leaderStatus(ctx, t, c, g)
+	follower := c.Node(followerOf(t, st, leader.ID()).Node)
 	key := []byte("cached")
 	vs, _ := c.Route(key)
 	q, _ := kv.EncodeGet(key, kv.DefaultLimits())
