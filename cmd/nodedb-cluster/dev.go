@@ -101,10 +101,25 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 
 	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// Ctrl-C while the groups are still being replicated is a normal stop,
+	// not a failure: the nodes stop cleanly and the next run resumes.
+	interrupted := func() bool {
+		if ctx.Err() == nil {
+			return false
+		}
+		fmt.Fprintln(out, "interrupted before the cluster was ready; stopping")
+		return true
+	}
 	if err := c.WaitReady(readyCtx); err != nil {
+		if interrupted() {
+			return nil
+		}
 		return err
 	}
 	if err := c.SelfCheck(readyCtx); err != nil {
+		if interrupted() {
+			return nil
+		}
 		return fmt.Errorf("self-check: %w", err)
 	}
 	fmt.Fprintln(out, "self-check: a write forwarded over QUIC to its group leader read back linearizably through every node")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -43,4 +44,56 @@ func TestDevRefusesBadShape(t *testing.T) {
 	if err := cmd.ExecuteContext(context.Background()); err == nil {
 		t.Fatal("a vShard count that is not a power of two was accepted")
 	}
+}
+
+// TestDevInterruptedWhileReplicating: Ctrl-C while the groups are still
+// being up-replicated (right after the bootstrap line) stops dev cleanly,
+// with no error, and the next run restarts the same cluster.
+func TestDevInterruptedWhileReplicating(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &cancelOnWrite{cancel: cancel, when: "bootstrapped"}
+	cmd := newDevCommand()
+	cmd.SetOut(out)
+	cmd.SetArgs([]string{"--dir", dir, "--groups", "4", "--vshards", "64", "--port-base", "0"})
+	if err := cmd.ExecuteContext(ctx); err != nil {
+		t.Fatalf("dev interrupted while replicating: %v\n%s", err, out.String())
+	}
+	if s := out.String(); !strings.Contains(s, "interrupted before the cluster was ready") && !strings.Contains(s, "stopping") {
+		t.Fatalf("output:\n%s", s)
+	}
+	again := newDevCommand()
+	var second bytes.Buffer
+	again.SetOut(&second)
+	again.SetArgs([]string{"--dir", dir, "--once"})
+	if err := again.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("dev after an interrupted first run: %v\n%s", err, second.String())
+	}
+	if !strings.Contains(second.String(), "restarted 3 nodes") || !strings.Contains(second.String(), "self-check:") {
+		t.Fatalf("second run output:\n%s", second.String())
+	}
+}
+
+// cancelOnWrite records output and calls cancel once a write contains when.
+type cancelOnWrite struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	cancel context.CancelFunc
+	when   string
+}
+
+func (w *cancelOnWrite) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if strings.Contains(string(p), w.when) {
+		w.cancel()
+	}
+	return w.buf.Write(p)
+}
+
+func (w *cancelOnWrite) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
 }

@@ -143,6 +143,11 @@ type stored struct {
 	// Peers is the static peer list of nodes made before the metadata group
 	// existed; such a dir is refused.
 	Peers map[string]string `json:"peers,omitempty"`
+	// JoinPeers are the nodes (ID → peer address) the join answer named. A
+	// joined node learns the metadata state from its peers until it holds a
+	// replica of the metadata group; one restarted before that (stopped
+	// right after joining) knows no peer but these.
+	JoinPeers map[string]string `json:"join_peers,omitempty"`
 }
 
 const storedFile = "cluster.json"

@@ -109,6 +109,7 @@ func (s *Server) join(ctx context.Context) error {
 			peers[ids.NodeID(n)] = a
 		}
 	}
+	s.joinPeers = peers
 	if err := s.open(id, verifier, peers); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,9 @@ type Server struct {
 
 	peersMu sync.Mutex
 	peers   map[ids.NodeID]string // addresses handed to the endpoint
+	// joinPeers are the peers the join answer named, kept in cluster.json
+	// (stored.JoinPeers).
+	joinPeers map[ids.NodeID]string
 }
 
 // TLSDir is where a node keeps its certificate, key and the CA certificate.
@@ -147,7 +151,10 @@ func (s *Server) restart(st *stored) error {
 	if err != nil {
 		return err
 	}
-	if err := s.open(id, verifier, nil); err != nil {
+	if s.joinPeers, err = parseJoinPeers(st.JoinPeers); err != nil {
+		return err
+	}
+	if err := s.open(id, verifier, s.joinPeers); err != nil {
 		return err
 	}
 	if s.cfg.Listen != st.Listen || s.cfg.Advertise != st.Advertise || s.cfg.API != st.API || s.cfg.Zone != st.Zone {
@@ -156,11 +163,31 @@ func (s *Server) restart(st *stored) error {
 	return nil
 }
 
+// parseJoinPeers reads stored.JoinPeers.
+func parseJoinPeers(m map[string]string) (map[ids.NodeID]string, error) {
+	peers := make(map[ids.NodeID]string, len(m))
+	for n, a := range m {
+		id, err := strconv.ParseUint(n, 10, 64)
+		if err != nil || id == 0 || a == "" {
+			return nil, fmt.Errorf("%s: join peer %q: %q is not a node ID with an address", storedFile, n, a)
+		}
+		peers[ids.NodeID(id)] = a
+	}
+	return peers, nil
+}
+
 func (s *Server) stored() *stored {
-	return &stored{
+	st := &stored{
 		NodeID: uint64(s.id), ClusterID: s.clusterID, VShards: s.vshards,
 		Listen: s.cfg.Listen, Advertise: s.cfg.Advertise, API: s.cfg.API, Zone: s.cfg.Zone,
 	}
+	if len(s.joinPeers) > 0 {
+		st.JoinPeers = map[string]string{}
+		for n, a := range s.joinPeers {
+			st.JoinPeers[strconv.FormatUint(uint64(n), 10)] = a
+		}
+	}
+	return st
 }
 
 // advertise is the address other nodes dial.
