@@ -233,6 +233,14 @@ type RPCServer struct {
 	Accept func() bool
 	// Served, when set, is called for every request served.
 	Served func()
+	// WriteTimeout bounds each response's write when the stream supports
+	// write deadlines (default 10 s): a peer that stops reading cannot hold
+	// the handlers, all queued behind the stream's write lock, forever.
+	WriteTimeout time.Duration
+	// Abort, when set, is called once when a response could not be written:
+	// the stream is broken (a partial frame may have gone out), so it must
+	// end both directions of the stream, which ends Serve's read.
+	Abort func()
 }
 
 // Serve reads requests from r and writes responses to w until r fails.
@@ -248,6 +256,11 @@ func (s *RPCServer) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 		wg.Wait()
 	}()
 	var wmu sync.Mutex
+	broken := false // guarded by wmu
+	timeout := s.WriteTimeout
+	if timeout <= 0 {
+		timeout = rpcWriteDefault
+	}
 	respond := func(resp RPCResponse) {
 		b, off := BeginFrame(make([]byte, 0, 64+len(resp.Body)))
 		b = resp.Encode(b)
@@ -257,7 +270,19 @@ func (s *RPCServer) Serve(ctx context.Context, r io.Reader, w io.Writer) error {
 		}
 		wmu.Lock()
 		defer wmu.Unlock()
-		w.Write(b)
+		if broken {
+			return
+		}
+		if d, ok := w.(writeDeadliner); ok {
+			d.SetWriteDeadline(time.Now().Add(timeout))
+		}
+		if _, err := w.Write(b); err != nil {
+			broken = true
+			cancel()
+			if s.Abort != nil {
+				s.Abort()
+			}
+		}
 	}
 	fr := NewFrameReader(r, s.MaxFrameBytes)
 	for {

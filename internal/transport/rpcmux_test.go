@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/ids"
 )
 
 // TestCallWriteIsBounded: a peer that never reads (its flow-control window
@@ -56,5 +58,49 @@ func TestRPCWriteDeadline(t *testing.T) {
 		if got := rpcWriteDeadline(tc.ctx, now); !got.Equal(tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestServeResponseWriteIsBounded: a peer that sends a request and never
+// reads its answer cannot hold the server: the response's write times out,
+// the stream is aborted, and Serve returns with every handler done.
+func TestServeResponseWriteIsBounded(t *testing.T) {
+	local, remote := net.Pipe() // a write blocks until the other end reads
+	defer remote.Close()
+	aborted := make(chan struct{})
+	srv := RPCServer{
+		From:     1,
+		Inflight: make(chan struct{}, 4),
+		Lookup: func(string) RPCHandler {
+			return func(context.Context, ids.NodeID, []byte) ([]byte, error) { return []byte("answer"), nil }
+		},
+		WriteTimeout: 100 * time.Millisecond,
+		Abort: func() {
+			close(aborted)
+			local.Close()
+		},
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), local, local) }()
+
+	b, off := BeginFrame(nil)
+	b = (&RPCRequest{ID: 1, Method: "m", Body: []byte("q")}).Encode(b)
+	b, err := FinishFrame(b, off, FrameRPCRequest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	// remote never reads the answer.
+	select {
+	case <-aborted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream was not aborted after the answer's write timed out")
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after the stream was aborted")
 	}
 }

@@ -94,6 +94,10 @@ func (s *session) serveRPC(st *quic.Stream, r *bufio.Reader) {
 		Lookup:        s.e.Lookup,
 		Accept:        func() bool { return s.e.allowed(s.peer, s.e.node) },
 		Served:        func() { s.e.stats.RPCsServed.Add(1) },
+		Abort: func() {
+			st.CancelRead(0)
+			st.CancelWrite(0)
+		},
 	}
 	err := srv.Serve(s.conn.Context(), r, st)
 	if errors.Is(err, transport.ErrProtocol) {

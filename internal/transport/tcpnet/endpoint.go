@@ -362,6 +362,7 @@ func (e *Endpoint) serveRPC(c *conn, from ids.NodeID) {
 		Inflight:      make(chan struct{}, e.cfg.MaxConcurrentRPCs),
 		Lookup:        e.Lookup,
 		Served:        func() { e.stats.RPCsServed.Add(1) },
+		Abort:         func() { c.tls.Close() },
 	}
 	if err := srv.Serve(e.ctx, c.r, c.tls); errors.Is(err, transport.ErrProtocol) {
 		e.protocolError(from, err)
