@@ -98,9 +98,13 @@ type Config struct {
 	// of each other (time is measured, never compared across nodes). Off by
 	// default.
 	ReadLease bool
-	// ReadCacheBytes bounds each replica's cache of values read by clients
-	// (storage.ReadCache), which spares a read of a recently read key its
-	// Pebble search. Default 1 MiB; negative turns the cache off.
+	// ReadCacheBytes is the node's budget for its replicas' caches of values
+	// read by clients (storage.ReadCache), which spare a read of a recently
+	// read key its Pebble search. Each replica gets an even share of it
+	// over the replicas the node holds when the replica is created (at
+	// least 64 KiB); shares are not shrunk when replicas are added later,
+	// so the total may pass the budget until the next restart. Default
+	// 32 MiB; negative turns the caches off.
 	ReadCacheBytes int
 	// Logger receives the host's logs. Default slog.Default().
 	Logger *slog.Logger
@@ -171,7 +175,7 @@ func (c *Config) setDefaults() {
 		c.ConcurrentSnapshots = 2
 	}
 	if c.ReadCacheBytes == 0 {
-		c.ReadCacheBytes = 1 << 20
+		c.ReadCacheBytes = 32 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -58,6 +58,20 @@ type Host struct {
 	failed    atomic.Pointer[error]
 
 	stats Stats
+
+	// loading is the number of replicas New loads, for readCacheShare.
+	loading int
+}
+
+// minReadCacheShare is the least a replica's read cache gets.
+const minReadCacheShare = 64 << 10
+
+// readCacheShare is the read cache budget of a replica being created: an
+// even share of Config.ReadCacheBytes over the replicas the node will then
+// hold. Runs in New or under h.mu.
+func (h *Host) readCacheShare() int {
+	n := max(h.loading, len(h.replicas)+1)
+	return max(minReadCacheShare, h.cfg.ReadCacheBytes/n)
 }
 
 // New loads every replica stored in cfg.Engine. The host does no work until
@@ -99,6 +113,7 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.loading = len(locals)
 	for _, lr := range locals {
 		r, err := h.loadReplica(lr.Group, lr.Replica)
 		if err != nil {
@@ -329,7 +344,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		reads:   map[uint64]*readBatch{},
 	}
 	if h.cfg.ReadCacheBytes > 0 {
-		r.readCache = storage.NewReadCache(h.cfg.ReadCacheBytes)
+		r.readCache = storage.NewReadCache(h.readCacheShare())
 		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)
 	}
 	log.SetSnapshotFunc(r.buildSnapshot)
