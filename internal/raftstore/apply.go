@@ -265,7 +265,7 @@ type pendingCmd struct {
 func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	vs := cmds[0].c.vshard
 	if r.values == nil {
-		r.values = storage.NewValueCache(valueCacheBytes)
+		r.values = storage.NewValueCache(r.valueCacheBytes)
 	}
 	var w storage.VShardWriter
 	w.Reset(b, r.group, vs, r.values)

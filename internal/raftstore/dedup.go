@@ -188,10 +188,13 @@ func storeClientRecord(b *pebble.Batch, g ids.GroupID, vs uint32, client uint64,
 	return b.Set(clientKey(g, vs, client), encodeClientRecord(rec), nil)
 }
 
-// valueCacheBytes bounds each replica's storage.ValueCache. Sized for a
-// group's working set of recently written keys; 16 groups per node make
-// 16 MiB at most.
-const valueCacheBytes = 1 << 20
+// The replicas' storage.ValueCaches share valueCacheBudget, each at most
+// valueCacheMost (sized for a group's working set of recently written keys)
+// and at least minCacheShare: 16 groups get 1 MiB each, 256 get 64 KiB.
+const (
+	valueCacheBudget = 16 << 20
+	valueCacheMost   = 1 << 20
+)
 
 // maxCachedClients bounds a replica's cache of client records; past it the
 // cache starts over.

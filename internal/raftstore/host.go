@@ -59,19 +59,20 @@ type Host struct {
 
 	stats Stats
 
-	// loading is the number of replicas New loads, for readCacheShare.
+	// loading is the number of replicas New loads, for cacheShare.
 	loading int
 }
 
-// minReadCacheShare is the least a replica's read cache gets.
-const minReadCacheShare = 64 << 10
+// minCacheShare is the least a replica's cache gets.
+const minCacheShare = 64 << 10
 
-// readCacheShare is the read cache budget of a replica being created: an
-// even share of Config.ReadCacheBytes over the replicas the node will then
-// hold. Runs in New or under h.mu.
-func (h *Host) readCacheShare() int {
+// cacheShare is a cache budget of a replica being created: an even share of
+// the node's budget over the replicas the node will then hold, at most most
+// and at least minCacheShare. Shares are not shrunk when replicas are added
+// later. Runs in New or under h.mu.
+func (h *Host) cacheShare(budget, most int) int {
 	n := max(h.loading, len(h.replicas)+1)
-	return max(minReadCacheShare, h.cfg.ReadCacheBytes/n)
+	return max(minCacheShare, min(most, budget/n))
 }
 
 // New loads every replica stored in cfg.Engine. The host does no work until
@@ -343,8 +344,9 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		pending: map[uint64]*proposal{},
 		reads:   map[uint64]*readBatch{},
 	}
+	r.valueCacheBytes = h.cacheShare(valueCacheBudget, valueCacheMost)
 	if h.cfg.ReadCacheBytes > 0 {
-		r.readCache = storage.NewReadCache(h.readCacheShare())
+		r.readCache = storage.NewReadCache(h.cacheShare(h.cfg.ReadCacheBytes, h.cfg.ReadCacheBytes))
 		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)
 	}
 	log.SetSnapshotFunc(r.buildSnapshot)

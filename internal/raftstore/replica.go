@@ -78,6 +78,9 @@ type replica struct {
 	destroyed  bool
 	removed    bool // applied a configuration without this replica
 
+	// valueCacheBytes bounds values, made on the first apply (cacheShare).
+	valueCacheBytes int
+
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult
 	applyResps []raftpb.Message
