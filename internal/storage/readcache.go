@@ -118,8 +118,7 @@ func (c *ReadCache) BeginCommit() {
 		return
 	}
 	c.mu.Lock()
-	c.gen++
-	c.writing++
+	c.beginWriteLocked()
 	if c.touchedAll {
 		c.gens.clear()
 	} else {
@@ -141,10 +140,7 @@ func (c *ReadCache) EndCommit() {
 		return
 	}
 	c.committing--
-	c.mu.Lock()
-	c.gen++
-	c.writing--
-	c.mu.Unlock()
+	c.endWrite()
 }
 
 // Clear drops every entry and every fill in progress. Call it before a write
@@ -154,8 +150,7 @@ func (c *ReadCache) Clear() {
 		return
 	}
 	c.mu.Lock()
-	c.gen++
-	c.writing++
+	c.beginWriteLocked()
 	c.gens.clear()
 	c.mu.Unlock()
 }
@@ -165,6 +160,19 @@ func (c *ReadCache) EndClear() {
 	if c == nil {
 		return
 	}
+	c.endWrite()
+}
+
+// beginWriteLocked refuses fills until the matching endWrite, and those of
+// lookups made before it for good. Caller holds c.mu.
+func (c *ReadCache) beginWriteLocked() {
+	c.gen++
+	c.writing++
+}
+
+// endWrite ends a write begun by beginWriteLocked; lookups made during the
+// write still cannot fill.
+func (c *ReadCache) endWrite() {
 	c.mu.Lock()
 	c.gen++
 	c.writing--
