@@ -76,11 +76,13 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 		}
 		cmds[p] = cmd
 	}
-	var syncsBefore, msgsBefore, readiesBefore uint64
+	var syncsBefore, msgsBefore, readiesBefore, passesBefore, appendsBefore uint64
 	for _, n := range c.Live() {
 		syncsBefore += n.WALSyncs()
 		msgsBefore += n.Stats().MessagesSent.Load()
 		readiesBefore += n.Stats().ReadiesProcessed.Load()
+		passesBefore += n.Stats().Cycles.Load()
+		appendsBefore += n.Stats().AppendBatches.Load()
 	}
 	cpuBefore := processCPU()
 	lat, elapsed := runClosedLoop(b, proposers, func(p int) error {
@@ -89,16 +91,22 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 	})
 	if ops := reportLatencies(b, lat, elapsed, "proposals/s"); ops > 0 {
 		count := float64(ops)
-		var syncs, msgs, readies uint64
+		var syncs, msgs, readies, passes, appends uint64
 		for _, n := range c.Live() {
 			syncs += n.WALSyncs()
 			msgs += n.Stats().MessagesSent.Load()
 			readies += n.Stats().ReadiesProcessed.Load()
+			passes += n.Stats().Cycles.Load()
+			appends += n.Stats().AppendBatches.Load()
 		}
 		// Raft messages and Ready structs of all three nodes per proposal:
 		// the per-group work that batching amortizes.
 		b.ReportMetric(float64(msgs-msgsBefore)/count, "msgs/proposal")
 		b.ReportMetric(float64(readies-readiesBefore)/count, "readies/proposal")
+		// Worker passes and appender batches of all three nodes per
+		// proposal: the per-node rounds, each with its own Pebble commit.
+		b.ReportMetric(float64(passes-passesBefore)/count, "passes/proposal")
+		b.ReportMetric(float64(appends-appendsBefore)/count, "appends/proposal")
 		// CPU of the whole process (three nodes and the clients) per
 		// proposal: steadier than throughput on a noisy disk.
 		b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/count, "cpu-µs/proposal")
