@@ -264,8 +264,10 @@ type pendingCmd struct {
 // exactly-once semantics. Caller holds r.mu.
 func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 	vs := cmds[0].c.vshard
-	if r.values == nil {
-		r.values = storage.NewValueCache(r.valueCacheBytes)
+	if want := int(r.valueCacheBytes.Load()); r.values == nil {
+		r.values = storage.NewValueCache(want)
+	} else if r.values.MaxBytes() != want {
+		r.values.Resize(want)
 	}
 	var w storage.VShardWriter
 	w.Reset(b, r.group, vs, r.values)

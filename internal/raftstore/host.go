@@ -68,11 +68,30 @@ const minCacheShare = 64 << 10
 
 // cacheShare is a cache budget of a replica being created: an even share of
 // the node's budget over the replicas the node will then hold, at most most
-// and at least minCacheShare. Shares are not shrunk when replicas are added
-// later. Runs in New or under h.mu.
+// and at least minCacheShare. Runs in New or under h.mu.
 func (h *Host) cacheShare(budget, most int) int {
-	n := max(h.loading, len(h.replicas)+1)
-	return max(minCacheShare, min(most, budget/n))
+	return shareOf(budget, most, max(h.loading, len(h.replicas)+1))
+}
+
+func shareOf(budget, most, replicas int) int {
+	return max(minCacheShare, min(most, budget/max(replicas, 1)))
+}
+
+// reshareCachesLocked gives every replica its share of the node's cache
+// budgets over the replicas the node now holds, so that the caches together
+// stay within the budgets (down to the floor per replica) as replicas are
+// created and destroyed. A read cache is resized at once; a value cache by
+// its owner, the apply path, at its next apply. Caller holds h.mu.
+func (h *Host) reshareCachesLocked() {
+	n := len(h.replicas)
+	values := shareOf(valueCacheBudget, valueCacheMost, n)
+	reads := shareOf(h.cfg.ReadCacheBytes, h.cfg.ReadCacheBytes, n)
+	for _, r := range h.replicas {
+		r.valueCacheBytes.Store(int64(values))
+		if r.readCache != nil {
+			r.readCache.Resize(reads)
+		}
+	}
 }
 
 // New loads every replica stored in cfg.Engine. The host does no work until
@@ -122,6 +141,7 @@ func New(cfg Config) (*Host, error) {
 		}
 		h.replicas[lr.Group] = r
 	}
+	h.loading = 0
 	h.registerMetrics(cfg.Registerer)
 	return h, nil
 }
@@ -312,6 +332,7 @@ func (h *Host) createReplica(g ids.GroupID, local ids.ReplicaID, write func(*peb
 		return fmt.Errorf("create replica %s of %s: %w", local, g, err)
 	}
 	h.replicas[g] = r
+	h.reshareCachesLocked()
 	if h.started.Load() {
 		h.markReady(r)
 	}
@@ -344,7 +365,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		pending: map[uint64]*proposal{},
 		reads:   map[uint64]*readBatch{},
 	}
-	r.valueCacheBytes = h.cacheShare(valueCacheBudget, valueCacheMost)
+	r.valueCacheBytes.Store(int64(h.cacheShare(valueCacheBudget, valueCacheMost)))
 	if h.cfg.ReadCacheBytes > 0 {
 		r.readCache = storage.NewReadCache(h.cacheShare(h.cfg.ReadCacheBytes, h.cfg.ReadCacheBytes))
 		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)
@@ -442,6 +463,7 @@ func (h *Host) destroyLocked(r *replica) error {
 	h.mu.Lock()
 	if h.replicas[r.group] == r {
 		delete(h.replicas, r.group)
+		h.reshareCachesLocked()
 	}
 	h.destroying[r.group] = deleted
 	h.mu.Unlock()

@@ -78,8 +78,10 @@ type replica struct {
 	destroyed  bool
 	removed    bool // applied a configuration without this replica
 
-	// valueCacheBytes bounds values, made on the first apply (cacheShare).
-	valueCacheBytes int
+	// valueCacheBytes bounds values, made on the first apply: the replica's
+	// share of the node's budget (cacheShare), set again by the host when
+	// replicas come and go and applied by the apply path, which owns values.
+	valueCacheBytes atomic.Int64
 
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult

@@ -179,6 +179,28 @@ func (c *ReadCache) endWrite() {
 	c.mu.Unlock()
 }
 
+// Resize changes the bound to about maxBytes, dropping entries if the cache
+// holds more than the new bound allows (forgetting is always safe). Safe for
+// concurrent use.
+func (c *ReadCache) Resize(maxBytes int) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	c.gens.resize(maxBytes)
+	c.mu.Unlock()
+}
+
+// MaxBytes returns the cache's bound.
+func (c *ReadCache) MaxBytes() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gens.maxBytes
+}
+
 // Len returns the number of cached keys (for tests and metrics).
 func (c *ReadCache) Len() int {
 	if c == nil {

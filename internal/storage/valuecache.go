@@ -45,6 +45,25 @@ func (c *ValueCache) Clear() {
 	c.gens.clear()
 }
 
+// Resize changes the bound to about maxBytes, dropping entries if the cache
+// holds more than the new bound allows. The host calls it (through the
+// replica's owner) when the node's budget is shared over more or fewer
+// replicas.
+func (c *ValueCache) Resize(maxBytes int) {
+	if c == nil {
+		return
+	}
+	c.gens.resize(maxBytes)
+}
+
+// MaxBytes returns the cache's bound.
+func (c *ValueCache) MaxBytes() int {
+	if c == nil {
+		return 0
+	}
+	return c.gens.maxBytes
+}
+
 // Len returns the number of cached keys (for tests and metrics).
 func (c *ValueCache) Len() int {
 	if c == nil {
@@ -63,14 +82,30 @@ func (c *ValueCache) put(key []byte, v cachedValue) { c.gens.put(key, v) }
 // an approximation of LRU that needs no per-entry bookkeeping. Not safe for
 // concurrent use.
 type generations struct {
-	cur, prev map[string]cachedValue
-	curBytes  int
-	maxBytes  int
+	cur, prev           map[string]cachedValue
+	curBytes, prevBytes int
+	maxBytes            int
 }
 
-func (g *generations) clear() { g.cur, g.prev, g.curBytes = nil, nil, 0 }
+func (g *generations) clear() { g.cur, g.prev, g.curBytes, g.prevBytes = nil, nil, 0, 0 }
 
 func (g *generations) len() int { return len(g.cur) + len(g.prev) }
+
+// bytes returns the bytes held, as counted against maxBytes.
+func (g *generations) bytes() int { return g.curBytes + g.prevBytes }
+
+// resize sets the bound to maxBytes. Each generation must stay within half
+// of it: the previous one is dropped if it does not, and both if the current
+// one does not (a cache may always forget).
+func (g *generations) resize(maxBytes int) {
+	g.maxBytes = maxBytes
+	switch {
+	case g.curBytes > maxBytes/2:
+		g.clear()
+	case g.prevBytes > maxBytes/2:
+		g.prev, g.prevBytes = nil, 0
+	}
+}
 
 // get returns key's value, moving it to the current generation if it was in
 // the previous one (it is in use).
@@ -98,11 +133,14 @@ func (g *generations) put(key []byte, v cachedValue) {
 	}
 	if old, ok := g.cur[string(key)]; ok {
 		g.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
-	} else if g.curBytes+size > g.maxBytes/2 {
-		g.prev, g.cur, g.curBytes = g.cur, make(map[string]cachedValue, len(g.cur)), 0
+		delete(g.cur, string(key))
+	}
+	if g.curBytes+size > g.maxBytes/2 {
+		g.prev, g.prevBytes = g.cur, g.curBytes
+		g.cur, g.curBytes = make(map[string]cachedValue, len(g.cur)), 0
 	}
 	// A stale copy in prev must not be found after cur rotates away.
-	delete(g.prev, string(key))
+	g.delPrev(key)
 	g.cur[string(key)] = v
 	g.curBytes += size
 }
@@ -113,5 +151,12 @@ func (g *generations) del(key []byte) {
 		g.curBytes -= len(key) + len(old.val) + cachedEntryOverhead
 		delete(g.cur, string(key))
 	}
-	delete(g.prev, string(key))
+	g.delPrev(key)
+}
+
+func (g *generations) delPrev(key []byte) {
+	if old, ok := g.prev[string(key)]; ok {
+		g.prevBytes -= len(key) + len(old.val) + cachedEntryOverhead
+		delete(g.prev, string(key))
+	}
 }

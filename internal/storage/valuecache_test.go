@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -103,4 +104,84 @@ func TestValueCacheBound(t *testing.T) {
 	}
 	var nilCache *ValueCache
 	nilCache.Clear() // a replica that never applied has none
+}
+
+// The generations' byte counts stay exact and each generation within half
+// the bound through puts, gets, deletions and resizes in any order, and what
+// they hold is always the latest value put for a key.
+func TestGenerationsResize(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	g := generations{maxBytes: 4_000}
+	latest := map[string]int{} // key -> size of the value last put
+	sum := func(m map[string]cachedValue) int {
+		n := 0
+		for k, v := range m {
+			n += len(k) + len(v.val) + cachedEntryOverhead
+		}
+		return n
+	}
+	for i := range 20_000 {
+		key := []byte(fmt.Sprintf("k%03d", rng.IntN(200)))
+		switch op := rng.IntN(10); {
+		case op < 5:
+			size := rng.IntN(300)
+			g.put(key, cachedValue{val: make([]byte, size), present: true})
+			latest[string(key)] = size
+		case op < 8:
+			g.get(key)
+		case op < 9:
+			g.del(key)
+		default:
+			g.resize(500 + rng.IntN(8_000))
+		}
+		if c, p := sum(g.cur), sum(g.prev); c != g.curBytes || p != g.prevBytes {
+			t.Fatalf("step %d: counted %d + %d bytes, hold %d + %d", i, g.curBytes, g.prevBytes, c, p)
+		}
+		if g.curBytes > g.maxBytes/2 || g.prevBytes > g.maxBytes/2 {
+			t.Fatalf("step %d: generations of %d and %d bytes over half of %d", i, g.curBytes, g.prevBytes, g.maxBytes)
+		}
+		for _, m := range []map[string]cachedValue{g.cur, g.prev} {
+			for k, v := range m {
+				if len(v.val) != latest[k] {
+					t.Fatalf("step %d: %s holds a %d-byte value, the last put was %d bytes", i, k, len(v.val), latest[k])
+				}
+			}
+		}
+		for k := range g.cur {
+			if _, ok := g.prev[k]; ok {
+				t.Fatalf("step %d: %s in both generations", i, k)
+			}
+		}
+	}
+}
+
+// Resizing a cache to less than it holds drops what does not fit, and the
+// cache keeps working within the new bound.
+func TestValueCacheResize(t *testing.T) {
+	c := NewValueCache(100_000)
+	for i := range 400 {
+		c.put([]byte(fmt.Sprintf("key%04d", i)), cachedValue{val: make([]byte, 100), present: true})
+	}
+	if c.gens.bytes() < 50_000 {
+		t.Fatalf("filled only %d bytes", c.gens.bytes())
+	}
+	c.Resize(10_000)
+	if c.MaxBytes() != 10_000 || c.gens.bytes() > 10_000 {
+		t.Fatalf("after shrinking to 10,000: bound %d, %d bytes held", c.MaxBytes(), c.gens.bytes())
+	}
+	for i := range 400 {
+		c.put([]byte(fmt.Sprintf("new%04d", i)), cachedValue{val: make([]byte, 100), present: true})
+		if c.gens.bytes() > 10_000 {
+			t.Fatalf("%d bytes held over the new bound", c.gens.bytes())
+		}
+	}
+	if _, ok := c.get([]byte("new0399")); !ok {
+		t.Fatal("latest key missing after the resize")
+	}
+	c.Resize(1 << 20) // growing keeps everything
+	if _, ok := c.get([]byte("new0399")); !ok {
+		t.Fatal("growing dropped an entry")
+	}
+	var nilCache *ValueCache
+	nilCache.Resize(10)
 }
