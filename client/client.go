@@ -109,7 +109,9 @@ type Client struct {
 	id        uint64
 	seqs      seqTracker
 	rr        atomic.Uint64
-	closed    atomic.Bool
+	// maxRetryAge is MaxRetryAge (shorter in tests).
+	maxRetryAge time.Duration
+	closed      atomic.Bool
 
 	pipesMu sync.Mutex
 	pipes   map[string]*pipe // by node address
@@ -157,6 +159,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		log:     cfg.Logger,
 		suspect: map[uint64]time.Time{},
 		id:      newClientID(),
+
+		maxRetryAge: MaxRetryAge,
 	}
 	c.seqs.init()
 	if c.log == nil {
@@ -338,7 +342,20 @@ type response struct {
 	node   uint64
 }
 
-// do sends r until it gets a definite answer or ctx ends.
+// MaxRetryAge bounds how long the client retries one write: a write still
+// without a definite answer after it fails with CodeOutcomeUnknown (or
+// CodeUnavailable if no attempt can have reached the cluster), whatever its
+// context allows. The cluster forgets the exactly-once record of a client
+// that has not written to a vShard for an hour (the nodes'
+// ClientIdleExpiry), after which a retry of the same write would apply
+// again; retrying for at most this long keeps every retry well inside it.
+const MaxRetryAge = 10 * time.Minute
+
+// errRetryAge is the cause of a write given up after MaxRetryAge.
+var errRetryAge = fmt.Errorf("nodedb client: write retried for %v (MaxRetryAge): %w", MaxRetryAge, context.DeadlineExceeded)
+
+// do sends r until it gets a definite answer or ctx ends (for a write with
+// an exactly-once identity, at most MaxRetryAge).
 func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
@@ -349,6 +366,9 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 	if r.write && r.idem == "" {
 		r.seq = c.seqs.begin()
 		defer c.seqs.end(r.seq)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, c.maxRetryAge, errRetryAge)
+		defer cancel()
 	}
 	var (
 		bo           = c.newBackoff()
@@ -368,7 +388,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		if err != nil {
 			last = err
 			if !bo.wait(ctx) {
-				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
+				return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
 			}
 			continue
 		}
@@ -384,7 +404,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				maybeApplied = true
 			}
 			if ctx.Err() != nil {
-				return nil, c.giveUp(ctx.Err(), err, maybeApplied)
+				return nil, c.giveUp(context.Cause(ctx), err, maybeApplied)
 			}
 			netErrs++
 			c.log.Debug("nodedb client: network error", "node", tg.node, "addr", tg.addr, "attempt", attempt, "err", err)
@@ -398,7 +418,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				_ = c.refresh(ctx)
 			}
 			if netErrs > 1 && !bo.wait(ctx) {
-				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
+				return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
 			}
 			continue
 		}
@@ -440,7 +460,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		}
 		hops = 0
 		if !bo.wait(ctx) {
-			return nil, c.giveUp(ctx.Err(), last, maybeApplied)
+			return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
 		}
 	}
 }

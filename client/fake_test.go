@@ -267,6 +267,41 @@ func TestGivingUp(t *testing.T) {
 	}
 }
 
+// TestWriteRetriesAreBoundedInAge: a write is retried for at most
+// MaxRetryAge whatever its context allows (the cluster forgets the
+// exactly-once records of idle clients, so a later retry could apply
+// twice), and then fails as outcome_unknown, wrapping DeadlineExceeded.
+// Reads are retried as long as the context allows.
+func TestWriteRetriesAreBoundedInAge(t *testing.T) {
+	f := newFakeCluster(t, 1)
+	c := f.client(t)
+	c.maxRetryAge = 300 * time.Millisecond
+	f.setKV(func(node int, w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			apiError(w, 503, CodeUnavailable, nil)
+			return
+		}
+		apiError(w, 504, CodeOutcomeUnknown, nil)
+	})
+	start := time.Now()
+	_, err := c.Put(context.Background(), []byte("k"), []byte("v"))
+	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "MaxRetryAge") {
+		t.Fatalf("write retried past its age bound: %v", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("write gave up after %v, want about 300ms", d)
+	}
+	if n := len(f.requests()); n < 2 {
+		t.Fatalf("only %d attempts", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	if _, err := c.Get(ctx, []byte("k")); !errors.Is(err, ErrUnavailable) || time.Since(start) < 700*time.Millisecond {
+		t.Fatalf("read gave up after %v: %v", time.Since(start), err)
+	}
+}
+
 // TestHintsOutsideTheClusterAreIgnored: a not_leader hint naming a node
 // the cluster does not list is never followed.
 func TestHintsOutsideTheClusterAreIgnored(t *testing.T) {

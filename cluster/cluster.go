@@ -117,6 +117,14 @@ type Config struct {
 	LogTruncateEntries uint64
 	// MaxProposalBytes bounds one proposal. Default 8 MiB.
 	MaxProposalBytes int
+	// ClientIdleExpiry is how long a client's exactly-once record in a
+	// vShard outlives the client's last write there (a write retried later
+	// than that applies again). Default 1 hour; negative keeps records
+	// forever.
+	ClientIdleExpiry time.Duration
+	// Now is the clock of proposal timestamps and expiry sweeps. Default
+	// time.Now.
+	Now func() time.Time
 	// MaxSnapshotFrameBytes bounds one frame of an incoming snapshot stream.
 	// Default 64 MiB.
 	MaxSnapshotFrameBytes int
@@ -187,6 +195,8 @@ func Start(cfg Config) (*Node, error) {
 		LogKeepEntries:        cfg.LogKeepEntries,
 		LogTruncateEntries:    cfg.LogTruncateEntries,
 		MaxProposalBytes:      cfg.MaxProposalBytes,
+		ClientIdleExpiry:      cfg.ClientIdleExpiry,
+		Now:                   cfg.Now,
 		MaxSnapshotFrameBytes: cfg.MaxSnapshotFrameBytes,
 		SnapshotChunkBytes:    cfg.SnapshotChunkBytes,
 		Logger:                cfg.Logger,

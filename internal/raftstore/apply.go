@@ -64,6 +64,21 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 				r.truncAsked = max(r.truncAsked, min(index, e.Index-1))
 				break
 			}
+			if e.Data[0] == kindExpireClients {
+				x, err := decodeExpiry(e.Data)
+				if err != nil {
+					h.stats.MalformedEntries.Add(1)
+					h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+					break
+				}
+				if err := flushCmds(); err != nil {
+					return err
+				}
+				if err := r.applyExpiry(b, x); err != nil {
+					return err
+				}
+				break
+			}
 			if e.Data[0] == kindIngest {
 				if err := flushCmds(); err != nil {
 					return err

@@ -101,11 +101,22 @@ type Config struct {
 	// ReadCacheBytes is the node's budget for its replicas' caches of values
 	// read by clients (storage.ReadCache), which spare a read of a recently
 	// read key its Pebble search. Each replica gets an even share of it
-	// over the replicas the node holds when the replica is created (at
-	// least 64 KiB); shares are not shrunk when replicas are added later,
-	// so the total may pass the budget until the next restart. Default
-	// 32 MiB; negative turns the caches off.
+	// over the replicas the node holds (at least 64 KiB), recomputed
+	// whenever a replica is created or destroyed. Default 32 MiB; negative
+	// turns the caches off.
 	ReadCacheBytes int
+	// ClientIdleExpiry is how long a client's exactly-once record in a
+	// vShard outlives the client's last write there: leaders sweep their
+	// groups' records (expiry.go) so that those of clients that went away
+	// do not accumulate forever. A write retried longer than this after it
+	// was applied is no longer recognised and applies again, so clients must
+	// stop retrying well before (the Go client gives up after
+	// client.MaxRetryAge, 10 minutes). Default 1 hour; negative keeps the
+	// records forever.
+	ClientIdleExpiry time.Duration
+	// Now is the clock of proposal timestamps and of the expiry sweeps.
+	// Default time.Now.
+	Now func() time.Time
 	// Logger receives the host's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the host's metrics. Default: not registered.
@@ -176,6 +187,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadCacheBytes == 0 {
 		c.ReadCacheBytes = 32 << 20
+	}
+	if c.ClientIdleExpiry == 0 {
+		c.ClientIdleExpiry = time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

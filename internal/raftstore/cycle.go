@@ -266,6 +266,9 @@ func (r *replica) process(w *workerState) error {
 	if r.ticksAlive < r.h.cfg.ElectionTicks {
 		r.ticksAlive += ticks
 	}
+	if ticks > 0 {
+		r.maybeProposeExpiry()
+	}
 	for i := range msgs {
 		m := &msgs[i]
 		if !m.local {

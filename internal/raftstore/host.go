@@ -366,6 +366,7 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		reads:   map[uint64]*readBatch{},
 	}
 	r.valueCacheBytes.Store(int64(h.cacheShare(valueCacheBudget, valueCacheMost)))
+	r.expiry.lastEnd = h.cfg.Now()
 	if h.cfg.ReadCacheBytes > 0 {
 		r.readCache = storage.NewReadCache(h.cacheShare(h.cfg.ReadCacheBytes, h.cfg.ReadCacheBytes))
 		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)

@@ -34,6 +34,8 @@ type Stats struct {
 	ReadCacheHits          atomic.Uint64 // client point reads answered by a replica's read cache
 	ReadCacheMisses        atomic.Uint64 // client point reads that went to Pebble
 	MalformedEntries       atomic.Uint64
+	ClientExpiriesProposed atomic.Uint64 // client expiry entries proposed by leaders
+	ClientRecordsExpired   atomic.Uint64 // exactly-once client records dropped as idle
 }
 
 func (h *Host) registerMetrics(reg prometheus.Registerer) {
@@ -70,6 +72,8 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("lease_reads_total", "Linearizable reads served from the leader's lease without a quorum round (--read-lease).", &s.LeaseReads),
 		counter("read_cache_hits_total", "Client point reads answered from a replica's read cache.", &s.ReadCacheHits),
 		counter("read_cache_misses_total", "Client point reads that searched Pebble (and filled the read cache when no write raced them).", &s.ReadCacheMisses),
+		counter("client_expiries_proposed_total", "Entries proposed by leaders to sweep their groups' exactly-once records of idle clients.", &s.ClientExpiriesProposed),
+		counter("client_records_expired_total", "Exactly-once client records dropped because the client had not written for ClientIdleExpiry.", &s.ClientRecordsExpired),
 		counter("malformed_entries_total", "Committed entries skipped because they failed to decode.", &s.MalformedEntries),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -76,7 +75,7 @@ func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, 
 	c := command{
 		proposer:   h.cfg.NodeID,
 		proposal:   pr.id,
-		timestamp:  time.Now().UnixNano(),
+		timestamp:  h.cfg.Now().UnixNano(),
 		vshard:     p.VShard,
 		client:     p.Client,
 		seq:        p.Seq,

@@ -83,6 +83,10 @@ type replica struct {
 	// replicas come and go and applied by the apply path, which owns values.
 	valueCacheBytes atomic.Int64
 
+	// expiry is the progress of this replica's sweeps of idle clients'
+	// exactly-once records, while it leads (expiry.go).
+	expiry expirySweep
+
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult
 	applyResps []raftpb.Message

@@ -81,9 +81,12 @@ type Config struct {
 	ElectionTicks  int
 	HeartbeatTicks int
 	// ReadLease: see cluster.Config.ReadLease.
-	ReadLease     bool
-	CacheBytes    int64
-	MemTableBytes uint64
+	ReadLease bool
+	// ClientIdleExpiry: see cluster.Config.ClientIdleExpiry (zero: its
+	// default, an hour; negative: never).
+	ClientIdleExpiry time.Duration
+	CacheBytes       int64
+	MemTableBytes    uint64
 	// LogMaxEntries and LogKeepEntries bound every group's Raft log (see
 	// cluster.Config); zero keeps the defaults.
 	LogMaxEntries, LogKeepEntries uint64

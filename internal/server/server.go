@@ -254,6 +254,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		ElectionTicks:      s.cfg.ElectionTicks,
 		HeartbeatTicks:     s.cfg.HeartbeatTicks,
 		ReadLease:          s.cfg.ReadLease,
+		ClientIdleExpiry:   s.cfg.ClientIdleExpiry,
 		CacheBytes:         s.cfg.CacheBytes,
 		MemTableBytes:      s.cfg.MemTableBytes,
 		LogMaxEntries:      s.cfg.LogMaxEntries,

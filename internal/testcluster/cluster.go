@@ -51,6 +51,10 @@ type Options struct {
 	LogMaxEntries, LogKeepEntries uint64
 	// LogTruncateEntries tunes the leader's truncation of caught-up logs.
 	LogTruncateEntries uint64
+	// ClientIdleExpiry and Now: see cluster.Config (defaults 1 hour and
+	// time.Now).
+	ClientIdleExpiry time.Duration
+	Now              func() time.Time
 	// Workers is each node's Raft worker pool size (default GOMAXPROCS).
 	Workers int
 	// CacheBytes and MemTableBytes size each node's Pebble; defaults 8 MiB
@@ -250,6 +254,8 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		LogMaxEntries:      c.opts.LogMaxEntries,
 		LogKeepEntries:     c.opts.LogKeepEntries,
 		LogTruncateEntries: c.opts.LogTruncateEntries,
+		ClientIdleExpiry:   c.opts.ClientIdleExpiry,
+		Now:                c.opts.Now,
 		CacheBytes:         c.opts.CacheBytes,
 		MemTableBytes:      c.opts.MemTableBytes,
 		Logger:             c.opts.Logger.With("node", uint64(id)),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -593,5 +594,60 @@ func TestSnapshotRefreshesExactlyOnceRecords(t *testing.T) {
 	}
 	if got.Version != 1 || string(got.Value) != "v" {
 		t.Fatalf("the retried write was applied again: %+v", got)
+	}
+}
+
+// TestIdleClientRecordsExpireOnEveryReplica: the sweep of idle clients'
+// exactly-once records is decided by the leader and applied from the log, so
+// every replica drops the same records and the replicas' states stay
+// identical; the active client's record survives on all of them.
+func TestIdleClientRecordsExpireOnEveryReplica(t *testing.T) {
+	t.Run("memnet", func(t *testing.T) { testIdleClientRecordsExpire(t, false) })
+	t.Run("quic", func(t *testing.T) { testIdleClientRecordsExpire(t, true) })
+}
+
+func testIdleClientRecordsExpire(t *testing.T, quic bool) {
+	var now atomic.Int64
+	now.Store(time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC).UnixNano())
+	clock := func() time.Time { return time.Unix(0, now.Load()) }
+	c := New(t, Options{Nodes: 3, Groups: 1, ClientIdleExpiry: time.Hour, Now: clock, QUIC: quic})
+	ctx := testCtx(t, 60*time.Second)
+	if err := c.WaitAllLeaders(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const idle = 20
+	for i := range idle {
+		cl := c.NewClient(uint64(100 + i))
+		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("idle-%d", i)), []byte("v"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now.Add(int64(50 * time.Minute))
+	active := c.NewClient(999)
+	if _, err := active.Put(ctx, []byte("active"), []byte("v1"), nil); err != nil {
+		t.Fatal(err)
+	}
+	now.Add(int64(20 * time.Minute))
+	for _, n := range c.Live() {
+		for deadline := time.Now().Add(30 * time.Second); n.Stats().ClientRecordsExpired.Load() < idle; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s dropped %d records, want %d", n.ID(), n.Stats().ClientRecordsExpired.Load(), idle)
+			}
+		}
+	}
+	// The active client's next write still goes through exactly-once, and
+	// every replica holds the same state.
+	if _, err := active.Put(ctx, []byte("active"), []byte("v2"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range c.Groups() {
+		if _, err := c.WaitConverged(ctx, g.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range c.Live() {
+		if got := n.Stats().ClientRecordsExpired.Load(); got != idle {
+			t.Fatalf("%s dropped %d records, want exactly the %d idle clients'", n.ID(), got, idle)
+		}
 	}
 }
