@@ -19,12 +19,13 @@ import (
 // leader proposes as log entries, so every replica drops the same records
 // at the same point of the log:
 //
-//	kind(1)=5 cutoff(8) vshard(4) client(8)
+//	kind(1)=5 cutoff(8) vshard(4) client(8) limit(4)
 //
 // Applying the entry drops the group's client records whose last write is
-// before cutoff (the proposer's clock minus the expiry, fixed in the entry
-// so that replicas with other settings apply it alike), scanning from the
-// record of (vshard, client) on and stopping after maxExpiryScan records;
+// before cutoff (the proposer's clock minus the expiry), scanning from the
+// record of (vshard, client) on and stopping after limit records. All three
+// are fixed in the entry, so that replicas with other settings or versions
+// apply it alike;
 // the leader proposes the next entry from where that one stopped, until a
 // scan reaches the end of the group's range. A sweep starts every
 // ClientIdleExpiry/8.
@@ -37,12 +38,13 @@ import (
 // left alone; a client's next write there replaces them.
 const (
 	kindExpireClients byte = 5
-	expiryLength           = 1 + 8 + 4 + 8
+	expiryLength           = 1 + 8 + 4 + 8 + 4
+	maxExpiryLimit         = 1 << 20 // an entry asking for more is malformed
 )
 
-// maxExpiryScan bounds the client records one expiry entry looks at, so that
-// applying it stays short whatever the number of records (a variable for
-// tests).
+// maxExpiryScan is the limit this node proposes: it bounds the client
+// records one expiry entry looks at, so that applying it stays short
+// whatever the number of records (a variable for tests).
 var maxExpiryScan = 4096
 
 // expiryCursor is where a sweep continues: the client record of client in
@@ -55,6 +57,7 @@ type expiryCursor struct {
 type expiryEntry struct {
 	cutoff int64 // records last written before this (UnixNano) go
 	from   expiryCursor
+	limit  uint32 // records looked at, at most
 }
 
 func encodeExpiry(x expiryEntry) []byte {
@@ -62,23 +65,29 @@ func encodeExpiry(x expiryEntry) []byte {
 	b = append(b, kindExpireClients)
 	b = binary.BigEndian.AppendUint64(b, uint64(x.cutoff))
 	b = binary.BigEndian.AppendUint32(b, x.from.vshard)
-	return binary.BigEndian.AppendUint64(b, x.from.client)
+	b = binary.BigEndian.AppendUint64(b, x.from.client)
+	return binary.BigEndian.AppendUint32(b, x.limit)
 }
 
 func decodeExpiry(b []byte) (expiryEntry, error) {
 	if len(b) != expiryLength || b[0] != kindExpireClients {
 		return expiryEntry{}, fmt.Errorf("%w: client expiry entry of %d bytes", errMalformedEntry, len(b))
 	}
-	return expiryEntry{
+	x := expiryEntry{
 		cutoff: int64(binary.BigEndian.Uint64(b[1:])),
 		from:   expiryCursor{vshard: binary.BigEndian.Uint32(b[9:]), client: binary.BigEndian.Uint64(b[13:])},
-	}, nil
+		limit:  binary.BigEndian.Uint32(b[21:]),
+	}
+	if x.limit == 0 || x.limit > maxExpiryLimit {
+		return expiryEntry{}, fmt.Errorf("%w: client expiry entry with a limit of %d records", errMalformedEntry, x.limit)
+	}
+	return x, nil
 }
 
 // expirySweep is a leader's progress through its group's client records.
 // Owned by the replica, guarded by its mutex.
 type expirySweep struct {
-	lastEnd time.Time    // when the last sweep ended (or the replica was loaded)
+	lastEnd time.Time    // when the last sweep's last entry was proposed (or the replica loaded)
 	cursor  expiryCursor // where the sweep in progress continues
 	running bool         // a sweep is in progress
 	pending bool         // an entry is proposed and not yet applied
@@ -106,7 +115,7 @@ func (r *replica) maybeProposeExpiry() {
 	if !s.running && now.Sub(s.lastEnd) < ttl/8 {
 		return
 	}
-	x := expiryEntry{cutoff: now.Add(-ttl).UnixNano(), from: s.cursor}
+	x := expiryEntry{cutoff: now.Add(-ttl).UnixNano(), from: s.cursor, limit: uint32(maxExpiryScan)}
 	if err := r.rn.Propose(encodeExpiry(x)); err != nil {
 		return // proposed again at a later tick
 	}
@@ -123,7 +132,10 @@ func (r *replica) applyExpiry(b *pebble.Batch, x expiryEntry) error {
 	s := &r.expiry
 	s.pending = false
 	if done {
-		s.running, s.cursor, s.lastEnd = false, expiryCursor{}, r.h.cfg.Now()
+		// The sweep ends as of the time its last entry was proposed (the
+		// clock may have moved on since).
+		s.running, s.cursor = false, expiryCursor{}
+		s.lastEnd = time.Unix(0, x.cutoff).Add(r.h.cfg.ClientIdleExpiry)
 	} else {
 		s.running, s.cursor = true, next
 	}
@@ -132,7 +144,7 @@ func (r *replica) applyExpiry(b *pebble.Batch, x expiryEntry) error {
 
 // expireClients drops, into b, the group's client records from x.from on
 // whose last write is before x.cutoff, with their spilled results, looking at
-// no more than maxExpiryScan records. It returns where the next scan starts,
+// no more than x.limit records. It returns where the next scan starts,
 // or done when this one reached the end of the group's range. Deterministic:
 // it depends only on x and the group's state.
 func (r *replica) expireClients(b *pebble.Batch, x expiryEntry) (next expiryCursor, done bool, err error) {
@@ -175,7 +187,7 @@ func (r *replica) expireClients(b *pebble.Batch, x expiryEntry) (next expiryCurs
 			continue
 		}
 		client := binary.BigEndian.Uint64(k[len(k)-8:])
-		if scanned == maxExpiryScan {
+		if scanned == int(x.limit) {
 			next, done = expiryCursor{vshard: vs, client: client}, false
 			break
 		}

@@ -21,17 +21,18 @@ import (
 
 func TestExpiryEntryRoundTrip(t *testing.T) {
 	for _, x := range []expiryEntry{
-		{},
-		{cutoff: -5, from: expiryCursor{vshard: 1, client: 2}},
-		{cutoff: math.MaxInt64, from: expiryCursor{vshard: math.MaxUint32, client: math.MaxUint64}},
+		{limit: 1},
+		{cutoff: -5, from: expiryCursor{vshard: 1, client: 2}, limit: 4096},
+		{cutoff: math.MaxInt64, from: expiryCursor{vshard: math.MaxUint32, client: math.MaxUint64}, limit: maxExpiryLimit},
 	} {
 		got, err := decodeExpiry(encodeExpiry(x))
 		if err != nil || got != x {
 			t.Fatalf("%+v: decoded %+v, %v", x, got, err)
 		}
 	}
-	good := encodeExpiry(expiryEntry{cutoff: 9})
-	for _, bad := range [][]byte{nil, good[:len(good)-1], append(append([]byte(nil), good...), 0), append([]byte{kindTruncate}, good[1:]...)} {
+	good := encodeExpiry(expiryEntry{cutoff: 9, limit: 10})
+	for _, bad := range [][]byte{nil, good[:len(good)-1], append(append([]byte(nil), good...), 0), append([]byte{kindTruncate}, good[1:]...),
+		encodeExpiry(expiryEntry{limit: 0}), encodeExpiry(expiryEntry{limit: maxExpiryLimit + 1})} {
 		if _, err := decodeExpiry(bad); !errors.Is(err, errMalformedEntry) {
 			t.Fatalf("% x: %v, want a malformed entry", bad, err)
 		}
@@ -43,8 +44,6 @@ func TestExpiryEntryRoundTrip(t *testing.T) {
 // leaves user data alone, visits every record once however it is cut into
 // entries, and forgets the dropped records in the replica's cache.
 func TestExpireClientsScan(t *testing.T) {
-	defer func(n int) { maxExpiryScan = n }(maxExpiryScan)
-	maxExpiryScan = 3
 	eng := openDedupEngine(t)
 	vshards := []uint32{0, 42, 43, 1000, math.MaxUint32}
 	other := dedupGroup + 1
@@ -102,7 +101,7 @@ func TestExpireClientsScan(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	x := expiryEntry{cutoff: 300} // clients 1 and 2 (written at 100, 200) go
+	x := expiryEntry{cutoff: 300, limit: 3} // clients 1 and 2 (written at 100, 200) go
 	entries := 0
 	for {
 		entries++
