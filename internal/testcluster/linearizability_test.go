@@ -19,9 +19,10 @@ import (
 )
 
 var (
-	linSeeds     = flag.Int("nodedb.lin-seeds", 3, "seeds of the linearizability nemesis test")
-	linDuration  = flag.Duration("nodedb.lin-duration", 4*time.Second, "workload duration per seed")
-	linQUICSeeds = flag.Int("nodedb.lin-quic-seeds", 2, "seeds of the linearizability nemesis test over QUIC")
+	linSeeds       = flag.Int("nodedb.lin-seeds", 3, "seeds of the linearizability nemesis test")
+	linDuration    = flag.Duration("nodedb.lin-duration", 4*time.Second, "workload duration per seed")
+	linQUICSeeds   = flag.Int("nodedb.lin-quic-seeds", 2, "seeds of the linearizability nemesis test over QUIC")
+	linExpirySeeds = flag.Int("nodedb.lin-expiry-seeds", 1, "seeds of the linearizability nemesis test with a 3 s client expiry")
 )
 
 // TestLinearizableUnderFaults runs concurrent clients doing puts, gets,
@@ -40,6 +41,32 @@ func TestLinearizableUnderFaults(t *testing.T) {
 // its leadership over must stop serving from its lease first.
 func TestLinearizableWithReadLeases(t *testing.T) {
 	runSeeds(t, *linSeeds, Options{Nodes: 3, Groups: 4, ReadLease: true})
+}
+
+// TestLinearizableWithClientExpiry runs the workload and nemesis while
+// leaders sweep idle clients' exactly-once records every 375 ms (a 3 s
+// expiry, longer than any operation's 2 s of retries): a sweep must never
+// drop the record a retry still needs, whatever the faults, and every
+// replica must drop the same records (the groups converge).
+func TestLinearizableWithClientExpiry(t *testing.T) {
+	runSeeds(t, *linExpirySeeds, Options{Nodes: 3, Groups: 4, ClientIdleExpiry: 3 * time.Second},
+		func(ctx context.Context, t *testing.T, c *Cluster) {
+			// Once the clients stop, every record idles out: each node must
+			// drop records, and the groups must still converge.
+			for _, n := range c.Live() {
+				for n.Stats().ClientRecordsExpired.Load() == 0 {
+					if ctx.Err() != nil {
+						t.Fatalf("%s dropped no client record", n.ID())
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			for _, g := range c.Groups() {
+				if _, err := c.WaitConverged(ctx, g.ID); err != nil {
+					t.Error(err)
+				}
+			}
+		})
 }
 
 // TestReadLeaseSkipsQuorumRounds: with leases on, a leader serves most
@@ -210,8 +237,8 @@ func TestLinearizableOverQUIC(t *testing.T) {
 }
 
 // runSeeds runs the linearizability check for seeds 1..n (1 with -short)
-// with opts.
-func runSeeds(t *testing.T, n int, opts Options) {
+// with opts, then after (if any) on the healed cluster.
+func runSeeds(t *testing.T, n int, opts Options, after ...func(context.Context, *testing.T, *Cluster)) {
 	if testing.Short() {
 		n = 1
 	}
@@ -219,12 +246,12 @@ func runSeeds(t *testing.T, n int, opts Options) {
 		o := opts
 		o.Seed = int64(s + 1)
 		t.Run(fmt.Sprintf("seed=%d", o.Seed), func(t *testing.T) {
-			runLinearizability(t, o, *linDuration)
+			runLinearizability(t, o, *linDuration, after...)
 		})
 	}
 }
 
-func runLinearizability(t *testing.T, opts Options, dur time.Duration) {
+func runLinearizability(t *testing.T, opts Options, dur time.Duration, after ...func(context.Context, *testing.T, *Cluster)) {
 	seed := opts.Seed
 	c := New(t, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), dur+60*time.Second)
@@ -269,6 +296,9 @@ func runLinearizability(t *testing.T, opts Options, dur time.Duration) {
 		if _, err := c.WaitConverged(ctx, g.ID); err != nil {
 			t.Error(err)
 		}
+	}
+	for _, f := range after {
+		f(ctx, t, c)
 	}
 	t.Logf("seed %d: %d operations checked", seed, hist.Len())
 }
