@@ -27,6 +27,11 @@ type Client struct {
 
 	// AttemptTimeout bounds one attempt; the caller's context bounds all.
 	AttemptTimeout time.Duration
+	// LoseAnswers is the probability that the answer to an applied write is
+	// treated as lost: the client sends the same write again (same identity)
+	// and returns that attempt's answer, which exactly-once must make the
+	// first one's. Linearizability checks then also check exactly-once.
+	LoseAnswers float64
 }
 
 // NewClient returns a client with the given non-zero ID.
@@ -126,6 +131,12 @@ func (cl *Client) Write(ctx context.Context, key, cmd []byte) ([]byte, error) {
 		res, err := n.Propose(actx, g, p)
 		cancel()
 		if err == nil {
+			if cl.loseAnswer() {
+				ambiguous = true // applied, as far as the caller can tell
+				last = errors.New("answer lost on purpose")
+				cl.pause(ctx)
+				continue
+			}
 			return res, nil
 		}
 		last = err
@@ -142,6 +153,16 @@ func (cl *Client) Write(ctx context.Context, key, cmd []byte) ([]byte, error) {
 		}
 		cl.pause(ctx)
 	}
+}
+
+// loseAnswer draws whether to lose an applied write's answer.
+func (cl *Client) loseAnswer() bool {
+	if cl.LoseAnswers <= 0 {
+		return false
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.rng.Float64() < cl.LoseAnswers
 }
 
 // Get reads key linearizably from a random running replica of its group.
