@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -40,8 +42,10 @@ The first run takes the operator's path: node 1 bootstraps the cluster (its
 CA, metadata group and data groups), every other node joins it with a join
 token, and the groups are up-replicated to RF as nodes join. The API
 addresses are written one per line to DIR/endpoints (for --endpoints of the
-client commands and bench). Running again on the same --dir restarts every
-node from its data. Ctrl-C stops it cleanly.
+client commands and bench). Once the cluster has passed its self-check the
+same addresses are written to DIR/ready, which is removed again when dev
+stops or starts: scripts wait for that file. Running again on the same --dir
+restarts every node from its data. Ctrl-C stops it cleanly.
 
 Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
@@ -74,6 +78,12 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// A ready file left by a run that did not stop cleanly must not make
+	// this one look ready before it is.
+	readyFile := filepath.Join(dir, devReadyFile)
+	if err := os.Remove(readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", readyFile, err)
+	}
 	c, err := devcluster.StartWith(ctx, dir, shape, opts, log)
 	if err != nil {
 		return err
@@ -139,8 +149,21 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	if once {
 		return nil
 	}
+	// Through a rename, so that a reader sees the whole file or none.
+	tmp := readyFile + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(c.APIs, "\n")+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, readyFile); err != nil {
+		return fmt.Errorf("write %s: %w", readyFile, err)
+	}
+	defer os.Remove(readyFile) // before the nodes stop (deferred earlier)
 	fmt.Fprintln(out, "Running; press Ctrl-C to stop.")
 	<-ctx.Done()
 	fmt.Fprintln(out, "stopping")
 	return nil
 }
+
+// devReadyFile, in dev's --dir, exists while the cluster is up and has
+// passed its self-check; it lists the API addresses like DIR/endpoints.
+const devReadyFile = "ready"

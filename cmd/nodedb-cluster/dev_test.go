@@ -3,9 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestDevOnceBootstrapsThenRestarts runs the README's local-cluster command
@@ -75,7 +81,8 @@ func TestDevInterruptedWhileReplicating(t *testing.T) {
 	}
 }
 
-// cancelOnWrite records output and calls cancel once a write contains when.
+// cancelOnWrite records output and calls cancel once a write contains when
+// (never if when is empty).
 type cancelOnWrite struct {
 	mu     sync.Mutex
 	buf    bytes.Buffer
@@ -86,7 +93,7 @@ type cancelOnWrite struct {
 func (w *cancelOnWrite) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if strings.Contains(string(p), w.when) {
+	if w.when != "" && strings.Contains(string(p), w.when) {
 		w.cancel()
 	}
 	return w.buf.Write(p)
@@ -96,4 +103,79 @@ func (w *cancelOnWrite) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.buf.String()
+}
+
+// TestDevReadyFile: DIR/ready appears once the cluster has passed its
+// self-check, lists API addresses that answer, and is gone once dev stops;
+// a stale one from an earlier run is removed before anything starts.
+func TestDevReadyFile(t *testing.T) {
+	dir := t.TempDir()
+	ready := filepath.Join(dir, devReadyFile)
+	// A stale file, and a dir dev refuses (a bad shape): the run fails, and
+	// the stale file must be gone all the same.
+	if err := os.WriteFile(ready, []byte("stale\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cluster.json"), []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := newDevCommand()
+	bad.SetOut(io.Discard)
+	bad.SetArgs([]string{"--dir", dir, "--port-base", "0"})
+	if err := bad.ExecuteContext(context.Background()); err == nil {
+		t.Fatal("dev started on a corrupt shape file")
+	}
+	if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stale ready file after a failed start: %v", err)
+	}
+
+	dir = t.TempDir()
+	ready = filepath.Join(dir, devReadyFile)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out cancelOnWrite // no when: never cancels
+	cmd := newDevCommand()
+	cmd.SetOut(&out)
+	cmd.SetArgs([]string{"--dir", dir, "--groups", "4", "--vshards", "64", "--port-base", "0"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	var b []byte
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if b, err = os.ReadFile(ready); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("dev ended before it was ready: %v\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ready file after 60s:\n%s", out.String())
+		}
+	}
+	if !strings.Contains(out.String(), "self-check:") {
+		t.Fatalf("ready file before the self-check passed:\n%s", out.String())
+	}
+	apis := strings.Fields(string(b))
+	if len(apis) != 3 {
+		t.Fatalf("ready file %q: want 3 API addresses", b)
+	}
+	for _, a := range apis {
+		resp, err := http.Get("http://" + a + "/readyz")
+		if err != nil {
+			t.Fatalf("ready file lists %s: %v", a, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("ready file lists %s, whose /readyz says %d", a, resp.StatusCode)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("dev: %v", err)
+	}
+	if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("ready file after dev stopped: %v", err)
+	}
 }
