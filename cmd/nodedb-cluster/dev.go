@@ -51,7 +51,6 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			shape.RF = min(3, shape.Nodes)
-			addSyncProcessors(shape.Nodes, slog.Default())
 			raiseGCPercent(slog.Default())
 			return runDev(cmd.Context(), cmd.OutOrStdout(), dir, shape, opts, cmd.Flags().Changed, logLevel, once)
 		},
@@ -88,6 +87,9 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	if err != nil {
 		return err
 	}
+	// One processor per node it actually runs: a restart runs the stored
+	// shape's nodes, whatever --nodes says.
+	addSyncProcessors(c.Shape.Nodes, log)
 	defer func() {
 		if err := c.Stop(); err != nil {
 			log.Error("stop", "err", err)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -177,5 +178,33 @@ func TestDevReadyFile(t *testing.T) {
 	}
 	if _, err := os.Stat(ready); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("ready file after dev stopped: %v", err)
+	}
+}
+
+// TestDevProcessorsFollowStoredShape: dev adds one processor per node it
+// runs, and a restart runs the stored shape's nodes, not --nodes' default.
+func TestDevProcessorsFollowStoredShape(t *testing.T) {
+	base := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(base) })
+	t.Setenv("GOMAXPROCS", "")
+	dir := t.TempDir()
+	run := func(args ...string) {
+		t.Helper()
+		runtime.GOMAXPROCS(base)
+		cmd := newDevCommand()
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetArgs(append([]string{"--dir", dir, "--once", "--groups", "4", "--vshards", "64", "--port-base", "0"}, args...))
+		if err := cmd.ExecuteContext(context.Background()); err != nil {
+			t.Fatalf("dev %v: %v\n%s", args, err, out.String())
+		}
+	}
+	run("--nodes", "2")
+	if got := runtime.GOMAXPROCS(0); got != base+2 {
+		t.Fatalf("first run of 2 nodes: GOMAXPROCS %d, want %d + 2", got, base)
+	}
+	run() // --nodes defaults to 3; the dir holds 2
+	if got := runtime.GOMAXPROCS(0); got != base+2 {
+		t.Fatalf("restart of 2 nodes: GOMAXPROCS %d, want %d + 2", got, base)
 	}
 }
