@@ -19,7 +19,9 @@ type Proposal struct {
 	// Client and Seq identify the command for exactly-once application: a
 	// command whose (Client, Seq) was already applied in this vShard is not
 	// applied again; the first application's result is returned instead.
-	// Client 0 disables deduplication.
+	// Client 0 disables deduplication. The record of a client that has not
+	// written to the vShard for Config.ClientIdleExpiry is dropped, after
+	// which a retry applies again: stop retrying well before that.
 	Client uint64
 	Seq    uint64
 	// AckedBelow is the client's promise that it will never retry a sequence
