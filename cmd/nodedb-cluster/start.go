@@ -63,10 +63,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 			addSyncProcessors(1, log)
 			raiseGCPercent(log)
 			cfg.Logger = log
-			cfg.ClientIdleExpiry = clientExpiry
-			if clientExpiry <= 0 {
-				cfg.ClientIdleExpiry = -1 // never
-			}
+			cfg.ClientIdleExpiry = clientIdleExpiry(clientExpiry)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			s, err := server.Start(ctx, cfg)
@@ -157,4 +154,13 @@ func newLogger(level string) (*slog.Logger, error) {
 		return nil, fmt.Errorf("--log-level: %w", err)
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// clientIdleExpiry maps --client-idle-expiry to server.Config's field, whose
+// zero means the default: the flag's 0 (or less) means never.
+func clientIdleExpiry(flag time.Duration) time.Duration {
+	if flag <= 0 {
+		return -1
+	}
+	return flag
 }
