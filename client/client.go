@@ -342,16 +342,16 @@ type response struct {
 	node   uint64
 }
 
-// MaxRetryAge bounds how long the client retries one write: a write still
-// without a definite answer after it fails with CodeOutcomeUnknown (or
-// CodeUnavailable if no attempt can have reached the cluster), whatever its
-// context allows. The cluster forgets the exactly-once record of a client
+// MaxRetryAge bounds how long the client retries one write, whatever its
+// context allows: no attempt starts later than this after the first, and a
+// write still without a definite answer then fails with CodeOutcomeUnknown
+// (or CodeUnavailable if no attempt can have reached the cluster). The cluster forgets the exactly-once record of a client
 // that has not written to a vShard for an hour (the nodes'
 // ClientIdleExpiry), after which a retry of the same write would apply
 // again; retrying for at most this long keeps every retry well inside it.
 const MaxRetryAge = 10 * time.Minute
 
-// errRetryAge is the cause of a write given up after MaxRetryAge.
+// errRetryAge is why a write was given up after MaxRetryAge.
 var errRetryAge = fmt.Errorf("nodedb client: write retried for %v (MaxRetryAge): %w", MaxRetryAge, context.DeadlineExceeded)
 
 // do sends r until it gets a definite answer or ctx ends (for a write with
@@ -366,9 +366,12 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 	if r.write && r.idem == "" {
 		r.seq = c.seqs.begin()
 		defer c.seqs.end(r.seq)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, c.maxRetryAge, errRetryAge)
-		defer cancel()
+	}
+	// Only a write with an exactly-once identity has an age bound; checked
+	// before each retry, so the common write pays one clock read for it.
+	var retryUntil time.Time
+	if r.write && r.idem == "" {
+		retryUntil = time.Now().Add(c.maxRetryAge)
 	}
 	var (
 		bo           = c.newBackoff()
@@ -381,6 +384,9 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, c.giveUp(err, last, maybeApplied)
 		}
+		if attempt > 1 && !retryUntil.IsZero() && time.Now().After(retryUntil) {
+			return nil, c.giveUp(errRetryAge, last, maybeApplied)
+		}
 		if c.closed.Load() {
 			return nil, c.giveUp(ErrClosed, last, maybeApplied)
 		}
@@ -388,7 +394,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		if err != nil {
 			last = err
 			if !bo.wait(ctx) {
-				return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 			}
 			continue
 		}
@@ -404,7 +410,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				maybeApplied = true
 			}
 			if ctx.Err() != nil {
-				return nil, c.giveUp(context.Cause(ctx), err, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), err, maybeApplied)
 			}
 			netErrs++
 			c.log.Debug("nodedb client: network error", "node", tg.node, "addr", tg.addr, "attempt", attempt, "err", err)
@@ -418,7 +424,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 				_ = c.refresh(ctx)
 			}
 			if netErrs > 1 && !bo.wait(ctx) {
-				return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
+				return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 			}
 			continue
 		}
@@ -460,7 +466,7 @@ func (c *Client) do(ctx context.Context, r *request) (*response, error) {
 		}
 		hops = 0
 		if !bo.wait(ctx) {
-			return nil, c.giveUp(context.Cause(ctx), last, maybeApplied)
+			return nil, c.giveUp(ctx.Err(), last, maybeApplied)
 		}
 	}
 }

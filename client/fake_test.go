@@ -283,8 +283,12 @@ func TestWriteRetriesAreBoundedInAge(t *testing.T) {
 		}
 		apiError(w, 504, CodeOutcomeUnknown, nil)
 	})
+	// The context would allow 10s: without the age bound the write ends
+	// there, with the context's error.
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
 	start := time.Now()
-	_, err := c.Put(context.Background(), []byte("k"), []byte("v"))
+	_, err := c.Put(wctx, []byte("k"), []byte("v"))
 	if !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "MaxRetryAge") {
 		t.Fatalf("write retried past its age bound: %v", err)
 	}
