@@ -55,8 +55,7 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 			if e.Data[0] == kindTruncate {
 				index, err := decodeTruncate(e.Data)
 				if err != nil {
-					h.stats.MalformedEntries.Add(1)
-					h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+					r.skipMalformed(e.Index, err)
 					break
 				}
 				// Entries at or below index are applied here: it is
@@ -67,8 +66,7 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 			if e.Data[0] == kindExpireClients {
 				x, err := decodeExpiry(e.Data)
 				if err != nil {
-					h.stats.MalformedEntries.Add(1)
-					h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+					r.skipMalformed(e.Index, err)
 					break
 				}
 				if err := flushCmds(); err != nil {
@@ -90,8 +88,7 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 			}
 			c, err := decodeCommand(e.Data)
 			if err != nil {
-				h.stats.MalformedEntries.Add(1)
-				h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", e.Index, "err", err)
+				r.skipMalformed(e.Index, err)
 				if node, id, ok := proposalOf(e.Data); ok && node == h.cfg.NodeID {
 					r.results = append(r.results, applyResult{proposal: id, err: err})
 				}
@@ -125,6 +122,13 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 	}
 	r.maybeProposeTruncation()
 	return nil
+}
+
+// skipMalformed counts and logs a committed entry that failed to decode:
+// every replica skips it alike, and the group goes on.
+func (r *replica) skipMalformed(index uint64, err error) {
+	r.h.stats.MalformedEntries.Add(1)
+	r.h.log.Warn("skipping malformed entry", "group", uint64(r.group), "index", index, "err", err)
 }
 
 // maybeProposeTruncation keeps a healthy group's log short. Truncation by

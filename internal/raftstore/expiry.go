@@ -155,9 +155,9 @@ func (r *replica) expireClients(b *pebble.Batch, x expiryEntry) (next expiryCurs
 		return next, false, fmt.Errorf("expire clients of %s: %w", g, err)
 	}
 	type expired struct {
-		vs     uint32
-		client uint64
-		rec    clientRecord
+		vs      uint32
+		client  uint64
+		spilled []uint64 // sequences whose results have their own key
 	}
 	var drop []expired
 	scanned := 0
@@ -194,17 +194,17 @@ func (r *replica) expireClients(b *pebble.Batch, x expiryEntry) (next expiryCurs
 		scanned++
 		rec, ok := decodeClientRecord(it.Value())
 		if !ok {
-			r.h.stats.MalformedEntries.Add(1)
+			// Left alone, as every replica does: a write of this client
+			// reports the corruption.
+			r.h.log.Warn("undecodable client record left by the expiry sweep", "group", uint64(g), "vshard", vs, "client", client)
 		} else if rec.lastWrite < x.cutoff {
-			// The record's slices alias the iterator's value: keep only what
-			// the deletion needs.
-			live := make([]liveSeq, 0, len(rec.live))
+			d := expired{vs: vs, client: client}
 			for _, l := range rec.live {
 				if l.spilled {
-					live = append(live, liveSeq{seq: l.seq, spilled: true})
+					d.spilled = append(d.spilled, l.seq)
 				}
 			}
-			drop = append(drop, expired{vs: vs, client: client, rec: clientRecord{live: live}})
+			drop = append(drop, d)
 		}
 		valid = it.Next()
 	}
@@ -212,8 +212,8 @@ func (r *replica) expireClients(b *pebble.Batch, x expiryEntry) (next expiryCurs
 		return next, false, fmt.Errorf("expire clients of %s: %w", g, err)
 	}
 	for _, d := range drop {
-		for _, l := range d.rec.live {
-			if err := b.Delete(dedupKey(g, d.vs, d.client, l.seq), nil); err != nil {
+		for _, seq := range d.spilled {
+			if err := b.Delete(dedupKey(g, d.vs, d.client, seq), nil); err != nil {
 				return next, false, err
 			}
 		}
