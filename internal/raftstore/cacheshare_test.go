@@ -15,36 +15,23 @@ import (
 )
 
 // A replica's caches get an even share of the node's budgets over the
-// replicas the node holds (or is loading), never below the floor nor, for
-// the value cache, above its cap.
+// replicas the node holds, never below the floor nor, for the value cache,
+// above its cap.
 func TestCacheShare(t *testing.T) {
-	h := &Host{cfg: Config{ReadCacheBytes: 32 << 20}, replicas: map[ids.GroupID]*replica{}}
-	if got := h.cacheShare(32<<20, 32<<20); got != 32<<20 {
-		t.Fatalf("first replica: %d", got)
-	}
-	h.loading = 16
-	if got := h.cacheShare(32<<20, 32<<20); got != 2<<20 {
-		t.Fatalf("one of 16 being loaded: %d", got)
-	}
-	for g := range 31 {
-		h.replicas[ids.GroupID(g+1)] = nil
-	}
-	if got := h.cacheShare(32<<20, 32<<20); got != 1<<20 {
-		t.Fatalf("the 32nd replica: %d", got)
-	}
-	for g := range 2000 {
-		h.replicas[ids.GroupID(g+100)] = nil
-	}
-	if got := h.cacheShare(32<<20, 32<<20); got != minCacheShare {
-		t.Fatalf("with 2,031 replicas: %d, want the floor %d", got, minCacheShare)
-	}
-	h.replicas, h.loading = map[ids.GroupID]*replica{}, 16
-	if got := h.cacheShare(valueCacheBudget, valueCacheMost); got != valueCacheMost {
-		t.Fatalf("value cache, one of 16: %d, want the cap %d", got, valueCacheMost)
-	}
-	h.loading = 256
-	if got := h.cacheShare(valueCacheBudget, valueCacheMost); got != minCacheShare {
-		t.Fatalf("value cache, one of 256: %d, want %d", got, minCacheShare)
+	for _, c := range []struct {
+		budget, most, replicas, want int
+	}{
+		{32 << 20, 32 << 20, 0, 32 << 20}, // no replica yet
+		{32 << 20, 32 << 20, 1, 32 << 20},
+		{32 << 20, 32 << 20, 16, 2 << 20},
+		{32 << 20, 32 << 20, 32, 1 << 20},
+		{32 << 20, 32 << 20, 2031, minCacheShare},
+		{valueCacheBudget, valueCacheMost, 16, valueCacheMost},
+		{valueCacheBudget, valueCacheMost, 256, minCacheShare},
+	} {
+		if got := shareOf(c.budget, c.most, c.replicas); got != c.want {
+			t.Errorf("budget %d (at most %d) over %d replicas: %d, want %d", c.budget, c.most, c.replicas, got, c.want)
+		}
 	}
 }
 

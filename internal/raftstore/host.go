@@ -58,21 +58,13 @@ type Host struct {
 	failed    atomic.Pointer[error]
 
 	stats Stats
-
-	// loading is the number of replicas New loads, for cacheShare.
-	loading int
 }
 
 // minCacheShare is the least a replica's cache gets.
 const minCacheShare = 64 << 10
 
-// cacheShare is a cache budget of a replica being created: an even share of
-// the node's budget over the replicas the node will then hold, at most most
-// and at least minCacheShare. Runs in New or under h.mu.
-func (h *Host) cacheShare(budget, most int) int {
-	return shareOf(budget, most, max(h.loading, len(h.replicas)+1))
-}
-
+// shareOf is a replica's share of a cache budget: an even share over the
+// replicas the node holds, at most most and at least minCacheShare.
 func shareOf(budget, most, replicas int) int {
 	return max(minCacheShare, min(most, budget/max(replicas, 1)))
 }
@@ -80,8 +72,9 @@ func shareOf(budget, most, replicas int) int {
 // reshareCachesLocked gives every replica its share of the node's cache
 // budgets over the replicas the node now holds, so that the caches together
 // stay within the budgets (down to the floor per replica) as replicas are
-// created and destroyed. A read cache is resized at once; a value cache by
-// its owner, the apply path, at its next apply. Caller holds h.mu.
+// loaded, created and destroyed. A read cache is resized at once; a value
+// cache by its owner, the apply path, at its next apply. Caller holds h.mu
+// (or is New).
 func (h *Host) reshareCachesLocked() {
 	n := len(h.replicas)
 	values := shareOf(valueCacheBudget, valueCacheMost, n)
@@ -133,7 +126,6 @@ func New(cfg Config) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.loading = len(locals)
 	for _, lr := range locals {
 		r, err := h.loadReplica(lr.Group, lr.Replica)
 		if err != nil {
@@ -141,7 +133,7 @@ func New(cfg Config) (*Host, error) {
 		}
 		h.replicas[lr.Group] = r
 	}
-	h.loading = 0
+	h.reshareCachesLocked()
 	h.registerMetrics(cfg.Registerer)
 	return h, nil
 }
@@ -365,10 +357,9 @@ func (h *Host) loadReplica(g ids.GroupID, id ids.ReplicaID) (*replica, error) {
 		pending: map[uint64]*proposal{},
 		reads:   map[uint64]*readBatch{},
 	}
-	r.valueCacheBytes.Store(int64(h.cacheShare(valueCacheBudget, valueCacheMost)))
 	r.expiry.lastEnd = h.cfg.Now()
 	if h.cfg.ReadCacheBytes > 0 {
-		r.readCache = storage.NewReadCache(h.cacheShare(h.cfg.ReadCacheBytes, h.cfg.ReadCacheBytes))
+		r.readCache = storage.NewReadCache(0) // sized by reshareCachesLocked
 		r.readCache.CountInto(&h.stats.ReadCacheHits, &h.stats.ReadCacheMisses)
 	}
 	log.SetSnapshotFunc(r.buildSnapshot)

@@ -79,8 +79,9 @@ type replica struct {
 	removed    bool // applied a configuration without this replica
 
 	// valueCacheBytes bounds values, made on the first apply: the replica's
-	// share of the node's budget (cacheShare), set again by the host when
-	// replicas come and go and applied by the apply path, which owns values.
+	// share of the node's budget, set by the host whenever replicas come and
+	// go (reshareCachesLocked) and applied by the apply path, which owns
+	// values.
 	valueCacheBytes atomic.Int64
 
 	// expiry is the progress of this replica's sweeps of idle clients'
