@@ -19,17 +19,7 @@ import (
 // the way a user does (through cobra), twice on one dir.
 func TestDevOnceBootstrapsThenRestarts(t *testing.T) {
 	dir := t.TempDir()
-	run := func(args ...string) string {
-		t.Helper()
-		cmd := newDevCommand()
-		var out bytes.Buffer
-		cmd.SetOut(&out)
-		cmd.SetArgs(append([]string{"--dir", dir, "--once", "--groups", "4", "--vshards", "64", "--port-base", "0"}, args...))
-		if err := cmd.ExecuteContext(context.Background()); err != nil {
-			t.Fatalf("dev %v: %v\n%s", args, err, out.String())
-		}
-		return out.String()
-	}
+	run := func(args ...string) string { t.Helper(); return runDevOnce(t, dir, args...) }
 	first := run()
 	for _, want := range []string{"bootstrapped 3 nodes, 4 groups, 64 vShards", "self-check:", "API endpoints written to"} {
 		if !strings.Contains(first, want) {
@@ -80,6 +70,20 @@ func TestDevInterruptedWhileReplicating(t *testing.T) {
 	if !strings.Contains(second.String(), "restarted 3 nodes") || !strings.Contains(second.String(), "self-check:") {
 		t.Fatalf("second run output:\n%s", second.String())
 	}
+}
+
+// runDevOnce runs 'dev --once' on dir with a small shape and free ports, the
+// way a user does (through cobra), and returns its output.
+func runDevOnce(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := newDevCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetArgs(append([]string{"--dir", dir, "--once", "--groups", "4", "--vshards", "64", "--port-base", "0"}, args...))
+	if err := cmd.ExecuteContext(context.Background()); err != nil {
+		t.Fatalf("dev %v: %v\n%s", args, err, out.String())
+	}
+	return out.String()
 }
 
 // cancelOnWrite records output and calls cancel once a write contains when
@@ -191,13 +195,7 @@ func TestDevProcessorsFollowStoredShape(t *testing.T) {
 	run := func(args ...string) {
 		t.Helper()
 		runtime.GOMAXPROCS(base)
-		cmd := newDevCommand()
-		var out bytes.Buffer
-		cmd.SetOut(&out)
-		cmd.SetArgs(append([]string{"--dir", dir, "--once", "--groups", "4", "--vshards", "64", "--port-base", "0"}, args...))
-		if err := cmd.ExecuteContext(context.Background()); err != nil {
-			t.Fatalf("dev %v: %v\n%s", args, err, out.String())
-		}
+		runDevOnce(t, dir, args...)
 	}
 	run("--nodes", "2")
 	if got := runtime.GOMAXPROCS(0); got != base+2 {

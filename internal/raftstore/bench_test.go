@@ -3,9 +3,6 @@ package raftstore
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -148,32 +145,8 @@ func BenchmarkProposeApply(b *testing.B) {
 // newBenchHost starts a host with a single-replica group 1, its leader.
 func newBenchHost(b *testing.B) (*Host, *storage.Engine) {
 	b.Helper()
-	dir := b.TempDir()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng, err := storage.Open(storage.Options{Dir: filepath.Join(dir, "store"), CacheSize: 8 << 20, MemTableSize: 16 << 20, Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	h, err := New(Config{NodeID: 1, Engine: eng, StateMachine: &kv.StateMachine{}, SnapshotDir: filepath.Join(dir, "snap"),
-		Logger: quiet, TickInterval: 10 * time.Millisecond})
-	if err != nil {
-		_ = eng.Close()
-		b.Fatal(err)
-	}
-	h.Start(nopTransport{})
+	h, eng := openTestHost(b, b.TempDir(), 16<<20, Config{})
 	b.Cleanup(func() { h.Stop(); _ = eng.Close() })
-	if err := h.BootstrapGroup(1, 1, []storage.ReplicaDesc{{Replica: 1, Node: 1}}); err != nil {
-		b.Fatal(err)
-	}
-	if err := h.Campaign(1); err != nil {
-		b.Fatal(err)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for !h.IsLeader(1) {
-		if time.Now().After(deadline) {
-			b.Fatal("the single-replica group never elected itself")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	leadGroupAlone(b, h)
 	return h, eng
 }

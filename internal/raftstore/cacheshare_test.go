@@ -3,9 +3,6 @@ package raftstore
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -42,34 +39,12 @@ func TestCacheShare(t *testing.T) {
 // within the node's budgets.
 func TestCacheSharesFollowReplicas(t *testing.T) {
 	dir := t.TempDir()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	const readBudget = 4 << 20
 	open := func() (*Host, *storage.Engine) {
-		eng, err := storage.Open(storage.Options{Dir: filepath.Join(dir, "store"), CacheSize: 8 << 20, MemTableSize: 4 << 20, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		h, err := New(Config{NodeID: 1, Engine: eng, StateMachine: &kv.StateMachine{}, SnapshotDir: filepath.Join(dir, "snap"),
-			Logger: quiet, TickInterval: 10 * time.Millisecond, ReadCacheBytes: readBudget})
-		if err != nil {
-			_ = eng.Close()
-			t.Fatal(err)
-		}
-		h.Start(nopTransport{})
-		return h, eng
+		return openTestHost(t, dir, 4<<20, Config{ReadCacheBytes: readBudget})
 	}
 	h, eng := open()
-	if err := h.BootstrapGroup(1, 1, []storage.ReplicaDesc{{Replica: 1, Node: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Campaign(1); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(20 * time.Second); !h.IsLeader(1); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the single-replica group never elected itself")
-		}
-	}
+	leadGroupAlone(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	value := make([]byte, 1000)

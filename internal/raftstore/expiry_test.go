@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"math"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -167,31 +164,10 @@ func newFakeClock(at time.Time) *fakeClock   { c := &fakeClock{}; c.ns.Store(at.
 // write then applies again, the documented price), an active client's stays
 // (its retry is answered from the record, not applied twice).
 func TestIdleClientRecordsExpire(t *testing.T) {
-	dir := t.TempDir()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	eng, err := storage.Open(storage.Options{Dir: filepath.Join(dir, "store"), CacheSize: 8 << 20, MemTableSize: 4 << 20, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
 	clock := newFakeClock(time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC))
-	h, err := New(Config{NodeID: 1, Engine: eng, StateMachine: &kv.StateMachine{}, SnapshotDir: filepath.Join(dir, "snap"),
-		Logger: quiet, TickInterval: 10 * time.Millisecond, ClientIdleExpiry: time.Hour, Now: clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.Start(nopTransport{})
+	h, eng := openTestHost(t, t.TempDir(), 4<<20, Config{ClientIdleExpiry: time.Hour, Now: clock.Now})
 	defer func() { h.Stop(); _ = eng.Close() }()
-	if err := h.BootstrapGroup(1, 1, []storage.ReplicaDesc{{Replica: 1, Node: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Campaign(1); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(20 * time.Second); !h.IsLeader(1); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the single-replica group never elected itself")
-		}
-	}
+	leadGroupAlone(t, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	put := func(client, seq uint64, vs uint32, key string) uint64 {
