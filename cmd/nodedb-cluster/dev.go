@@ -44,8 +44,9 @@ token, and the groups are up-replicated to RF as nodes join. The API
 addresses are written one per line to DIR/endpoints (for --endpoints of the
 client commands and bench). Once the cluster has passed its self-check the
 same addresses are written to DIR/ready (not with --once), which is removed
-again when dev stops or starts: scripts wait for that file. Running again on the same --dir
-restarts every node from its data. Ctrl-C stops it cleanly.
+again when dev stops or starts: scripts wait for that file. Running again
+on the same --dir restarts every node from its data. Ctrl-C stops it
+cleanly.
 
 Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 		Args: cobra.NoArgs,
