@@ -253,6 +253,11 @@ func (n *Node) Stats() *Stats { return n.host.Stats() }
 // WALSyncs returns how many times the node's write-ahead log was fsynced.
 func (n *Node) WALSyncs() uint64 { return n.eng.WALSyncs() }
 
+// WALBytes returns how many bytes of batches the node has written to its
+// write-ahead log (Raft log appends and applied state alike, before the
+// log's own framing).
+func (n *Node) WALBytes() uint64 { return n.eng.DB().Metrics().WAL.BytesIn }
+
 // Groups lists the groups this node holds a replica of.
 func (n *Node) Groups() []GroupID { return n.host.Groups() }
 

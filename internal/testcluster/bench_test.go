@@ -76,9 +76,10 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 		}
 		cmds[p] = cmd
 	}
-	var syncsBefore, msgsBefore, readiesBefore, passesBefore, appendsBefore uint64
+	var syncsBefore, msgsBefore, readiesBefore, passesBefore, appendsBefore, walBefore uint64
 	for _, n := range c.Live() {
 		syncsBefore += n.WALSyncs()
+		walBefore += n.WALBytes()
 		msgsBefore += n.Stats().MessagesSent.Load()
 		readiesBefore += n.Stats().ReadiesProcessed.Load()
 		passesBefore += n.Stats().Cycles.Load()
@@ -91,9 +92,10 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 	})
 	if ops := reportLatencies(b, lat, elapsed, "proposals/s"); ops > 0 {
 		count := float64(ops)
-		var syncs, msgs, readies, passes, appends uint64
+		var syncs, msgs, readies, passes, appends, wal uint64
 		for _, n := range c.Live() {
 			syncs += n.WALSyncs()
+			wal += n.WALBytes()
 			msgs += n.Stats().MessagesSent.Load()
 			readies += n.Stats().ReadiesProcessed.Load()
 			passes += n.Stats().Cycles.Load()
@@ -110,6 +112,9 @@ func benchProposals(b *testing.B, quic bool, groups, proposers int) {
 		// CPU of the whole process (three nodes and the clients) per
 		// proposal: steadier than throughput on a noisy disk.
 		b.ReportMetric(float64((processCPU()-cpuBefore).Microseconds())/count, "cpu-µs/proposal")
+		// Bytes all three nodes wrote to their WALs per proposal: the
+		// proposal's own bytes plus what each Raft round adds.
+		b.ReportMetric(float64(wal-walBefore)/count, "wal-bytes/proposal")
 		// Fsyncs of all three nodes per proposal: group commit at work.
 		b.ReportMetric(float64(syncs-syncsBefore)/count, "fsyncs/proposal")
 	}
