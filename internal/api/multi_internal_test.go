@@ -244,6 +244,8 @@ func TestCarriedMatchesAlone(t *testing.T) {
 		{Method: http.MethodPut, URI: long, Body: []byte("v")},
 		{Method: http.MethodDelete, URI: "/v1/kv/a"},
 		{Method: http.MethodDelete, URI: "/v1/kv/down%2Fx"},
+		{Method: http.MethodPut, URI: "/v1/kv/", Body: []byte("v")},
+		{Method: http.MethodGet, URI: "/v1/kv/"},
 	}
 	limits := func(m *memService) *limitedService { return &limitedService{memService: m, maxValue: 1000} }
 	for _, c := range cases {

@@ -209,11 +209,23 @@ func TestRESTThroughEveryNode(t *testing.T) {
 		{"GET", "/v1/kv/k0?consistency=stale", nil, 400, "invalid_argument"},
 		{"GET", "/v1/kv?cursor=zz", nil, 400, "invalid_argument"},
 		{"GET", "/v1/kv?limit=-1", nil, 400, "invalid_argument"},
+		// Requests no route takes answer in the same JSON shape, and
+		// never as not_found, which means "no such key".
+		{"PUT", "/v1/kv/", []byte("v"), 400, "invalid_argument"},
+		{"GET", "/v1/kv/", nil, 400, "invalid_argument"},
+		{"POST", "/v1/kv/k0", []byte("v"), 405, "invalid_argument"},
+		{"GET", "/v2/kv/k0", nil, 404, "invalid_argument"},
+		{"DELETE", "/v1/cluster", nil, 405, "invalid_argument"},
+		{"GET", "/v1/admin/nothing", nil, 404, "invalid_argument"},
+		{"PUT", "/v1/admin/migrations", nil, 405, "invalid_argument"},
 	} {
 		a := call(t, tc.method, c.urls[0]+tc.path, tc.body)
 		if a.status != tc.status || a.errCode(t).Code != tc.code {
 			t.Fatalf("%s %.60s: %d %s, want %d %s", tc.method, tc.path, a.status, a.body, tc.status, tc.code)
 		}
+	}
+	if a := call(t, "POST", c.urls[0]+"/v1/kv/k0", nil); a.header.Get("Allow") != "DELETE, GET, HEAD, PUT" {
+		t.Fatalf("POST of a key: Allow %q", a.header.Get("Allow"))
 	}
 	if a := call(t, "PUT", c.urls[0]+"/v1/kv/both", []byte("v"), api.HeaderIdempotencyKey, "x", api.HeaderClientID, "5", api.HeaderSeq, "1"); a.status != 400 {
 		t.Fatalf("idempotency key with a client ID: %d %s", a.status, a.body)

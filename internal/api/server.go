@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
 // Config configures a node's API endpoint.
@@ -55,6 +57,8 @@ func Handler(svc Service, metrics prometheus.Gatherer) (h http.Handler, stop fun
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	server.HandleEmptyKey(mux)
+	server.HandleUnrouted(mux)
 	return mux, w.stop
 }
 

@@ -78,6 +78,8 @@ func startAdmin(s *Server) (*adminServer, error) {
 	fp := &failpointRoutes{undo: map[string]func(){}}
 	mux.HandleFunc("PUT /v1/failpoints/{name}", fp.enable)
 	mux.HandleFunc("DELETE /v1/failpoints/{name}", fp.disable)
+	HandleEmptyKey(mux)
+	HandleUnrouted(mux)
 	a := &adminServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln: ln, done: make(chan struct{})}
 	go func() {
 		defer close(a.done)

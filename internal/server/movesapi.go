@@ -316,6 +316,7 @@ func (s *Server) AdminHandler() http.Handler {
 		mi, err := s.AbortMigration(ctx, r.PathValue("id"))
 		s.answerAdmin(w, mi, err)
 	})
+	HandleUnrouted(mux)
 	return mux
 }
 
