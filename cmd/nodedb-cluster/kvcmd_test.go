@@ -62,6 +62,35 @@ func TestKVAndListCommands(t *testing.T) {
 	if err := json.Unmarshal([]byte(run(false, newKVCommand(), "get", "greeting", "--json", "--consistency", "stale")), &got); err != nil || got["value"] != "hello" || got["version"] != float64(1) {
 		t.Fatalf("get --json: %v %v", got, err)
 	}
+	// A binary value from standard input comes back byte for byte with
+	// --raw, and as value_base64 with --json.
+	blob := []byte{0, 1, 0xff, 0xfe, '\n', 'x'}
+	stdin := func(r io.Reader) *cobra.Command {
+		c := newKVCommand()
+		c.SetIn(r)
+		return c
+	}
+	run(false, stdin(bytes.NewReader(blob)), "put", "blob")
+	if out := run(false, newKVCommand(), "get", "blob", "--raw"); out != string(blob) {
+		t.Fatalf("get --raw: %q, want %q", out, blob)
+	}
+	var item struct {
+		Value       *string `json:"value"`
+		ValueBase64 []byte  `json:"value_base64"`
+	}
+	if err := json.Unmarshal([]byte(run(false, newKVCommand(), "get", "blob", "--json")), &item); err != nil || item.Value != nil || !bytes.Equal(item.ValueBase64, blob) {
+		t.Fatalf("get --json of a binary value: %+v %v", item, err)
+	}
+	run(false, stdin(strings.NewReader("")), "put", "empty")
+	if out := run(false, newKVCommand(), "get", "empty", "--raw"); out != "" {
+		t.Fatalf("empty value from stdin: %q", out)
+	}
+	if out := run(true, stdin(io.LimitReader(zeros{}, maxStdinValue+1)), "put", "huge"); !strings.Contains(out, "over 64 MiB") {
+		t.Fatalf("value over the stdin bound: %s", out)
+	}
+	if out := run(true, stdin(io.LimitReader(zeros{}, 2<<20)), "put", "big"); !strings.Contains(out, "too_large") {
+		t.Fatalf("value over the node's limit: %s", out)
+	}
 	if out := run(false, newKVCommand(), "del", "greeting"); !strings.Contains(out, "deleted") {
 		t.Fatalf("del: %s", out)
 	}
@@ -88,4 +117,12 @@ func TestKVAndListCommands(t *testing.T) {
 			t.Fatalf("bench %s: %+v (%v) from %s", w, rep, err, out)
 		}
 	}
+}
+
+// zeros is an endless reader of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
