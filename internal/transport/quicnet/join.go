@@ -1,15 +1,12 @@
 package quicnet
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,49 +14,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
-	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
-// Joining: a node that wants to join the cluster has no certificate yet. It
-// connects to any node with the ALPN JoinALPN and no client certificate,
-// checks the server against the CA public key hash of its join token
-// (pki.VerifyPinned), and only then sends one request and reads one answer:
-//
-//	joiner                                  node (Config.Join set)
-//	  TLS 1.3, ALPN nodedb-join/1, no client certificate
-//	  verify: the chain holds the CA whose hash is the token's,
-//	          the leaf is a node certificate from that CA
-//	  bidirectional stream:
-//	    FrameRPCRequest(request)      -->     bounded to MaxJoinRequestBytes
-//	                                          Config.Join(ctx, request)
-//	                                  <--     FrameRPCResponse(answer)
-//	                                          or FrameRefuse{reason, message}
-//
-// The payloads are opaque here: the node's join handler defines them. A join
-// connection is never a cluster session: it carries no hello, no node
-// identity, no Raft batches, snapshots or RPCs, and its streams reach only
-// Config.Join.
+// Joining (the protocol is described in internal/transport/join.go): a
+// join connection carries its requests on bidirectional streams, up to
+// JoinStreamsPerConn at once, each one request and one answer; it is never
+// a cluster session, and its streams reach only Config.Join.
 
-// JoinALPN is the TLS application protocol of join connections.
-const JoinALPN = "nodedb-join/1"
-
-// Bounds of the join channel.
+// Names of the join channel, from package transport.
 const (
-	// MaxJoinRequestBytes bounds a join request; a larger one is refused
-	// (reason "too_large") before it is read.
-	MaxJoinRequestBytes = 64 << 10
-	// MaxJoinResponseBytes bounds a join response.
-	MaxJoinResponseBytes = 1 << 20
-	// JoinTimeout is the deadline Config.Join runs under.
-	JoinTimeout = 30 * time.Second
-	// JoinStreamsPerConn bounds the requests one join connection may have in
-	// service at once; streams beyond it are reset.
-	JoinStreamsPerConn = 4
-	// MaxJoinConns bounds the join connections an endpoint serves at once;
-	// beyond it new ones are closed at once.
-	MaxJoinConns = 64
+	JoinALPN             = transport.JoinALPN
+	MaxJoinRequestBytes  = transport.MaxJoinRequestBytes
+	MaxJoinResponseBytes = transport.MaxJoinResponseBytes
+	JoinTimeout          = transport.JoinTimeout
+	MaxJoinConns         = transport.MaxJoinConns
 )
+
+// JoinStreamsPerConn bounds the requests one join connection may have in
+// service at once; streams beyond it are reset.
+const JoinStreamsPerConn = 4
 
 // Timeouts of join connections, variables for tests.
 var (
@@ -76,17 +50,12 @@ const (
 )
 
 // ErrCAMismatch is returned by Join when the server did not prove that it is
-// a node of the cluster whose CA public key hash the joiner holds: its chain
-// lacks a CA certificate with that hash, or its certificate was not issued
-// by that CA. It is pki.ErrCAMismatch.
-var ErrCAMismatch = pki.ErrCAMismatch
+// a node of the cluster whose CA public key hash the joiner holds. It is
+// pki.ErrCAMismatch.
+var ErrCAMismatch = transport.ErrCAMismatch
 
 // JoinStats counts the join channel's traffic.
-type JoinStats struct {
-	Conns    atomic.Uint64 // join connections accepted
-	Requests atomic.Uint64 // requests handed to Config.Join
-	Refused  atomic.Uint64 // connections, streams and requests refused (busy, malformed, too large)
-}
+type JoinStats = transport.JoinStats
 
 // JoinStats returns the counters of the join channel (all zero when
 // Config.Join is nil).
@@ -115,36 +84,13 @@ func newJoinServer(e *Endpoint) *joinServer {
 		conns:       make(chan struct{}, MaxJoinConns),
 		idleTimeout: joinIdleTimeout,
 		ioTimeout:   joinIOTimeout,
-		tls: &tls.Config{
-			MinVersion:             tls.VersionTLS13,
-			ClientAuth:             tls.NoClientCert,
-			SessionTicketsDisabled: true,
-			NextProtos:             []string{JoinALPN},
-			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				return id.Certificate(), nil
-			},
-		},
+		tls:         transport.JoinServerTLS(id),
 	}
-	if !chainHasCA(id.Certificate()) {
+	if !transport.ChainHasCA(id.Certificate()) {
 		e.cfg.Logger.Warn("quicnet: Config.Join is set but the identity's certificate chain does not include the CA certificate that issued it; joiners will refuse this node")
 	}
 	j.registerMetrics(e.cfg.Registerer)
 	return j
-}
-
-// chainHasCA reports whether c's chain (after the leaf) holds the CA
-// certificate that signed the leaf.
-func chainHasCA(c *tls.Certificate) bool {
-	if c == nil || c.Leaf == nil {
-		return false
-	}
-	for _, raw := range c.Certificate[1:] {
-		ca, err := x509.ParseCertificate(raw)
-		if err == nil && ca.IsCA && c.Leaf.CheckSignatureFrom(ca) == nil {
-			return true
-		}
-	}
-	return false
 }
 
 // configForClient picks the join configuration for a client that offers
@@ -152,7 +98,7 @@ func chainHasCA(c *tls.Certificate) bool {
 // configuration (nil), which requires and verifies a node certificate as
 // before.
 func (j *joinServer) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	if slices.Contains(hello.SupportedProtos, JoinALPN) && !slices.Contains(hello.SupportedProtos, transport.ALPN) {
+	if transport.IsJoinHello(hello) {
 		return j.tls, nil
 	}
 	return nil, nil
@@ -249,30 +195,13 @@ func (j *joinServer) serveStream(ctx context.Context, conn *quic.Conn, st *quic.
 	defer st.CancelRead(0) // whatever else the joiner sends is not read
 	st.SetReadDeadline(time.Now().Add(j.ioTimeout))
 	st.SetWriteDeadline(time.Now().Add(j.ioTimeout))
-	// The header first: type and size are checked before any buffer for the
-	// payload exists.
-	br := bufio.NewReaderSize(st, 32<<10)
-	hdr, err := br.Peek(transport.FrameHeaderSize)
-	if err != nil {
-		st.CancelWrite(streamProtocol)
-		return
-	}
-	typ, n := transport.FrameType(hdr[0]), binary.BigEndian.Uint32(hdr[1:5])
+	req, refusal, err := transport.ReadJoinRequest(st)
 	switch {
-	case typ != transport.FrameRPCRequest:
-		j.refuse(conn, st, "malformed", fmt.Sprintf("a join stream starts with a %s frame, got type %d", transport.FrameRPCRequest, hdr[0]))
+	case refusal != nil:
+		j.refuse(conn, st, refusal.Reason, refusal.Message)
 		return
-	case n > MaxJoinRequestBytes:
-		j.refuse(conn, st, "too_large", fmt.Sprintf("join request of %d bytes, at most %d", n, MaxJoinRequestBytes))
-		return
-	}
-	_, req, err := transport.NewFrameReader(br, MaxJoinRequestBytes).Next()
-	if err != nil {
-		if errors.Is(err, transport.ErrFrame) {
-			j.refuse(conn, st, "malformed", err.Error())
-		} else {
-			st.CancelWrite(streamProtocol)
-		}
+	case err != nil:
+		st.CancelWrite(streamProtocol)
 		return
 	}
 	st.SetWriteDeadline(time.Time{})
@@ -353,11 +282,8 @@ func (c *idleCloser) end() {
 // with a *transport.Refusal (errors.As), reason "too_large" or "malformed";
 // req larger than MaxJoinRequestBytes fails without connecting.
 func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []byte, ca *x509.Certificate, err error) {
-	if _, err := pki.ParsePublicKeyHash(caHash); err != nil {
+	if err := transport.CheckJoinRequest(caHash, req); err != nil {
 		return nil, nil, fmt.Errorf("quicnet: join: %w", err)
-	}
-	if len(req) > MaxJoinRequestBytes {
-		return nil, nil, fmt.Errorf("quicnet: join request of %d bytes, at most %d", len(req), MaxJoinRequestBytes)
 	}
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -371,25 +297,7 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 	qt := &quic.Transport{Conn: udp}
 	defer qt.Close()
 
-	var (
-		mu       sync.Mutex
-		verified *x509.Certificate
-		verr     error
-	)
-	tlsConf := &tls.Config{
-		MinVersion:             tls.VersionTLS13,
-		ServerName:             "nodedb-node", // informational: identity is checked below
-		SessionTicketsDisabled: true,
-		NextProtos:             []string{JoinALPN},
-		InsecureSkipVerify:     true, // replaced, not skipped: see VerifyPeerCertificate
-		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			c, _, err := pki.VerifyPinned(rawCerts, caHash, time.Now())
-			mu.Lock()
-			verified, verr = c, err
-			mu.Unlock()
-			return err
-		},
-	}
+	tlsConf, verified := transport.JoinClientTLS(caHash)
 	qconf := &quic.Config{
 		HandshakeIdleTimeout:  10 * time.Second,
 		MaxIdleTimeout:        JoinTimeout + 10*time.Second,
@@ -399,9 +307,7 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 		MaxIncomingUniStreams: -1,
 	}
 	conn, err := qt.Dial(ctx, ua, tlsConf, qconf)
-	mu.Lock()
-	ca, vErr := verified, verr
-	mu.Unlock()
+	ca, vErr := verified()
 	if err != nil {
 		if vErr != nil {
 			return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, vErr)
@@ -431,22 +337,15 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 		return nil, nil, joinIOError(ctx, addr, "send request", err)
 	}
 	st.Close()
-	t, payload, err := transport.NewFrameReader(st, MaxJoinResponseBytes).Next()
-	if err != nil {
+	resp, err = transport.ReadJoinAnswer(st)
+	var rf *transport.Refusal
+	switch {
+	case errors.As(err, &rf):
+		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, err)
+	case err != nil:
 		return nil, nil, joinIOError(ctx, addr, "read response", err)
 	}
-	switch t {
-	case transport.FrameRPCResponse:
-		return append([]byte{}, payload...), ca, nil
-	case transport.FrameRefuse:
-		r, derr := transport.DecodeRefusal(payload)
-		if derr != nil {
-			return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, derr)
-		}
-		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, &r)
-	default:
-		return nil, nil, fmt.Errorf("quicnet: join %s: %w: %s frame in answer", addr, transport.ErrFrame, t)
-	}
+	return resp, ca, nil
 }
 
 func joinIOError(ctx context.Context, addr, what string, err error) error {
