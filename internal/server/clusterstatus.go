@@ -12,7 +12,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 	"github.com/nodedb/nodedb-cluster/internal/migrate"
-	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
 
 // ClusterStatus is the applied metadata state as `status --json` prints it
@@ -173,9 +173,9 @@ func (s *Server) liveness(n ids.NodeID) string {
 		return "alive"
 	}
 	switch s.ep.PeerState(n) {
-	case quicnet.PeerConnected:
+	case transport.PeerConnected:
 		return "alive"
-	case quicnet.PeerBackoff:
+	case transport.PeerBackoff:
 		return "suspect"
 	}
 	return "unknown"

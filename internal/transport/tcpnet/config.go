@@ -31,6 +31,7 @@
 package tcpnet
 
 import (
+	"context"
 	"log/slog"
 	"time"
 
@@ -55,6 +56,12 @@ type Config struct {
 	Peers map[ids.NodeID]string
 	// ClusterID, when set, must match the peer's.
 	ClusterID string
+	// Join, when set, serves join requests (internal/transport/join.go):
+	// connections without a client certificate that ask for
+	// transport.JoinALPN get this node's certificate chain, send one
+	// request and get Join's answer, on the same port as the peers. The
+	// identity's chain must include the CA certificate.
+	Join func(ctx context.Context, req []byte) []byte
 
 	// MaxFrameBytes bounds any frame's payload. Default 64 MiB.
 	MaxFrameBytes int

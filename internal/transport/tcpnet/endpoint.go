@@ -44,6 +44,9 @@ type Endpoint struct {
 	closed bool
 
 	stats Stats
+
+	joinSlots chan struct{} // bounds the join connections in service; nil without Config.Join
+	joinStats transport.JoinStats
 }
 
 var _ transport.Transport = (*Endpoint)(nil)
@@ -86,6 +89,19 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 	e.ln = ln
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.serverTLS = pki.ServerTLS(cfg.Identity, cfg.Verifier, []string{transport.ALPN}, e.onRefuse)
+	if cfg.Join != nil {
+		if !transport.ChainHasCA(cfg.Identity.Certificate()) {
+			cfg.Logger.Warn("tcpnet: Config.Join is set but the identity's certificate chain does not include the CA certificate that issued it; joiners will refuse this node")
+		}
+		joinTLS := transport.JoinServerTLS(cfg.Identity)
+		e.serverTLS.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if transport.IsJoinHello(hello) {
+				return joinTLS, nil
+			}
+			return nil, nil
+		}
+		e.joinSlots = make(chan struct{}, transport.MaxJoinConns)
+	}
 	for id, a := range cfg.Peers {
 		e.SetPeer(id, a)
 	}
@@ -244,6 +260,10 @@ func (e *Endpoint) serveConn(raw net.Conn) {
 	tc := tls.Server(raw, e.serverTLS)
 	if err := tc.HandshakeContext(e.ctx); err != nil {
 		// Refused certificates were counted by onRefuse.
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol == transport.JoinALPN && e.joinSlots != nil {
+		e.serveJoin(tc)
 		return
 	}
 	certNode, err := pki.PeerNode(tc.ConnectionState(), e.cfg.Verifier)

@@ -1,0 +1,114 @@
+package tcpnet
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/transport"
+)
+
+// joinIOTimeout bounds reading a join request and writing its answer; a
+// variable for tests.
+var joinIOTimeout = 10 * time.Second
+
+// JoinStats returns the counters of the join channel (all zero when
+// Config.Join is nil).
+func (e *Endpoint) JoinStats() *transport.JoinStats { return &e.joinStats }
+
+// serveJoin serves one join connection (internal/transport/join.go): one
+// request, one answer, then the connection closes. The caller closes it.
+func (e *Endpoint) serveJoin(tc *tls.Conn) {
+	select {
+	case e.joinSlots <- struct{}{}:
+	default:
+		e.joinStats.Refused.Add(1)
+		return
+	}
+	defer func() { <-e.joinSlots }()
+	e.joinStats.Conns.Add(1)
+	tc.SetDeadline(time.Now().Add(joinIOTimeout))
+	req, refusal, err := transport.ReadJoinRequest(tc)
+	if err != nil {
+		return
+	}
+	if refusal == nil {
+		tc.SetDeadline(time.Time{})
+		ctx, cancel := context.WithTimeout(e.ctx, transport.JoinTimeout)
+		e.joinStats.Requests.Add(1)
+		resp := e.cfg.Join(ctx, req)
+		cancel()
+		if e.ctx.Err() != nil {
+			return // closing: the joiner sees the connection fail
+		}
+		if len(resp) <= transport.MaxJoinResponseBytes {
+			tc.SetDeadline(time.Now().Add(joinIOTimeout))
+			transport.WriteFrame(tc, transport.FrameRPCResponse, resp)
+			return
+		}
+		e.cfg.Logger.Error("tcpnet: join handler answered more than the join channel carries", "bytes", len(resp), "max", transport.MaxJoinResponseBytes)
+		refusal = &transport.Refusal{Reason: "internal", Message: "join response too large"}
+	}
+	e.joinStats.Refused.Add(1)
+	e.cfg.Logger.Warn("refused join request", "remote", tc.RemoteAddr(), "reason", refusal.Reason, "msg", refusal.Message)
+	tc.SetDeadline(time.Now().Add(joinIOTimeout))
+	transport.WriteFrame(tc, transport.FrameRefuse, refusal.Encode(nil))
+}
+
+// Join sends one join request to the node at addr (host:port of its TCP
+// endpoint) and returns its answer and the cluster CA certificate, as
+// quicnet.Join does over QUIC: the server is accepted only if it proves,
+// in the TLS handshake, that it is a node of the CA whose public key hash is
+// caHash, and req, which carries the token's secret, is sent only after
+// that. A mismatch fails with an error matching transport.ErrCAMismatch (or
+// the pki error of the certificate); a refusal is a *transport.Refusal.
+func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []byte, ca *x509.Certificate, err error) {
+	if err := transport.CheckJoinRequest(caHash, req); err != nil {
+		return nil, nil, fmt.Errorf("tcpnet: join: %w", err)
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tcpnet: join: connect to %s: %w", addr, err)
+	}
+	defer raw.Close()
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	conf, verified := transport.JoinClientTLS(caHash)
+	tc := tls.Client(raw, conf)
+	herr := tc.HandshakeContext(ctx)
+	ca, verr := verified()
+	switch {
+	case verr != nil:
+		return nil, nil, fmt.Errorf("tcpnet: join %s: %w", addr, verr)
+	case herr != nil:
+		return nil, nil, joinIOError(ctx, addr, "TLS handshake", herr)
+	case ca == nil || tc.ConnectionState().NegotiatedProtocol != transport.JoinALPN:
+		// Cannot happen with the configuration above; never send the
+		// request over a connection that was not verified.
+		return nil, nil, fmt.Errorf("tcpnet: join %s: %w: server not verified", addr, transport.ErrCAMismatch)
+	}
+	if err := transport.WriteFrame(tc, transport.FrameRPCRequest, req); err != nil {
+		return nil, nil, joinIOError(ctx, addr, "send request", err)
+	}
+	resp, err = transport.ReadJoinAnswer(tc)
+	var rf *transport.Refusal
+	switch {
+	case errors.As(err, &rf):
+		return nil, nil, fmt.Errorf("tcpnet: join %s: %w", addr, err)
+	case err != nil:
+		return nil, nil, joinIOError(ctx, addr, "read response", err)
+	}
+	return resp, ca, nil
+}
+
+func joinIOError(ctx context.Context, addr, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("tcpnet: join %s: %s: %w", addr, what, context.Cause(ctx))
+	}
+	return fmt.Errorf("tcpnet: join %s: %s: %w", addr, what, err)
+}
