@@ -55,9 +55,14 @@ func (s Settings) Validate() error {
 type Config struct {
 	// Dir is the node's data dir.
 	Dir string
-	// Listen is the QUIC address (UDP). Required to create a node; a
-	// restart defaults to the stored one.
+	// Listen is the peer address: UDP for QUIC, TCP with Transport "tcp".
+	// Required to create a node; a restart defaults to the stored one.
 	Listen string
+	// Transport is how this node talks to its peers: "quic" (the default)
+	// or "tcp" (TCP with the same mutual TLS 1.3, for networks that block
+	// UDP). Every node of a cluster must use the same; a node keeps the one
+	// it was created with, and a restart that names another is refused.
+	Transport string
 	// Advertise is the address other nodes dial; default Listen.
 	Advertise string
 	// API is the client API address this node announces in the metadata
@@ -70,7 +75,7 @@ type Config struct {
 	// Bootstrap creates a new cluster in an empty dir, with Settings.
 	Bootstrap bool
 	Settings  Settings
-	// Join is the QUIC address of any node of the cluster to join, with
+	// Join is the peer address of any node of the cluster to join, with
 	// Token (from `token create`).
 	Join  string
 	Token string
@@ -143,6 +148,9 @@ type stored struct {
 	Advertise string `json:"advertise,omitempty"`
 	API       string `json:"api,omitempty"`
 	Zone      string `json:"zone,omitempty"`
+	// Transport is the node's peer transport; empty (dirs made before there
+	// was a choice) is QUIC.
+	Transport string `json:"transport,omitempty"`
 	// Peers is the static peer list of nodes made before the metadata group
 	// existed; such a dir is refused.
 	Peers map[string]string `json:"peers,omitempty"`
@@ -225,4 +233,20 @@ func checkAddr(flag, addr string) error {
 func IsNode(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, storedFile))
 	return err == nil
+}
+
+// Peer transports (Config.Transport).
+const (
+	TransportQUIC = "quic"
+	TransportTCP  = "tcp"
+)
+
+// checkTransport validates a Config.Transport ("" is allowed: the stored
+// one, or QUIC).
+func checkTransport(t string) error {
+	switch t {
+	case "", TransportQUIC, TransportTCP:
+		return nil
+	}
+	return fmt.Errorf("transport %q: want %q or %q", t, TransportQUIC, TransportTCP)
 }

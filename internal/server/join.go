@@ -23,7 +23,9 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/meta"
 	"github.com/nodedb/nodedb-cluster/internal/meta/metapb"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
+	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
+	"github.com/nodedb/nodedb-cluster/internal/transport/tcpnet"
 )
 
 // JoinError is a join the cluster refused; Code is the metadata applier's
@@ -82,7 +84,14 @@ func (s *Server) join(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
 	defer cancel()
-	resp, caCert, err := requestJoin(ctx, cfg.Join, tok.CAHash(), req, s.cfg.Logger)
+	dial := quicnet.Join
+	if s.cfg.Transport == TransportTCP {
+		dial = tcpnet.Join
+	}
+	resp, caCert, err := requestJoin(ctx, dial, cfg.Join, tok.CAHash(), req, s.cfg.Logger)
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w (this node joins over %s: does the cluster use the same --transport?)", err, s.cfg.Transport)
+	}
 	if err != nil {
 		return err
 	}
@@ -121,16 +130,20 @@ func (s *Server) join(ctx context.Context) error {
 	return nil
 }
 
+// joinDialer sends one join request over a transport (quicnet.Join,
+// tcpnet.Join).
+type joinDialer func(ctx context.Context, addr, caHash string, req []byte) ([]byte, *x509.Certificate, error)
+
 // requestJoin sends the join request, following redirects to the metadata
 // leader and retrying while the cluster cannot answer, until ctx ends.
-func requestJoin(ctx context.Context, addr, caHash string, req []byte, log interface {
+func requestJoin(ctx context.Context, dial joinDialer, addr, caHash string, req []byte, log interface {
 	Info(string, ...any)
 }) (*metapb.JoinResponse, *x509.Certificate, error) {
 	backoff := 100 * time.Millisecond
 	var last error
 	for hops := 0; ; {
-		b, caCert, err := quicnet.Join(ctx, addr, caHash, req)
-		if errors.Is(err, quicnet.ErrCAMismatch) {
+		b, caCert, err := dial(ctx, addr, caHash, req)
+		if errors.Is(err, transport.ErrCAMismatch) {
 			return nil, nil, fmt.Errorf("%s is not the cluster the token names: %w", addr, err)
 		}
 		if err == nil {

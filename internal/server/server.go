@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +25,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
+	"github.com/nodedb/nodedb-cluster/internal/transport/tcpnet"
 )
 
 // GroupID identifies a Raft group.
@@ -44,7 +46,7 @@ type Server struct {
 	metaSM    *meta.StateMachine
 	view      metaView
 	node      *cluster.Node
-	ep        *quicnet.Endpoint
+	ep        peerEndpoint
 	admin     *adminServer
 	registry  *prometheus.Registry
 	identity  *pki.Identity
@@ -66,6 +68,19 @@ type Server struct {
 	joinPeers map[ids.NodeID]string
 }
 
+// peerEndpoint is what a node uses of its peer transport, QUIC
+// (quicnet) or TCP (tcpnet): Raft traffic, RPCs, peer addresses and the
+// state of each link.
+type peerEndpoint interface {
+	transport.Transport
+	transport.Caller
+	Handle(method string, h transport.RPCHandler)
+	SetPeer(id ids.NodeID, addr string)
+	PeerState(id ids.NodeID) transport.PeerState
+	JoinStats() *transport.JoinStats
+	Addr() net.Addr
+}
+
 // TLSDir is where a node keeps its certificate, key and the CA certificate.
 func TLSDir(dataDir string) string { return filepath.Join(dataDir, "tls") }
 
@@ -84,6 +99,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	cfg.setDefaults()
 	if cfg.Dir == "" {
 		return nil, errors.New("a data dir is required")
+	}
+	if err := checkTransport(cfg.Transport); err != nil {
+		return nil, err
 	}
 	for flag, a := range map[string]string{"listen": cfg.Listen, "advertise": cfg.Advertise, "join": cfg.Join} {
 		if err := checkAddr(flag, a); err != nil {
@@ -105,6 +123,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.log = cfg.Logger
 	s.limits = kv.Limits{MaxKeySize: cfg.MaxKeyBytes, MaxValueSize: cfg.MaxValueBytes}
+	if st == nil {
+		s.cfg.Transport = cmp.Or(cfg.Transport, TransportQUIC) // a new node's
+	}
 	switch {
 	case st != nil:
 		if cfg.Join != "" || cfg.Token != "" {
@@ -147,6 +168,11 @@ func (s *Server) restart(st *stored) error {
 	if s.cfg.Zone == "" {
 		s.cfg.Zone = st.Zone
 	}
+	stTransport := cmp.Or(st.Transport, TransportQUIC)
+	if s.cfg.Transport != "" && s.cfg.Transport != stTransport {
+		return fmt.Errorf("%s is a node that talks to its peers over %s; it cannot switch to %s (its peers dial it over %s): leave --transport out or give %s", s.cfg.Dir, stTransport, s.cfg.Transport, stTransport, stTransport)
+	}
+	s.cfg.Transport = stTransport
 	id, verifier, err := loadIdentity(TLSDir(s.cfg.Dir), s.id, s.log)
 	if err != nil {
 		return err
@@ -180,6 +206,7 @@ func (s *Server) stored() *stored {
 	st := &stored{
 		NodeID: uint64(s.id), ClusterID: s.clusterID, VShards: s.vshards,
 		Listen: s.cfg.Listen, Advertise: s.cfg.Advertise, API: s.cfg.API, Zone: s.cfg.Zone,
+		Transport: s.cfg.Transport,
 	}
 	if len(s.joinPeers) > 0 {
 		st.JoinPeers = map[string]string{}
@@ -263,6 +290,21 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		Logger:             s.log,
 		Registerer:         s.registry,
 		Connect: func(h transport.Handler) (transport.Transport, error) {
+			if s.cfg.Transport == TransportTCP {
+				ep, err := tcpnet.Listen(tcpnet.Config{
+					Identity: id,
+					Verifier: verifier,
+					Listen:   s.cfg.Listen,
+					Peers:    peers,
+					Join:     s.handleJoin,
+					Logger:   s.log.With("component", "tcpnet"),
+				}, h)
+				if err != nil {
+					return nil, err
+				}
+				s.ep = ep
+				return ep, nil
+			}
 			ep, err := quicnet.Listen(quicnet.Config{
 				Identity:   id,
 				Verifier:   verifier,
@@ -272,8 +314,11 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 				Logger:     s.log.With("component", "quicnet"),
 				Registerer: s.registry,
 			}, h)
+			if err != nil {
+				return nil, err
+			}
 			s.ep = ep
-			return ep, err
+			return ep, nil
 		},
 	})
 	if err != nil {
@@ -295,7 +340,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 	if err != nil {
 		return err
 	}
-	s.log.Info("node started", "listen", s.ep.Addr().String(), "cluster", s.clusterID, "admin", AdminSocket(s.cfg.Dir))
+	s.log.Info("node started", "listen", s.ep.Addr().String(), "transport", s.cfg.Transport, "cluster", s.clusterID, "admin", AdminSocket(s.cfg.Dir))
 	return nil
 }
 

@@ -778,3 +778,113 @@ func TestMisroutedRequestIsMoved(t *testing.T) {
 		t.Fatalf("a misrouted write was stored: %+v %v", got, err)
 	}
 }
+
+// TestClusterOverTCP runs a cluster on the TCP transport (TCP with mutual
+// TLS 1.3, for networks that block UDP): bootstrap, two joins over TCP,
+// placement, data through every node, a restart; a node keeps its
+// transport, and a joiner on the other transport is told to check it.
+func TestClusterOverTCP(t *testing.T) {
+	if _, err := Start(context.Background(), Config{Dir: t.TempDir(), Transport: "udp", Bootstrap: true, Listen: "127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), `transport "udp"`) {
+		t.Fatalf("an unknown transport: %v", err)
+	}
+	tcp := func(c *Config) { c.Transport = TransportTCP }
+	c := &testCluster{t: t, root: t.TempDir(), tune: tcp}
+	t.Cleanup(c.stopAll)
+	cfg := c.config(c.dir(0))
+	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeTCPAddr(t), true, Settings{VShards: 64, Groups: 4, RF: 3}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, cfg.Dir)
+	for range 2 {
+		dir := c.dir(len(c.dirs))
+		jc := c.joinConfig(dir, 0, c.token(0, time.Minute))
+		jc.Listen = freeTCPAddr(t)
+		s, err := Start(context.Background(), jc)
+		if err != nil {
+			t.Fatalf("join over TCP: %v", err)
+		}
+		c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, dir)
+	}
+	st := c.waitPlaced(3, 3)
+	for _, n := range st.Nodes {
+		if n.Liveness != "alive" {
+			t.Fatalf("node %d liveness %q over TCP", n.ID, n.Liveness)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	put := func(i int, key, value string) {
+		t.Helper()
+		cmd, err := kv.EncodePut([]byte(key), []byte(value), nil, kv.DefaultLimits())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.nodes[i].Propose(ctx, []byte(key), cmd); err != nil {
+			t.Fatalf("put %s through node %d: %v", key, i+1, err)
+		}
+	}
+	get := func(i int, key string) string {
+		t.Helper()
+		q, _ := kv.EncodeGet([]byte(key), kv.DefaultLimits())
+		out, err := c.nodes[i].Read(ctx, []byte(key), q)
+		if err != nil {
+			t.Fatalf("get %s through node %d: %v", key, i+1, err)
+		}
+		got, err := kv.DecodeGetResponse(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(got.Value)
+	}
+	for i := range 12 {
+		put(i%3, fmt.Sprintf("key-%d", i), fmt.Sprint(i))
+	}
+	for i := range 12 {
+		if v := get((i+1)%3, fmt.Sprintf("key-%d", i)); v != fmt.Sprint(i) {
+			t.Fatalf("key-%d read %q", i, v)
+		}
+	}
+
+	// A restart keeps the transport without being told; naming the other
+	// one is refused and leaves the dir as it was.
+	c.nodes[2].Stop()
+	c.nodes[2] = nil
+	qc := c.config(c.dirs[2])
+	qc.Transport = TransportQUIC
+	if _, err := Start(context.Background(), qc); err == nil || !strings.Contains(err.Error(), "cannot switch to quic") {
+		t.Fatalf("restart over QUIC: %v", err)
+	}
+	rc := c.config(c.dirs[2])
+	rc.Transport = ""
+	if c.nodes[2], err = Start(context.Background(), rc); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(c.dirs[2], storedFile)); err != nil || !strings.Contains(string(b), `"transport": "tcp"`) {
+		t.Fatalf("cluster.json: %s %v", b, err)
+	}
+	put(2, "after-restart", "yes")
+	if v := get(0, "after-restart"); v != "yes" {
+		t.Fatalf("after restart read %q", v)
+	}
+	c.waitPlaced(3, 3)
+
+	// A joiner on QUIC does not reach a TCP cluster; its error says why.
+	jc := c.joinConfig(c.dir(9), 0, c.token(0, time.Minute))
+	jc.Transport, jc.JoinTimeout = TransportQUIC, 2*time.Second
+	if _, err := Start(context.Background(), jc); err == nil || !strings.Contains(err.Error(), "does the cluster use the same --transport") {
+		t.Fatalf("QUIC joiner of a TCP cluster: %v", err)
+	}
+}
+
+// freeTCPAddr is a TCP address on 127.0.0.1 that was free a moment ago.
+func freeTCPAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
