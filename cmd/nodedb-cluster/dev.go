@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nodedb/nodedb-cluster/internal/devcluster"
+	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
 func newDevCommand() *cobra.Command {
@@ -31,8 +33,9 @@ func newDevCommand() *cobra.Command {
 		Use:   "dev",
 		Short: "Run a local N-node cluster in one process",
 		Long: `Run a local cluster of --nodes nodes in this process, each with its own
-data dir under --dir, its own QUIC listener (node i on 127.0.0.1:(7400+i),
-mutual TLS between all of them) and its client API on 127.0.0.1:(8400+i):
+data dir under --dir, its own peer listener (node i on 127.0.0.1:(7400+i),
+QUIC, or TCP with --transport tcp; mutual TLS between all of them) and its
+client API on 127.0.0.1:(8400+i):
 plain HTTP on loopback, serving the REST API under /v1/, the KV service over
 Connect and gRPC (h2c), /metrics and /debug/pprof. --port-base P puts node i
 on P+i and its API on P+1000+i; --port-base 0 picks free ports for both. The
@@ -59,6 +62,7 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 	cmd.Flags().IntVar(&shape.Nodes, "nodes", 3, "number of nodes")
 	cmd.Flags().IntVar(&shape.Groups, "groups", 16, "number of data groups (first run only)")
 	cmd.Flags().IntVar(&shape.VShards, "vshards", 1024, "number of vShards, a power of two from 16 to 16384 (first run only)")
+	cmd.Flags().StringVar(&shape.Transport, "transport", "", "peer transport: quic (default) or tcp (first run only)")
 	cmd.Flags().StringVar(&dir, "dir", ".nodedb-dev", "parent of the nodes' data dirs")
 	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
@@ -109,8 +113,12 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 	if c.Restarted {
 		verb = "restarted"
 	}
-	fmt.Fprintf(out, "nodedb-cluster dev: %s %d nodes, %d groups, %d vShards, RF %d in %s\n",
-		verb, c.Shape.Nodes, c.Shape.Groups, c.Shape.VShards, c.Shape.RF, dir)
+	if c.Restarted && changed("transport") && cmp.Or(shape.Transport, server.TransportQUIC) != cmp.Or(c.Shape.Transport, server.TransportQUIC) {
+		fmt.Fprintf(out, "warning: --transport=%s ignored: %s already holds a cluster over %s\n", shape.Transport, dir, cmp.Or(c.Shape.Transport, server.TransportQUIC))
+	}
+	tr := transportName(c.Shape.Transport)
+	fmt.Fprintf(out, "nodedb-cluster dev: %s %d nodes, %d groups, %d vShards, RF %d over %s in %s\n",
+		verb, c.Shape.Nodes, c.Shape.Groups, c.Shape.VShards, c.Shape.RF, tr, dir)
 
 	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -135,14 +143,14 @@ func runDev(ctx context.Context, out io.Writer, dir string, shape devcluster.Sha
 		}
 		return fmt.Errorf("self-check: %w", err)
 	}
-	fmt.Fprintln(out, "self-check: a write forwarded over QUIC to its group leader read back linearizably through every node")
+	fmt.Fprintf(out, "self-check: a write forwarded over %s to its group leader read back linearizably through every node\n", tr)
 	st, err := c.Status()
 	if err != nil {
 		return err
 	}
 	printClusterStatus(out, st)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tAPI (HTTP, gRPC)\tQUIC (mutual TLS)\tADMIN SOCKET")
+	fmt.Fprintf(tw, "\nNODE\tAPI (HTTP, gRPC)\t%s (mutual TLS)\tADMIN SOCKET\n", tr)
 	for i, e := range c.Endpoints {
 		fmt.Fprintf(tw, "n%d\thttp://%s\t%s\t%s\n", i+1, c.APIs[i], e, c.AdminSockets()[i])
 	}

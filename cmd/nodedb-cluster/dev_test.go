@@ -34,12 +34,37 @@ func TestDevOnceBootstrapsThenRestarts(t *testing.T) {
 	}
 }
 
+// TestDevOverTCP: --transport tcp runs the dev cluster's peers over TCP
+// (joins, forwarding, the self-check), and a restart keeps it whatever the
+// flag says.
+func TestDevOverTCP(t *testing.T) {
+	dir := t.TempDir()
+	first := runDevOnce(t, dir, "--transport", "tcp")
+	for _, want := range []string{"bootstrapped 3 nodes, 4 groups, 64 vShards, RF 3 over TCP", "self-check: a write forwarded over TCP", "TCP (mutual TLS)"} {
+		if !strings.Contains(first, want) {
+			t.Fatalf("first run output lacks %q:\n%s", want, first)
+		}
+	}
+	second := runDevOnce(t, dir, "--transport", "quic")
+	for _, want := range []string{"warning: --transport=quic ignored", "restarted 3 nodes, 4 groups, 64 vShards, RF 3 over TCP", "self-check: a write forwarded over TCP"} {
+		if !strings.Contains(second, want) {
+			t.Fatalf("second run output lacks %q:\n%s", want, second)
+		}
+	}
+}
+
 func TestDevRefusesBadShape(t *testing.T) {
 	cmd := newDevCommand()
 	cmd.SetOut(&bytes.Buffer{})
 	cmd.SetArgs([]string{"--dir", t.TempDir(), "--once", "--vshards", "100", "--port-base", "0"})
 	if err := cmd.ExecuteContext(context.Background()); err == nil {
 		t.Fatal("a vShard count that is not a power of two was accepted")
+	}
+	cmd = newDevCommand()
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetArgs([]string{"--dir", t.TempDir(), "--once", "--transport", "udp", "--port-base", "0"})
+	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), `transport "udp"`) {
+		t.Fatalf("an unknown transport: %v", err)
 	}
 }
 

@@ -126,6 +126,15 @@ func TestProcessClusterSurvivesLeaderKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
 	}
+	// The same over both peer transports: QUIC, and TCP with mutual TLS.
+	t.Run("quic", func(t *testing.T) { leaderKill(t, nil) })
+	t.Run("tcp", func(t *testing.T) { leaderKill(t, []string{"--transport", "tcp"}) })
+}
+
+// leaderKill runs three node processes started with allArgs, writes through
+// all of them, SIGKILLs the leader of group 1 and restarts it: writes go on,
+// replicas converge, no acknowledged write is lost.
+func leaderKill(t *testing.T, allArgs []string) {
 	bin, err := buildBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -133,8 +142,17 @@ func TestProcessClusterSurvivesLeaderKill(t *testing.T) {
 	root := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	procs := startProcCluster(ctx, t, bin, root, 3, "--groups", "4", "--vshards", "64", "--rf", "3")
+	procs := startProcClusterWith(ctx, t, bin, root, 3, allArgs, "--groups", "4", "--vshards", "64", "--rf", "3")
 	waitLeaders(ctx, t, procs, 5) // 4 data groups and the metadata group
+	if slices.Contains(allArgs, "tcp") {
+		// Each node really runs on TCP (a QUIC node would also have found
+		// its UDP port free).
+		for _, p := range procs {
+			if b, err := os.ReadFile(filepath.Join(p.dir, "cluster.json")); err != nil || !strings.Contains(string(b), `"transport": "tcp"`) {
+				t.Fatalf("%s/cluster.json: %s %v", p.dir, b, err)
+			}
+		}
+	}
 
 	// Writers: unique keys through every live node; a key is acknowledged
 	// when a node answered 200.
@@ -203,7 +221,7 @@ func TestProcessClusterSurvivesLeaderKill(t *testing.T) {
 
 	// Writes continue after re-election, including to group 1.
 	waitCount(ctx, t, count, killedAt+200)
-	procs[victim].args = []string{"start", "--dir", procs[victim].dir, "--log-level", "warn", "--tick", "20ms"}
+	procs[victim].args = slices.Concat([]string{"start", "--dir", procs[victim].dir, "--log-level", "warn", "--tick", "20ms"}, allArgs)
 	procs[victim].start()
 	waitAdmin(ctx, t, procs[victim].dir)
 	mu.Lock()
@@ -267,8 +285,12 @@ func startProcCluster(ctx context.Context, t *testing.T, bin, root string, n int
 // node (and kept for its restarts).
 func startProcClusterWith(ctx context.Context, t *testing.T, bin, root string, n int, allArgs []string, bootstrapArgs ...string) []*proc {
 	t.Helper()
-	addrs := freeUDPPorts(t, n)
-	apis := freeTCPPorts(t, n)
+	addrs, apis := freeUDPPorts(t, n), freeTCPPorts(t, n)
+	if i := slices.Index(allArgs, "--transport"); i >= 0 && i+1 < len(allArgs) && allArgs[i+1] == "tcp" {
+		// Peer and API ports from one pool, so that they differ.
+		ports := freeTCPPorts(t, 2*n)
+		addrs, apis = ports[:n], ports[n:]
+	}
 	procs := make([]*proc, n)
 	procs[0] = newProc(t, bin, root, 1, slices.Concat([]string{"--listen", addrs[0], "--api", apis[0], "--bootstrap"}, allArgs, bootstrapArgs)...)
 	procs[0].api = apis[0]

@@ -29,8 +29,10 @@ func newStartCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "start",
 		Short: "Run one node of a cluster",
-		Long: `Run one node in this process, with its data in --dir and its QUIC listener
-on --listen (mutual TLS 1.3 with every peer).
+		Long: `Run one node in this process, with its data in --dir and its peer listener
+on --listen: QUIC (UDP), or TCP with --transport tcp for networks that block
+UDP; mutual TLS 1.3 with every peer either way. Every node of a cluster
+uses the same transport, and a node keeps the one it was created with.
 
 A node comes to exist in one of two explicit ways:
 
@@ -72,8 +74,8 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 			}
 			out := cmd.OutOrStdout()
 			stopAPI := func() error { return nil }
-			fmt.Fprintf(out, "node %d of cluster %s listening on %s (QUIC, mutual TLS); admin socket %s\n",
-				s.ID(), s.ClusterID(), s.Addr(), server.AdminSocket(cfg.Dir))
+			fmt.Fprintf(out, "node %d of cluster %s listening on %s (%s, mutual TLS); admin socket %s\n",
+				s.ID(), s.ClusterID(), s.Addr(), transportName(s.Transport()), server.AdminSocket(cfg.Dir))
 			if a := s.APIAddr(); a != "" {
 				ep, err := api.ServeNode(s, a, apiCert, apiKey, log.With("component", "api"))
 				if err != nil {
@@ -103,7 +105,8 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Dir, "dir", "", "data dir (required)")
-	f.StringVar(&cfg.Listen, "listen", "", "QUIC listen address HOST:PORT (required to create a node; later the stored one)")
+	f.StringVar(&cfg.Listen, "listen", "", "peer listen address HOST:PORT, UDP for QUIC, TCP with --transport tcp (required to create a node; later the stored one)")
+	f.StringVar(&cfg.Transport, "transport", "", "peer transport of a new node: quic (default) or tcp (TCP with the same mutual TLS, where UDP is blocked); every node of a cluster uses the same, and a node keeps its own")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes dial (default --listen)")
 	f.StringVar(&cfg.API, "api", "", "client API address HOST:PORT (REST and gRPC); TLS unless it is a loopback address")
 	f.StringVar(&apiCert, "api-cert", "", "TLS certificate file for the client API (default: the node's certificate)")
@@ -163,4 +166,12 @@ func clientIdleExpiry(flag time.Duration) time.Duration {
 		return -1
 	}
 	return flag
+}
+
+// transportName is how the CLI names a peer transport.
+func transportName(t string) string {
+	if t == server.TransportTCP {
+		return "TCP"
+	}
+	return "QUIC"
 }

@@ -1,5 +1,5 @@
 // Package devcluster runs a local development cluster: N nodes in one
-// process, each with its own data dir, its own QUIC listener on 127.0.0.1
+// process, each with its own data dir, its own peer listener on 127.0.0.1
 // and its admin socket. It takes the same path as an operator would: node 1
 // bootstraps the cluster, the others join it with tokens, and later runs
 // restart every node from its dir. It is N copies of what `nodedb-cluster
@@ -38,6 +38,9 @@ type Shape struct {
 	Groups  int `json:"groups"`
 	VShards int `json:"vshards"`
 	RF      int `json:"rf"`
+	// Transport is the nodes' peer transport (server.Config.Transport);
+	// empty is QUIC.
+	Transport string `json:"transport,omitempty"`
 }
 
 // Validate checks a shape before anything is created.
@@ -54,6 +57,9 @@ func (s Shape) Validate() error {
 	if s.RF < 1 || s.RF > s.Nodes {
 		return fmt.Errorf("replication factor must be between 1 and the node count (%d), got %d", s.Nodes, s.RF)
 	}
+	if t := s.Transport; t != "" && t != server.TransportQUIC && t != server.TransportTCP {
+		return fmt.Errorf("transport %q: want %q or %q", t, server.TransportQUIC, server.TransportTCP)
+	}
 	return nil
 }
 
@@ -68,7 +74,7 @@ type Cluster struct {
 	Shape Shape
 	// Restarted is true when the dir already held a cluster.
 	Restarted bool
-	// Endpoints are the nodes' QUIC addresses, node 1 first (the endpoints
+	// Endpoints are the nodes' peer addresses, node 1 first (the endpoints
 	// file lists the API addresses, which clients use).
 	Endpoints []string
 	// APIs are the nodes' client API addresses (plain HTTP), node 1 first.
@@ -128,6 +134,7 @@ func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog
 			Dir:       NodeDir(dir, i),
 			Logger:    log.With("dev_node", i),
 			ReadLease: o.ReadLease,
+			Transport: c.Shape.Transport,
 		}
 		if !server.IsNode(cfg.Dir) {
 			// A node that does not exist yet: node 1 bootstraps (or
@@ -135,7 +142,11 @@ func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog
 			cfg.Listen = fmt.Sprintf("127.0.0.1:%d", portBase+i)
 			cfg.API = fmt.Sprintf("127.0.0.1:%d", portBase+APIPortOffset+i)
 			if portBase == 0 {
-				if cfg.Listen, err = freeUDPAddr(); err != nil {
+				free := freeUDPAddr
+				if c.Shape.Transport == server.TransportTCP {
+					free = freeTCPAddr
+				}
+				if cfg.Listen, err = free(); err != nil {
 					_ = c.Stop()
 					return nil, err
 				}

@@ -368,6 +368,9 @@ func (s *Server) ClusterID() string { return s.clusterID }
 // Addr returns the QUIC address the node listens on.
 func (s *Server) Addr() net.Addr { return s.ep.Addr() }
 
+// Transport is the node's peer transport, TransportQUIC or TransportTCP.
+func (s *Server) Transport() string { return s.cfg.Transport }
+
 // Dir is the node's data dir.
 func (s *Server) Dir() string { return s.cfg.Dir }
 
