@@ -193,6 +193,7 @@ type conditions struct {
 	OursPeerTLS   bool    `json:"ours_peer_tls"`
 	OursClientTLS bool    `json:"ours_client_tls"`
 	OursReadLease bool    `json:"ours_read_lease"`
+	OursTransport string  `json:"ours_transport,omitempty"`
 	EtcdPeerTLS   bool    `json:"etcd_peer_tls"`
 	EtcdClientTLS bool    `json:"etcd_client_tls"`
 	ValueSize     int     `json:"value_size"`
@@ -238,6 +239,7 @@ type options struct {
 	peerTLS    bool
 	clientTLS  bool
 	readLease  bool
+	transport  string
 	etcdConns  int
 	etcdTarget string
 	opTimeout  time.Duration
@@ -263,6 +265,7 @@ func main() {
 	flag.IntVar(&o.keys, "keys", 10000, "keyspace (keys written before the workloads, so every get finds its key)")
 	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
+	flag.StringVar(&o.transport, "nodedb-transport", "", "our nodes' peer transport: quic (their default) or tcp (TCP with the same mutual TLS)")
 	flag.BoolVar(&o.readLease, "nodedb-read-lease", false, "start our nodes with --read-lease (linearizable reads from leader leases; etcd's default, ReadIndex, is unchanged)")
 	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
 	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
@@ -405,6 +408,7 @@ func runAll(ctx context.Context, o options) (err error) {
 		OursPeerTLS:   true,
 		OursClientTLS: o.clientTLS,
 		OursReadLease: o.readLease,
+		OursTransport: o.transport,
 		EtcdPeerTLS:   o.peerTLS,
 		EtcdClientTLS: o.clientTLS,
 		ValueSize:     o.valueSize,
@@ -435,7 +439,7 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["nodedb"] {
 		logf("starting a 3-node nodedb-cluster")
 		ours, err := startOurs(ctx, &ps, oursOptions{bin: oursBin, root: filepath.Join(root, "nodedb"), certs: certs,
-			clientTLS: o.clientTLS, readLease: o.readLease, nodes: 3, maxConns: maxClients + 8})
+			clientTLS: o.clientTLS, readLease: o.readLease, transport: o.transport, nodes: 3, maxConns: maxClients + 8})
 		if err != nil {
 			return err
 		}
@@ -722,8 +726,12 @@ func printReport(out io.Writer, rep report) {
 		if c.OursReadLease {
 			lease = "; linearizable reads from leader leases (--read-lease)"
 		}
-		parts = append(parts, fmt.Sprintf("3 nodedb-cluster nodes (peers mutual TLS 1.3 over QUIC, clients %s over HTTP; data-group leaders per node %s%s)",
-			tlsWord(c.OursClientTLS), c.OursLeaders, lease))
+		peerTransport := "QUIC"
+		if c.OursTransport == "tcp" {
+			peerTransport = "TCP"
+		}
+		parts = append(parts, fmt.Sprintf("3 nodedb-cluster nodes (peers mutual TLS 1.3 over %s, clients %s over HTTP; data-group leaders per node %s%s)",
+			peerTransport, tlsWord(c.OursClientTLS), c.OursLeaders, lease))
 	}
 	if c.EtcdVersion != "" {
 		parts = append(parts, fmt.Sprintf("3 etcd members (peers %s, clients %s over gRPC; clients -> %s, %d gRPC connection(s))",

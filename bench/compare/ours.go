@@ -33,7 +33,8 @@ type oursOptions struct {
 	root      string
 	certs     *certFiles // for the client API's TLS
 	clientTLS bool
-	readLease bool // start the nodes with --read-lease
+	readLease bool   // start the nodes with --read-lease
+	transport string // the nodes' --transport (empty: their default, QUIC)
 	nodes     int
 	maxConns  int // idle HTTP connections kept per node
 }
@@ -124,6 +125,9 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 			args = append(args, "--api-cert", o.certs.Cert, "--api-key", o.certs.Key)
 		}
 		args = append(args, fmt.Sprintf("--read-lease=%t", o.readLease))
+		if o.transport != "" {
+			args = append(args, "--transport", o.transport)
+		}
 		args = append(args, extra...)
 		p, err := ps.start(fmt.Sprintf("nodedb n%d", i+1), c.dirs[i]+".log", o.bin, args...)
 		if err != nil {
