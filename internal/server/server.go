@@ -292,12 +292,13 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		Connect: func(h transport.Handler) (transport.Transport, error) {
 			if s.cfg.Transport == TransportTCP {
 				ep, err := tcpnet.Listen(tcpnet.Config{
-					Identity: id,
-					Verifier: verifier,
-					Listen:   s.cfg.Listen,
-					Peers:    peers,
-					Join:     s.handleJoin,
-					Logger:   s.log.With("component", "tcpnet"),
+					Identity:   id,
+					Verifier:   verifier,
+					Listen:     s.cfg.Listen,
+					Peers:      peers,
+					Join:       s.handleJoin,
+					Logger:     s.log.With("component", "tcpnet"),
+					Registerer: s.registry,
 				}, h)
 				if err != nil {
 					return nil, err

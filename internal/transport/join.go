@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/pki"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Joining: a node that wants to join the cluster has no certificate yet. It
@@ -65,6 +67,28 @@ type JoinStats struct {
 	Conns    atomic.Uint64 // join connections accepted
 	Requests atomic.Uint64 // requests handed to the join handler
 	Refused  atomic.Uint64 // connections, streams and requests refused (busy, malformed, too large)
+}
+
+// RegisterJoinMetrics exports s on reg (nil: nowhere) as
+// nodedb_transport_join_{connections,requests,refused}_total.
+func RegisterJoinMetrics(reg prometheus.Registerer, s *JoinStats, log *slog.Logger) {
+	if reg == nil {
+		return
+	}
+	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "nodedb", Subsystem: "transport", Name: name, Help: help,
+		}, func() float64 { return float64(v.Load()) })
+	}
+	for _, c := range []prometheus.Collector{
+		counter("join_connections_total", "Join connections accepted (no client certificate, ALPN "+JoinALPN+").", &s.Conns),
+		counter("join_requests_total", "Join requests handed to the join handler.", &s.Requests),
+		counter("join_refused_total", "Join connections, streams and requests refused (busy, malformed, too large).", &s.Refused),
+	} {
+		if err := reg.Register(c); err != nil {
+			log.Warn("register transport metric", "err", err)
+		}
+	}
 }
 
 // JoinServerTLS is the TLS configuration a node presents to joiners: its own

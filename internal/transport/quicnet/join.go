@@ -8,10 +8,8 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
 	"github.com/nodedb/nodedb-cluster/internal/transport"
@@ -89,7 +87,7 @@ func newJoinServer(e *Endpoint) *joinServer {
 	if !transport.ChainHasCA(id.Certificate()) {
 		e.cfg.Logger.Warn("quicnet: Config.Join is set but the identity's certificate chain does not include the CA certificate that issued it; joiners will refuse this node")
 	}
-	j.registerMetrics(e.cfg.Registerer)
+	transport.RegisterJoinMetrics(e.cfg.Registerer, &j.stats, e.cfg.Logger)
 	return j
 }
 
@@ -102,26 +100,6 @@ func (j *joinServer) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, e
 		return j.tls, nil
 	}
 	return nil, nil
-}
-
-func (j *joinServer) registerMetrics(reg prometheus.Registerer) {
-	if reg == nil {
-		return
-	}
-	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: "nodedb", Subsystem: "transport", Name: name, Help: help,
-		}, func() float64 { return float64(v.Load()) })
-	}
-	for _, c := range []prometheus.Collector{
-		counter("join_connections_total", "Join connections accepted (no client certificate, ALPN "+JoinALPN+").", &j.stats.Conns),
-		counter("join_requests_total", "Join requests handed to the join handler.", &j.stats.Requests),
-		counter("join_refused_total", "Join connections, streams and requests refused (busy, malformed, too large).", &j.stats.Refused),
-	} {
-		if err := reg.Register(c); err != nil {
-			j.e.cfg.Logger.Warn("register transport metric", "err", err)
-		}
-	}
 }
 
 // serve serves one join connection until it closes, goes idle, or the

@@ -19,7 +19,10 @@
 //     quicnet RPC stream (transport.RPCClient / transport.RPCServer);
 //   - snapshots: a new connection per snapshot; the sender ends its data
 //     with a TLS close_notify (CloseWrite) and the receiver answers with a
-//     FrameResult.
+//     FrameResult;
+//   - joins (with Config.Join): a connection that asks for
+//     transport.JoinALPN, without a client certificate, carries one join
+//     request and its answer (internal/transport/join.go), then closes.
 //
 // Raft traffic shares no connection with snapshots or RPCs, so a bulk
 // transfer never delays a heartbeat behind it in a TCP send buffer; what
@@ -38,11 +41,12 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures an Endpoint. It follows quicnet.Config; what TCP does
-// not need (stream counts, a Prometheus registry, a test filter) is left
-// out.
+// not need or has not got yet (stream counts, QUIC path metrics, a test
+// filter) is left out.
 type Config struct {
 	// Identity is this node's certificate and key; its node ID is the
 	// endpoint's.
@@ -80,6 +84,10 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between failed dials to a
 	// peer (exponential, with full jitter). Defaults 50ms and 5s.
 	MinBackoff, MaxBackoff time.Duration
+
+	// Registerer, when set, gets the endpoint's join metrics (the same
+	// names as quicnet's).
+	Registerer prometheus.Registerer
 
 	Logger *slog.Logger
 }

@@ -101,6 +101,7 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 			return nil, nil
 		}
 		e.joinSlots = make(chan struct{}, transport.MaxJoinConns)
+		transport.RegisterJoinMetrics(cfg.Registerer, &e.joinStats, cfg.Logger)
 	}
 	for id, a := range cfg.Peers {
 		e.SetPeer(id, a)
