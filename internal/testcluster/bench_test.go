@@ -25,7 +25,7 @@ func BenchmarkProposals(b *testing.B) {
 	for _, groups := range []int{1, 8, 64} {
 		for _, proposers := range []int{1, 16, 256} {
 			b.Run(fmt.Sprintf("groups=%d/proposers=%d", groups, proposers), func(b *testing.B) {
-				benchProposals(b, false, groups, proposers)
+				benchProposals(b, netMem, groups, proposers)
 			})
 		}
 	}
@@ -38,15 +38,34 @@ func BenchmarkProposalsQUIC(b *testing.B) {
 	for _, groups := range []int{1, 64} {
 		for _, proposers := range []int{1, 16, 256} {
 			b.Run(fmt.Sprintf("groups=%d/proposers=%d", groups, proposers), func(b *testing.B) {
-				benchProposals(b, true, groups, proposers)
+				benchProposals(b, netQUIC, groups, proposers)
 			})
 		}
 	}
 }
 
-func benchProposals(b *testing.B, quic bool, groups, proposers int) {
+// BenchmarkProposalsTCP is BenchmarkProposalsQUIC over tcpnet (TCP with
+// mutual TLS 1.3), the transport of `start --transport tcp`.
+func BenchmarkProposalsTCP(b *testing.B) {
+	for _, groups := range []int{1, 64} {
+		for _, proposers := range []int{1, 16, 256} {
+			b.Run(fmt.Sprintf("groups=%d/proposers=%d", groups, proposers), func(b *testing.B) {
+				benchProposals(b, netTCP, groups, proposers)
+			})
+		}
+	}
+}
+
+// The networks benchProposals runs on.
+const (
+	netMem = iota
+	netQUIC
+	netTCP
+)
+
+func benchProposals(b *testing.B, network, groups, proposers int) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: benchWorkers(b), Dir: benchDir(b), QUIC: quic})
+		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: benchWorkers(b), Dir: benchDir(b), QUIC: network == netQUIC, TCP: network == netTCP})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {

@@ -71,6 +71,10 @@ type Options struct {
 	// (Isolate, Partition) then drop traffic at the endpoints; memnet's link
 	// faults (loss, delay, duplication) are not available.
 	QUIC bool
+	// TCP runs the nodes over real TCP sockets with mutual TLS (tcpnet)
+	// instead, for benchmarks: it has no cuts, so Isolate and Partition
+	// fail the test.
+	TCP bool
 }
 
 func (o *Options) setDefaults(t testing.TB) {
@@ -163,8 +167,8 @@ func New(t testing.TB, opts Options) *Cluster {
 		nodes: map[ids.NodeID]*cluster.Node{},
 	}
 	t.Cleanup(c.Close)
-	if opts.QUIC {
-		c.quic = newQUICNet(t, opts.Nodes)
+	if opts.QUIC || opts.TCP {
+		c.quic = newQUICNet(t, opts.Nodes, opts.TCP)
 	}
 	layout, err := placement.Static(opts.Groups, opts.Nodes, opts.RF)
 	if err != nil {

@@ -1,6 +1,7 @@
 package testcluster
 
 import (
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 	"github.com/nodedb/nodedb-cluster/internal/transport/quicnet"
+	"github.com/nodedb/nodedb-cluster/internal/transport/tcpnet"
 )
 
 // quicNet is the real-socket network of a QUIC test cluster: a test CA, one
@@ -18,6 +20,8 @@ import (
 // a real node keeps its address), and the set of cut links that every
 // endpoint's filter consults.
 type quicNet struct {
+	t        testing.TB
+	tcp      bool // tcpnet instead of quicnet: no cuts
 	verifier *pki.Verifier
 	ids      map[ids.NodeID]*pki.Identity
 	addrs    map[ids.NodeID]string
@@ -26,12 +30,12 @@ type quicNet struct {
 	cutf func(a, b ids.NodeID) bool
 }
 
-func newQUICNet(t testing.TB, nodes int) *quicNet {
+func newQUICNet(t testing.TB, nodes int, tcp bool) *quicNet {
 	ca, err := pki.NewCA("testcluster", time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := &quicNet{verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
+	q := &quicNet{t: t, tcp: tcp, verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
 	for i := 1; i <= nodes; i++ {
 		id := ids.NodeID(i)
 		key, err := pki.NewNodeKey()
@@ -46,12 +50,24 @@ func newQUICNet(t testing.TB, nodes int) *quicNet {
 			t.Fatal(err)
 		}
 		// Reserve a port: bind, note it, release it for the node to take.
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		var c io.Closer
+		if tcp {
+			var ln net.Listener
+			ln, err = net.Listen("tcp", "127.0.0.1:0")
+			if err == nil {
+				q.addrs[id], c = ln.Addr().String(), ln
+			}
+		} else {
+			var pc net.PacketConn
+			pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+			if err == nil {
+				q.addrs[id], c = pc.LocalAddr().String(), pc
+			}
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		q.addrs[id] = pc.LocalAddr().String()
-		pc.Close()
+		c.Close()
 	}
 	return q
 }
@@ -62,6 +78,19 @@ func (q *quicNet) listen(id ids.NodeID, h transport.Handler, log *slog.Logger) (
 		if n != id {
 			peers[n] = a
 		}
+	}
+	if q.tcp {
+		return tcpnet.Listen(tcpnet.Config{
+			Identity:    q.ids[id],
+			Verifier:    q.verifier,
+			Listen:      q.addrs[id],
+			Peers:       peers,
+			IdleTimeout: 3 * time.Second,
+			DialTimeout: time.Second,
+			MinBackoff:  10 * time.Millisecond,
+			MaxBackoff:  200 * time.Millisecond,
+			Logger:      log.With("node", uint64(id), "component", "tcpnet"),
+		}, h)
 	}
 	return quicnet.Listen(quicnet.Config{
 		Identity:    q.ids[id],
@@ -85,6 +114,9 @@ func (q *quicNet) allowed(from, to ids.NodeID) bool {
 
 // cut replaces the set of cut links (nil heals every link).
 func (q *quicNet) cut(f func(a, b ids.NodeID) bool) {
+	if q.tcp {
+		q.t.Fatal("testcluster: the TCP network cannot cut links (use memnet or QUIC)")
+	}
 	q.mu.Lock()
 	q.cutf = f
 	q.mu.Unlock()
