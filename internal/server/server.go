@@ -290,31 +290,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		Logger:             s.log,
 		Registerer:         s.registry,
 		Connect: func(h transport.Handler) (transport.Transport, error) {
-			if s.cfg.Transport == TransportTCP {
-				ep, err := tcpnet.Listen(tcpnet.Config{
-					Identity:   id,
-					Verifier:   verifier,
-					Listen:     s.cfg.Listen,
-					Peers:      peers,
-					Join:       s.handleJoin,
-					Logger:     s.log.With("component", "tcpnet"),
-					Registerer: s.registry,
-				}, h)
-				if err != nil {
-					return nil, err
-				}
-				s.ep = ep
-				return ep, nil
-			}
-			ep, err := quicnet.Listen(quicnet.Config{
-				Identity:   id,
-				Verifier:   verifier,
-				Listen:     s.cfg.Listen,
-				Peers:      peers,
-				Join:       s.handleJoin,
-				Logger:     s.log.With("component", "quicnet"),
-				Registerer: s.registry,
-			}, h)
+			ep, err := s.listenPeers(id, verifier, peers, h)
 			if err != nil {
 				return nil, err
 			}
@@ -368,6 +344,17 @@ func (s *Server) ClusterID() string { return s.clusterID }
 
 // Addr returns the QUIC address the node listens on.
 func (s *Server) Addr() net.Addr { return s.ep.Addr() }
+
+// listenPeers starts the node's peer endpoint on its transport.
+func (s *Server) listenPeers(id *pki.Identity, verifier *pki.Verifier, peers map[ids.NodeID]string, h transport.Handler) (peerEndpoint, error) {
+	log := s.log.With("component", s.cfg.Transport+"net")
+	if s.cfg.Transport == TransportTCP {
+		return tcpnet.Listen(tcpnet.Config{Identity: id, Verifier: verifier, Listen: s.cfg.Listen, Peers: peers,
+			Join: s.handleJoin, Logger: log, Registerer: s.registry}, h)
+	}
+	return quicnet.Listen(quicnet.Config{Identity: id, Verifier: verifier, Listen: s.cfg.Listen, Peers: peers,
+		Join: s.handleJoin, Logger: log, Registerer: s.registry}, h)
+}
 
 // Transport is the node's peer transport, TransportQUIC or TransportTCP.
 func (s *Server) Transport() string { return s.cfg.Transport }

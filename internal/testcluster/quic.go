@@ -38,15 +38,8 @@ func newQUICNet(t testing.TB, nodes int, tcp bool) *quicNet {
 	q := &quicNet{t: t, tcp: tcp, verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
 	for i := 1; i <= nodes; i++ {
 		id := ids.NodeID(i)
-		key, err := pki.NewNodeKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := ca.IssueNode(key.Public(), id, []string{"127.0.0.1"}, time.Now(), 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if q.ids[id], err = pki.NewIdentity(cert, nil, key); err != nil {
+		var err error
+		if q.ids[id], err = ca.NewNodeIdentity(id, []string{"127.0.0.1"}, false); err != nil {
 			t.Fatal(err)
 		}
 		// Reserve a port: bind, note it, release it for the node to take.
@@ -79,31 +72,17 @@ func (q *quicNet) listen(id ids.NodeID, h transport.Handler, log *slog.Logger) (
 			peers[n] = a
 		}
 	}
+	// The same settings on both transports: fast dials and backoffs, a
+	// short idle timeout.
+	const idle, dial, minBackoff, maxBackoff = 3 * time.Second, time.Second, 10 * time.Millisecond, 200 * time.Millisecond
 	if q.tcp {
-		return tcpnet.Listen(tcpnet.Config{
-			Identity:    q.ids[id],
-			Verifier:    q.verifier,
-			Listen:      q.addrs[id],
-			Peers:       peers,
-			IdleTimeout: 3 * time.Second,
-			DialTimeout: time.Second,
-			MinBackoff:  10 * time.Millisecond,
-			MaxBackoff:  200 * time.Millisecond,
-			Logger:      log.With("node", uint64(id), "component", "tcpnet"),
-		}, h)
+		return tcpnet.Listen(tcpnet.Config{Identity: q.ids[id], Verifier: q.verifier, Listen: q.addrs[id], Peers: peers,
+			IdleTimeout: idle, DialTimeout: dial, MinBackoff: minBackoff, MaxBackoff: maxBackoff,
+			Logger: log.With("node", uint64(id), "component", "tcpnet")}, h)
 	}
-	return quicnet.Listen(quicnet.Config{
-		Identity:    q.ids[id],
-		Verifier:    q.verifier,
-		Listen:      q.addrs[id],
-		Peers:       peers,
-		IdleTimeout: 3 * time.Second,
-		DialTimeout: time.Second,
-		MinBackoff:  10 * time.Millisecond,
-		MaxBackoff:  200 * time.Millisecond,
-		Logger:      log.With("node", uint64(id), "component", "quicnet"),
-		Filter:      q.allowed,
-	}, h)
+	return quicnet.Listen(quicnet.Config{Identity: q.ids[id], Verifier: q.verifier, Listen: q.addrs[id], Peers: peers,
+		IdleTimeout: idle, DialTimeout: dial, MinBackoff: minBackoff, MaxBackoff: maxBackoff,
+		Logger: log.With("node", uint64(id), "component", "quicnet"), Filter: q.allowed}, h)
 }
 
 func (q *quicNet) allowed(from, to ids.NodeID) bool {

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
@@ -199,6 +200,32 @@ func ReadJoinRequest(r io.Reader) (req []byte, refusal *Refusal, err error) {
 		return nil, &Refusal{Reason: "malformed", Message: err.Error()}, nil
 	}
 	return req, nil, err
+}
+
+// ExchangeJoin sends req on rw, a connection (or stream) to a node that has
+// proven it belongs to the token's cluster, and reads the answer. closeWrite,
+// when not nil, ends the request direction after the request. It returns the
+// node's *Refusal as the error when it refused; an I/O error after ctx ended
+// becomes ctx's cause.
+func ExchangeJoin(ctx context.Context, rw io.ReadWriter, closeWrite func() error, req []byte) ([]byte, error) {
+	ioErr := func(what string, err error) error {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := WriteFrame(rw, FrameRPCRequest, req); err != nil {
+		return nil, ioErr("send request", err)
+	}
+	if closeWrite != nil {
+		closeWrite()
+	}
+	resp, err := ReadJoinAnswer(rw)
+	var rf *Refusal
+	if err != nil && !errors.As(err, &rf) {
+		return nil, ioErr("read response", err)
+	}
+	return resp, err
 }
 
 // ReadJoinAnswer reads the answer to a join request from r: the response's

@@ -1,5 +1,7 @@
 package transport
 
+import "time"
+
 // PeerState is what an endpoint knows about its link to a node: a hint for
 // operators (liveness), never a membership decision.
 type PeerState int
@@ -12,3 +14,15 @@ const (
 	// PeerBackoff: the last dial failed and the endpoint waits to retry.
 	PeerBackoff
 )
+
+// LinkState is the state of a link that is connected or not, and whose next
+// dial may not come before nextDial.
+func LinkState(connected bool, nextDial time.Time) PeerState {
+	switch {
+	case connected:
+		return PeerConnected
+	case time.Now().Before(nextDial):
+		return PeerBackoff
+	}
+	return PeerUnknown
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -311,24 +310,9 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 	if dl, ok := ctx.Deadline(); ok {
 		st.SetDeadline(dl)
 	}
-	if err := transport.WriteFrame(st, transport.FrameRPCRequest, req); err != nil {
-		return nil, nil, joinIOError(ctx, addr, "send request", err)
-	}
-	st.Close()
-	resp, err = transport.ReadJoinAnswer(st)
-	var rf *transport.Refusal
-	switch {
-	case errors.As(err, &rf):
+	resp, err = transport.ExchangeJoin(ctx, st, st.Close, req)
+	if err != nil {
 		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, err)
-	case err != nil:
-		return nil, nil, joinIOError(ctx, addr, "read response", err)
 	}
 	return resp, ca, nil
-}
-
-func joinIOError(ctx context.Context, addr, what string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("quicnet: join %s: %s: %w", addr, what, context.Cause(ctx))
-	}
-	return fmt.Errorf("quicnet: join %s: %s: %w", addr, what, err)
 }

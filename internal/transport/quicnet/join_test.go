@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -22,15 +21,7 @@ import (
 // issueWithCA returns an identity for node whose chain carries the CA
 // certificate, as a node serving joins must be set up.
 func (p *testPKI) issueWithCA(node ids.NodeID) *pki.Identity {
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	cert, err := p.ca.IssueNode(key.Public(), node, []string{"127.0.0.1"}, time.Now(), 0)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	id, err := pki.NewIdentity(cert, []*x509.Certificate{p.ca.Cert}, key)
+	id, err := p.ca.NewNodeIdentity(node, []string{"127.0.0.1"}, true)
 	if err != nil {
 		p.t.Fatal(err)
 	}

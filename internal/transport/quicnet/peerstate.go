@@ -1,8 +1,6 @@
 package quicnet
 
 import (
-	"time"
-
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
@@ -15,11 +13,5 @@ func (e *Endpoint) PeerState(id ids.NodeID) transport.PeerState {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case p.sess != nil && !p.sess.closed():
-		return transport.PeerConnected
-	case time.Now().Before(p.nextDial):
-		return transport.PeerBackoff
-	}
-	return transport.PeerUnknown
+	return transport.LinkState(p.sess != nil && !p.sess.closed(), p.nextDial)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -86,29 +85,18 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 	case verr != nil:
 		return nil, nil, fmt.Errorf("tcpnet: join %s: %w", addr, verr)
 	case herr != nil:
-		return nil, nil, joinIOError(ctx, addr, "TLS handshake", herr)
+		if ctx.Err() != nil {
+			herr = context.Cause(ctx)
+		}
+		return nil, nil, fmt.Errorf("tcpnet: join %s: TLS handshake: %w", addr, herr)
 	case ca == nil || tc.ConnectionState().NegotiatedProtocol != transport.JoinALPN:
 		// Cannot happen with the configuration above; never send the
 		// request over a connection that was not verified.
 		return nil, nil, fmt.Errorf("tcpnet: join %s: %w: server not verified", addr, transport.ErrCAMismatch)
 	}
-	if err := transport.WriteFrame(tc, transport.FrameRPCRequest, req); err != nil {
-		return nil, nil, joinIOError(ctx, addr, "send request", err)
-	}
-	resp, err = transport.ReadJoinAnswer(tc)
-	var rf *transport.Refusal
-	switch {
-	case errors.As(err, &rf):
+	resp, err = transport.ExchangeJoin(ctx, tc, nil, req)
+	if err != nil {
 		return nil, nil, fmt.Errorf("tcpnet: join %s: %w", addr, err)
-	case err != nil:
-		return nil, nil, joinIOError(ctx, addr, "read response", err)
 	}
 	return resp, ca, nil
-}
-
-func joinIOError(ctx context.Context, addr, what string, err error) error {
-	if ctx.Err() != nil {
-		return fmt.Errorf("tcpnet: join %s: %s: %w", addr, what, context.Cause(ctx))
-	}
-	return fmt.Errorf("tcpnet: join %s: %s: %w", addr, what, err)
 }

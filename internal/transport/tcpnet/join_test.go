@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"net"
 	"sync/atomic"
@@ -15,24 +14,6 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
-
-// issueWithCA returns an identity for node whose chain carries the CA
-// certificate, as a node serving joins must be set up.
-func (p *testPKI) issueWithCA(node ids.NodeID) *pki.Identity {
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	cert, err := p.ca.IssueNode(key.Public(), node, []string{"127.0.0.1"}, time.Now(), 0)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	id, err := pki.NewIdentity(cert, []*x509.Certificate{p.ca.Cert}, key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return id
-}
 
 // echoJoin counts the join requests it serves and echoes them.
 type echoJoin struct{ calls atomic.Int64 }
@@ -48,7 +29,7 @@ func (h *echoJoin) serve(ctx context.Context, req []byte) []byte {
 func (p *testPKI) joinEndpoint(t testing.TB, node ids.NodeID, h *echoJoin, bare bool) *Endpoint {
 	return p.endpoint(t, node, &recorder{}, func(c *Config) {
 		if !bare {
-			c.Identity = p.issueWithCA(node)
+			c.Identity = p.identity(node, true)
 		}
 		c.Join = h.serve
 	})
@@ -138,7 +119,7 @@ func TestJoinSendsNothingToAnUnprovenServer(t *testing.T) {
 		t.Fatalf("the join handler was called %d times: the request left before verification", n)
 	}
 	// Without a join handler, no join is served at all.
-	plain := p.endpoint(t, 3, &recorder{}, func(c *Config) { c.Identity = p.issueWithCA(3) })
+	plain := p.endpoint(t, 3, &recorder{}, func(c *Config) { c.Identity = p.identity(3, true) })
 	if _, _, err := Join(joinCtx(t), plain.Addr().String(), p.ca.PublicKeyHash(), []byte("x")); err == nil {
 		t.Fatal("an endpoint without Config.Join served a join")
 	}

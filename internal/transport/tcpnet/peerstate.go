@@ -1,8 +1,6 @@
 package tcpnet
 
 import (
-	"time"
-
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
@@ -16,11 +14,5 @@ func (e *Endpoint) PeerState(id ids.NodeID) transport.PeerState {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	switch {
-	case p.raft != nil || p.rpc != nil && p.rpc.Err() == nil:
-		return transport.PeerConnected
-	case time.Now().Before(p.nextDial):
-		return transport.PeerBackoff
-	}
-	return transport.PeerUnknown
+	return transport.LinkState(p.raft != nil || p.rpc != nil && p.rpc.Err() == nil, p.nextDial)
 }

@@ -83,16 +83,12 @@ func newPKI(t testing.TB) *testPKI {
 	return &testPKI{t: t, ca: ca, v: pki.NewVerifier(ca.Cert)}
 }
 
-func (p *testPKI) issue(node ids.NodeID) *pki.Identity {
-	key, err := pki.NewNodeKey()
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	cert, err := p.ca.IssueNode(key.Public(), node, []string{"127.0.0.1"}, time.Now(), 0)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	id, err := pki.NewIdentity(cert, nil, key)
+func (p *testPKI) issue(node ids.NodeID) *pki.Identity { return p.identity(node, false) }
+
+// identity is a fresh identity for node, with the CA in its chain if
+// withCA (as a node serving joins needs).
+func (p *testPKI) identity(node ids.NodeID, withCA bool) *pki.Identity {
+	id, err := p.ca.NewNodeIdentity(node, []string{"127.0.0.1"}, withCA)
 	if err != nil {
 		p.t.Fatal(err)
 	}
