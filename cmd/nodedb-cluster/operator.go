@@ -200,8 +200,8 @@ func printJSON(out io.Writer, v any) error {
 }
 
 func printClusterStatus(out io.Writer, st server.ClusterStatus) {
-	fmt.Fprintf(out, "cluster %s: %d vShards, RF %d, routing version %d (as node %d has applied it; metadata leader n%d)\n",
-		st.ClusterID, st.VShardCount, st.ReplicationFactor, st.RoutingVersion, st.Node, st.MetaLeader)
+	fmt.Fprintf(out, "cluster %s: %d vShards, RF %d, peers over %s, routing version %d (as node %d has applied it; metadata leader n%d)\n",
+		st.ClusterID, st.VShardCount, st.ReplicationFactor, transportName(st.Transport), st.RoutingVersion, st.Node, st.MetaLeader)
 	fmt.Fprintln(out)
 	printNodes(out, st)
 	fmt.Fprintln(out)

@@ -538,7 +538,7 @@ func checkStatusJSON(ctx context.Context, t *testing.T, bin, dir string) {
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
 	}
-	for _, k := range []string{"cluster_id", "vshard_count", "replication_factor", "routing_version", "nodes", "groups", "vshards", "migrations"} {
+	for _, k := range []string{"cluster_id", "vshard_count", "replication_factor", "routing_version", "transport", "nodes", "groups", "vshards", "migrations"} {
 		if _, ok := st[k]; !ok {
 			t.Fatalf("status --json lacks %q:\n%s", k, out)
 		}

@@ -29,7 +29,10 @@ type ClusterStatus struct {
 	Migrations        []MigrationInfo `json:"migrations"`
 	// Node is the node that answered, MetaLeader the metadata leader it
 	// knows, AppliedEntries how many metadata entries its state reflects.
+	// Transport is that node's peer transport ("quic" or "tcp"), which every
+	// node of the cluster shares.
 	Node           uint64      `json:"node"`
+	Transport      string      `json:"transport"`
 	MetaLeader     uint64      `json:"meta_leader"`
 	AppliedEntries uint64      `json:"applied_entries"`
 	Tokens         []TokenInfo `json:"tokens"`
@@ -115,6 +118,7 @@ func (s *Server) ClusterStatus() (ClusterStatus, error) {
 		ReplicationFactor: int(set.GetReplicationFactor()),
 		RoutingVersion:    st.GetRoutingVersion(),
 		Node:              uint64(s.id),
+		Transport:         s.cfg.Transport,
 		AppliedEntries:    st.GetAppliedEntries(),
 		Nodes:             []NodeInfo{},
 		Groups:            []GroupInfo{},

@@ -808,6 +808,9 @@ func TestClusterOverTCP(t *testing.T) {
 		c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, dir)
 	}
 	st := c.waitPlaced(3, 3)
+	if st.Transport != TransportTCP {
+		t.Fatalf("status says the peers talk over %q", st.Transport)
+	}
 	for _, n := range st.Nodes {
 		if n.Liveness != "alive" {
 			t.Fatalf("node %d liveness %q over TCP", n.ID, n.Liveness)
