@@ -71,9 +71,9 @@ type Options struct {
 	// (Isolate, Partition) then drop traffic at the endpoints; memnet's link
 	// faults (loss, delay, duplication) are not available.
 	QUIC bool
-	// TCP runs the nodes over real TCP sockets with mutual TLS (tcpnet)
-	// instead, for benchmarks: it has no cuts, so Isolate and Partition
-	// fail the test.
+	// TCP runs the nodes over real TCP sockets with mutual TLS (tcpnet,
+	// the transport of `start --transport tcp`) instead, with cuts as for
+	// QUIC.
 	TCP bool
 }
 

@@ -23,6 +23,7 @@ var (
 	linDuration    = flag.Duration("nodedb.lin-duration", 4*time.Second, "workload duration per seed")
 	linQUICSeeds   = flag.Int("nodedb.lin-quic-seeds", 2, "seeds of the linearizability nemesis test over QUIC")
 	linExpirySeeds = flag.Int("nodedb.lin-expiry-seeds", 1, "seeds of the linearizability nemesis test with a 3 s client expiry")
+	linTCPSeeds    = flag.Int("nodedb.lin-tcp-seeds", 1, "seeds of the linearizability nemesis test over TCP")
 )
 
 // TestLinearizableUnderFaults runs concurrent clients doing puts, gets,
@@ -236,6 +237,12 @@ func TestLinearizableOverQUIC(t *testing.T) {
 	runSeeds(t, *linQUICSeeds, Options{Nodes: 3, Groups: 4, QUIC: true})
 }
 
+// TestLinearizableOverTCP is TestLinearizableOverQUIC over TCP with mutual
+// TLS (tcpnet), the transport of `start --transport tcp`.
+func TestLinearizableOverTCP(t *testing.T) {
+	runSeeds(t, *linTCPSeeds, Options{Nodes: 3, Groups: 4, TCP: true})
+}
+
 // runSeeds runs the linearizability check for seeds 1..n (1 with -short)
 // with opts, then after (if any) on the healed cluster.
 func runSeeds(t *testing.T, n int, opts Options, after ...func(context.Context, *testing.T, *Cluster)) {
@@ -412,8 +419,8 @@ func runNemesis(ctx context.Context, t *testing.T, c *Cluster, seed int64, stop 
 				return
 			}
 		case 3: // a lossy, slow, duplicating, reordering network for a while
-			if c.Options().QUIC {
-				continue // QUIC itself retransmits; loss is memnet's business
+			if c.Options().QUIC || c.Options().TCP {
+				continue // real sockets retransmit; loss is memnet's business
 			}
 			c.Net.SetAllLinks(memnet.LinkFaults{
 				DropRate: 0.05, DuplicateRate: 0.02, ReorderRate: 0.05,

@@ -20,8 +20,7 @@ import (
 // a real node keeps its address), and the set of cut links that every
 // endpoint's filter consults.
 type quicNet struct {
-	t        testing.TB
-	tcp      bool // tcpnet instead of quicnet: no cuts
+	tcp      bool // tcpnet instead of quicnet
 	verifier *pki.Verifier
 	ids      map[ids.NodeID]*pki.Identity
 	addrs    map[ids.NodeID]string
@@ -35,7 +34,7 @@ func newQUICNet(t testing.TB, nodes int, tcp bool) *quicNet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := &quicNet{t: t, tcp: tcp, verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
+	q := &quicNet{tcp: tcp, verifier: pki.NewVerifier(ca.Cert), ids: map[ids.NodeID]*pki.Identity{}, addrs: map[ids.NodeID]string{}}
 	for i := 1; i <= nodes; i++ {
 		id := ids.NodeID(i)
 		var err error
@@ -78,7 +77,7 @@ func (q *quicNet) listen(id ids.NodeID, h transport.Handler, log *slog.Logger) (
 	if q.tcp {
 		return tcpnet.Listen(tcpnet.Config{Identity: q.ids[id], Verifier: q.verifier, Listen: q.addrs[id], Peers: peers,
 			IdleTimeout: idle, DialTimeout: dial, MinBackoff: minBackoff, MaxBackoff: maxBackoff,
-			Logger: log.With("node", uint64(id), "component", "tcpnet")}, h)
+			Logger: log.With("node", uint64(id), "component", "tcpnet"), Filter: q.allowed}, h)
 	}
 	return quicnet.Listen(quicnet.Config{Identity: q.ids[id], Verifier: q.verifier, Listen: q.addrs[id], Peers: peers,
 		IdleTimeout: idle, DialTimeout: dial, MinBackoff: minBackoff, MaxBackoff: maxBackoff,
@@ -93,9 +92,6 @@ func (q *quicNet) allowed(from, to ids.NodeID) bool {
 
 // cut replaces the set of cut links (nil heals every link).
 func (q *quicNet) cut(f func(a, b ids.NodeID) bool) {
-	if q.tcp {
-		q.t.Fatal("testcluster: the TCP network cannot cut links (use memnet or QUIC)")
-	}
 	q.mu.Lock()
 	q.cutf = f
 	q.mu.Unlock()

@@ -45,8 +45,8 @@ import (
 )
 
 // Config configures an Endpoint. It follows quicnet.Config; what TCP does
-// not need or has not got yet (stream counts, QUIC path metrics, a test
-// filter) is left out.
+// not need or has not got yet (stream counts, QUIC path metrics) is left
+// out.
 type Config struct {
 	// Identity is this node's certificate and key; its node ID is the
 	// endpoint's.
@@ -88,6 +88,12 @@ type Config struct {
 	// Registerer, when set, gets the endpoint's join metrics (the same
 	// names as quicnet's).
 	Registerer prometheus.Registerer
+
+	// Filter, when set, is asked about every Raft batch, snapshot and RPC
+	// before it is sent to or accepted from a peer; false drops it, as
+	// quicnet.Config.Filter does. Tests use it to partition nodes over real
+	// sockets.
+	Filter func(from, to ids.NodeID) bool
 
 	Logger *slog.Logger
 }

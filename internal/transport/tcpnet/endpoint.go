@@ -192,6 +192,12 @@ func (e *Endpoint) spawn(f func()) bool {
 	return true
 }
 
+// allowed reports whether Config.Filter lets traffic from one node to
+// another through.
+func (e *Endpoint) allowed(from, to ids.NodeID) bool {
+	return e.cfg.Filter == nil || e.cfg.Filter(from, to)
+}
+
 func (e *Endpoint) onRefuse(r *pki.RefusalError) {
 	e.stats.refuse(string(r.Reason))
 	e.cfg.Logger.Warn("refused peer certificate", "reason", r.Reason, "err", r.Err)
@@ -370,6 +376,9 @@ func (e *Endpoint) serveRaft(c *conn, from ids.NodeID) {
 			e.protocolError(from, err)
 			return
 		}
+		if !e.allowed(from, e.node) {
+			continue
+		}
 		e.stats.BatchesReceived.Add(1)
 		e.h.HandleRaft(from, msgs)
 	}
@@ -382,6 +391,7 @@ func (e *Endpoint) serveRPC(c *conn, from ids.NodeID) {
 		MaxFrameBytes: e.cfg.MaxFrameBytes,
 		Inflight:      make(chan struct{}, e.cfg.MaxConcurrentRPCs),
 		Lookup:        e.Lookup,
+		Accept:        func() bool { return e.allowed(from, e.node) },
 		Served:        func() { e.stats.RPCsServed.Add(1) },
 		Abort:         func() { c.tls.Close() },
 	}
@@ -443,6 +453,9 @@ func (e *Endpoint) Call(ctx context.Context, to ids.NodeID, method string, req [
 	}
 	if e.ctx.Err() != nil {
 		return nil, transport.ErrClosed
+	}
+	if !e.allowed(e.node, to) {
+		return nil, transport.ErrUnreachable
 	}
 	p := e.peer(to)
 	if p == nil {

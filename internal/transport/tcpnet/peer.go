@@ -64,6 +64,10 @@ func (e *Endpoint) Send(to ids.NodeID, msgs []transport.Message) error {
 	if e.ctx.Err() != nil {
 		return transport.ErrClosed
 	}
+	if !e.allowed(e.node, to) {
+		e.stats.BatchesDropped.Add(1)
+		return nil // dropped like a lost packet; Raft retries
+	}
 	p := e.peer(to)
 	if p == nil {
 		return transport.ErrUnreachable

@@ -28,6 +28,9 @@ func (e *Endpoint) SendSnapshot(ctx context.Context, to ids.NodeID, stream io.Re
 	if e.ctx.Err() != nil {
 		return transport.ErrClosed
 	}
+	if !e.allowed(e.node, to) {
+		return transport.ErrUnreachable
+	}
 	p := e.peer(to)
 	if p == nil {
 		return transport.ErrUnreachable
@@ -114,6 +117,9 @@ func (r *recordingWriter) Write(b []byte) (int, error) {
 // receiveSnapshot hands a snapshot connection to the handler and sends back
 // its verdict.
 func (e *Endpoint) receiveSnapshot(c *conn, from ids.NodeID) {
+	if !e.allowed(from, e.node) {
+		return // the caller closes the connection: the sender sees it fail
+	}
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
 	err := e.h.HandleSnapshot(ctx, from, c.r)

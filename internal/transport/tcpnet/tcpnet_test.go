@@ -771,3 +771,47 @@ func TestCloseUnblocksCallers(t *testing.T) {
 		t.Fatalf("SendSnapshot after Close: %v", err)
 	}
 }
+
+// TestFilterDropsTraffic: Config.Filter cuts a link, for Raft batches,
+// RPCs and snapshots, whether the filtering endpoint sends or receives, and
+// traffic flows again once it allows it.
+func TestFilterDropsTraffic(t *testing.T) {
+	p := newPKI(t)
+	var blocked atomic.Bool
+	r1, r2 := &recorder{}, &recorder{}
+	e1 := p.endpoint(t, 1, r1, func(c *Config) { c.Filter = func(from, to ids.NodeID) bool { return !blocked.Load() } })
+	e2 := p.endpoint(t, 2, r2, nil)
+	connect(e1, e2)
+	e1.Handle("echo", func(ctx context.Context, from ids.NodeID, req []byte) ([]byte, error) { return req, nil })
+	sendUntil(t, e1, 2, r2, 1, heartbeat(1, 1, 2, 0))
+	sendUntil(t, e2, 1, r1, 1, heartbeat(1, 2, 1, 0))
+	blocked.Store(true)
+	n2, n1 := r2.count(), r1.count()
+	for range 20 {
+		e1.Send(2, []transport.Message{heartbeat(1, 1, 2, 1)}) // dropped by the sender
+		e2.Send(1, []transport.Message{heartbeat(1, 2, 1, 1)}) // dropped by the receiver
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if _, err := e1.Call(ctx, 2, "echo", []byte("x")); !errors.Is(err, transport.ErrUnreachable) {
+		t.Fatalf("call out over a cut link: %v", err)
+	}
+	if err := e1.SendSnapshot(ctx, 2, bytes.NewReader([]byte("snap"))); !errors.Is(err, transport.ErrUnreachable) {
+		t.Fatalf("snapshot out over a cut link: %v", err)
+	}
+	if _, err := e2.Call(ctx, 1, "echo", []byte("x")); err == nil {
+		t.Fatal("a call was served by an endpoint whose filter refuses its caller")
+	}
+	time.Sleep(200 * time.Millisecond)
+	if r2.count() != n2 || r1.count() != n1 {
+		t.Fatal("a filtered link delivered messages")
+	}
+	blocked.Store(false)
+	sendUntil(t, e1, 2, r2, n2+1, heartbeat(1, 1, 2, 2))
+	sendUntil(t, e2, 1, r1, n1+1, heartbeat(1, 2, 1, 2))
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if got, err := e2.Call(ctx2, 1, "echo", []byte("back")); err != nil || string(got) != "back" {
+		t.Fatalf("call after healing: %q %v", got, err)
+	}
+}
