@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,7 +89,7 @@ func (s *Server) join(ctx context.Context) error {
 	if s.cfg.Transport == TransportTCP {
 		dial = tcpnet.Join
 	}
-	resp, caCert, err := requestJoin(ctx, dial, cfg.Join, tok.CAHash(), req, s.cfg.Logger)
+	resp, caCert, err := requestJoin(ctx, dial, s.cfg.Transport, cfg.Join, tok.CAHash(), req, s.cfg.Logger)
 	if err != nil && ctx.Err() != nil {
 		err = fmt.Errorf("%w (this node joins over %s: does the cluster use the same --transport?)", err, s.cfg.Transport)
 	}
@@ -136,15 +137,22 @@ type joinDialer func(ctx context.Context, addr, caHash string, req []byte) ([]by
 
 // requestJoin sends the join request, following redirects to the metadata
 // leader and retrying while the cluster cannot answer, until ctx ends.
-func requestJoin(ctx context.Context, dial joinDialer, addr, caHash string, req []byte, log interface {
-	Info(string, ...any)
-}) (*metapb.JoinResponse, *x509.Certificate, error) {
+func requestJoin(ctx context.Context, dial joinDialer, transportName, addr, caHash string, req []byte, log *slog.Logger) (*metapb.JoinResponse, *x509.Certificate, error) {
 	backoff := 100 * time.Millisecond
 	var last error
+	warned := false
 	for hops := 0; ; {
 		b, caCert, err := dial(ctx, addr, caHash, req)
 		if errors.Is(err, transport.ErrCAMismatch) {
 			return nil, nil, fmt.Errorf("%s is not the cluster the token names: %w", addr, err)
+		}
+		var refused *transport.Refusal
+		if err != nil && !warned && !errors.As(err, &refused) { // the dial failed; no answer
+			// Said once, early: a node on the other transport never
+			// answers, and the join would otherwise be silent until its
+			// timeout.
+			warned = true
+			log.Warn("no answer yet from the node to join; retrying until --join-timeout (is the cluster on the same --transport?)", "addr", addr, "transport", transportName, "err", err)
 		}
 		if err == nil {
 			resp := &metapb.JoinResponse{}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -876,8 +877,13 @@ func TestClusterOverTCP(t *testing.T) {
 	// A joiner on QUIC does not reach a TCP cluster; its error says why.
 	jc := c.joinConfig(c.dir(9), 0, c.token(0, time.Minute))
 	jc.Transport, jc.JoinTimeout = TransportQUIC, 2*time.Second
+	var logs syncBuffer
+	jc.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	if _, err := Start(context.Background(), jc); err == nil || !strings.Contains(err.Error(), "does the cluster use the same --transport") {
 		t.Fatalf("QUIC joiner of a TCP cluster: %v", err)
+	}
+	if n := strings.Count(logs.String(), "is the cluster on the same --transport?"); n != 1 {
+		t.Fatalf("the joiner warned %d times about the transport, want once early:\n%s", n, logs.String())
 	}
 }
 
@@ -890,4 +896,22 @@ func freeTCPAddr(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
