@@ -496,17 +496,16 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 	if tg.addr == "" {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("no node to send to")}
 	}
-	// The attempt is bounded by RequestTimeout and by ctx. A caller's
-	// deadline within RequestTimeout (the usual case: one per operation) is
-	// the attempt's bound as it is, with no context of its own to make.
+	// The attempt is bounded by RequestTimeout and by ctx. No context is
+	// made for the bound unless the request goes alone in an HTTP request
+	// of its own: a carried request waits with a timer, which costs far
+	// less than a context derived from the caller's (whose parent's lock
+	// every one of many concurrent callers would take twice).
 	d := c.cfg.RequestTimeout
-	actx := ctx
-	if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
-		d = time.Until(dl)
-	} else {
-		var cancel context.CancelFunc
-		actx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+	deadline := time.Now().Add(d)
+	ctxDeadline, hasDeadline := ctx.Deadline()
+	if hasDeadline && !ctxDeadline.After(deadline) {
+		deadline, d = ctxDeadline, time.Until(ctxDeadline)
 	}
 	uri := r.path
 	if len(r.query) > 0 {
@@ -542,10 +541,18 @@ func (c *Client) send(ctx context.Context, tg target, r *request, vs int64) (*re
 			set(headerAckedBelow, strconv.FormatUint(c.seqs.ackedBelow(), 10))
 		}
 	}
-	alone := func() (*response, error) { return c.sendAlone(actx, r.method, tg, uri, h, r.body) }
+	alone := func() (*response, error) {
+		actx := ctx
+		if !hasDeadline || deadline.Before(ctxDeadline) {
+			var cancel context.CancelFunc
+			actx, cancel = context.WithDeadline(ctx, deadline)
+			defer cancel()
+		}
+		return c.sendAlone(actx, r.method, tg, uri, h, r.body)
+	}
 	if !c.cfg.DisableMulti && strings.HasPrefix(r.path, "/v1/kv/") {
 		if p := c.pipeTo(tg.addr); p != nil {
-			resp, err := p.do(actx, r.method, uri, h, r.body, alone)
+			resp, err := p.do(ctx, deadline, r.method, uri, h, r.body, alone)
 			if !errors.Is(err, errMultiUnsupported) {
 				if resp != nil {
 					resp.node = tg.node

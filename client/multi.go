@@ -49,9 +49,10 @@ const (
 
 // piped is one request waiting in, or carried by, an exchange.
 type piped struct {
-	ctx  context.Context
-	req  multiwire.Request
-	done chan pipedResult // buffered: the exchange never blocks on it
+	ctx      context.Context // the caller's
+	deadline time.Time       // the attempt's end, at or before ctx's
+	req      multiwire.Request
+	done     chan pipedResult // buffered: the exchange never blocks on it
 }
 
 type pipedResult struct {
@@ -82,8 +83,8 @@ func (c *Client) pipeTo(addr string) *pipe {
 // plain exchange (alone): a lone request pays neither a goroutine hand-off
 // nor the framing and streamed answer of /v1/multi; the requests that come
 // while it is being sent queue for the next /v1/multi exchange.
-func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body []byte, alone func() (*response, error)) (*response, error) {
-	pr := &piped{ctx: ctx, req: multiwire.Request{Method: method, URI: uri, Header: h, Body: body}, done: make(chan pipedResult, 1)}
+func (p *pipe) do(ctx context.Context, deadline time.Time, method, uri string, h http.Header, body []byte, alone func() (*response, error)) (*response, error) {
+	pr := &piped{ctx: ctx, deadline: deadline, req: multiwire.Request{Method: method, URI: uri, Header: h, Body: body}, done: make(chan pipedResult, 1)}
 	p.mu.Lock()
 	if p.unsupported {
 		p.mu.Unlock()
@@ -101,13 +102,17 @@ func (p *pipe) do(ctx context.Context, method, uri string, h http.Header, body [
 	p.queue = append(p.queue, pr)
 	p.startLocked()
 	p.mu.Unlock()
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	// Either way out before the answer, the request may still be carried
+	// and applied; the caller treats this like a connection that timed out.
 	select {
 	case res := <-pr.done:
 		return res.resp, res.err
 	case <-ctx.Done():
-		// The request may still be carried and applied; the caller treats
-		// this like a connection that timed out.
 		return nil, ctx.Err()
+	case <-t.C:
+		return nil, context.DeadlineExceeded
 	}
 }
 
@@ -147,21 +152,23 @@ func (p *pipe) exchange(batch []*piped) {
 	// Requests whose caller gave up are not sent.
 	live := batch[:0]
 	var deadline time.Time
+	now := time.Now()
 	for _, pr := range batch {
 		if err := pr.ctx.Err(); err != nil {
 			pr.done <- pipedResult{err: err}
 			continue
 		}
+		if !now.Before(pr.deadline) {
+			pr.done <- pipedResult{err: context.DeadlineExceeded}
+			continue
+		}
 		live = append(live, pr)
-		if dl, ok := pr.ctx.Deadline(); ok && dl.After(deadline) {
-			deadline = dl
+		if pr.deadline.After(deadline) {
+			deadline = pr.deadline
 		}
 	}
 	if len(live) == 0 {
 		return
-	}
-	if deadline.IsZero() {
-		deadline = time.Now().Add(p.c.cfg.RequestTimeout)
 	}
 	base := context.Background()
 	if len(live) == 1 {

@@ -3,9 +3,11 @@ package client
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,5 +154,58 @@ func TestMultiFallsBackOnAnOldNode(t *testing.T) {
 	}
 	if mc.singles.Load() < 240 {
 		t.Errorf("%d requests sent alone, want 240", mc.singles.Load())
+	}
+}
+
+// TestCarriedRequestEndsAtItsAttemptDeadline: a request queued for, or
+// carried by, a /v1/multi exchange ends at its attempt's deadline even when
+// its caller's context allows far more (the node never answers here), and
+// one whose deadline passed before its exchange started is not sent.
+func TestCarriedRequestEndsAtItsAttemptDeadline(t *testing.T) {
+	var exchanges atomic.Int64
+	hang := make(chan struct{})
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		exchanges.Add(1)
+		<-hang
+	}))
+	defer ts.Close()
+	defer close(hang) // before Close, which waits for the handlers
+	c := &Client{cfg: Config{RequestTimeout: 5 * time.Second, MultiMaxRequests: 64}, hc: ts.Client(), scheme: "http"}
+	defer c.pipesWG.Wait()
+	p := &pipe{c: c, addr: strings.TrimPrefix(ts.URL, "http://")}
+	p.sending = maxSending // every sending slot taken: requests queue
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	alone := func() (*response, error) { t.Fatal("sent alone"); return nil, nil }
+
+	start := time.Now()
+	_, err := p.do(ctx, start.Add(150*time.Millisecond), http.MethodGet, "/v1/kv/a", http.Header{}, nil, alone)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued request past its deadline: %v", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond || d > 2*time.Second {
+		t.Fatalf("queued request ended after %v, want about 150ms", d)
+	}
+	// Its deadline has passed: when a slot frees, the queued request is
+	// dropped rather than sent.
+	p.mu.Lock()
+	p.sending--
+	p.startLocked()
+	p.mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if n := exchanges.Load(); n != 0 {
+		t.Fatalf("%d exchanges carried a request whose deadline had passed", n)
+	}
+	// A carried request whose exchange never answers ends at its deadline.
+	p.mu.Lock()
+	p.sending = 1 // busy, with a slot free: the next request queues and goes at once
+	p.mu.Unlock()
+	start = time.Now()
+	_, err = p.do(ctx, start.Add(200*time.Millisecond), http.MethodGet, "/v1/kv/b", http.Header{}, nil, alone)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("carried request past its deadline: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second || exchanges.Load() != 1 {
+		t.Fatalf("carried request ended after %v with %d exchanges", d, exchanges.Load())
 	}
 }
