@@ -76,15 +76,10 @@ func RegisterJoinMetrics(reg prometheus.Registerer, s *JoinStats, log *slog.Logg
 	if reg == nil {
 		return
 	}
-	counter := func(name, help string, v *atomic.Uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: "nodedb", Subsystem: "transport", Name: name, Help: help,
-		}, func() float64 { return float64(v.Load()) })
-	}
 	for _, c := range []prometheus.Collector{
-		counter("join_connections_total", "Join connections accepted (no client certificate, ALPN "+JoinALPN+").", &s.Conns),
-		counter("join_requests_total", "Join requests handed to the join handler.", &s.Requests),
-		counter("join_refused_total", "Join connections, streams and requests refused (busy, malformed, too large).", &s.Refused),
+		Counter("join_connections_total", "Join connections accepted (no client certificate, ALPN "+JoinALPN+").", &s.Conns),
+		Counter("join_requests_total", "Join requests handed to the join handler.", &s.Requests),
+		Counter("join_refused_total", "Join connections, streams and requests refused (busy, malformed, too large).", &s.Refused),
 	} {
 		if err := reg.Register(c); err != nil {
 			log.Warn("register transport metric", "err", err)

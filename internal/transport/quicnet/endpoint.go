@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
@@ -64,8 +63,7 @@ type Endpoint struct {
 	closed  bool
 	sessSeq uint64
 
-	stats      Stats
-	refusalVec *prometheus.CounterVec
+	stats Stats
 
 	join *joinServer // nil unless cfg.Join is set
 }
@@ -199,12 +197,12 @@ func (e *Endpoint) sessions() []*session {
 func (e *Endpoint) connectedPeers() int { return len(e.sessions()) }
 
 func (e *Endpoint) onRefuse(r *pki.RefusalError) {
-	e.stats.refuse(string(r.Reason), e.refusalVec)
+	e.stats.Refuse(string(r.Reason))
 	e.cfg.Logger.Warn("refused peer certificate", "reason", r.Reason, "err", r.Err)
 }
 
 func (e *Endpoint) refuse(reason string) {
-	e.stats.refuse(reason, e.refusalVec)
+	e.stats.Refuse(reason)
 }
 
 func (e *Endpoint) allowed(from, to ids.NodeID) bool {

@@ -103,6 +103,7 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		e.joinSlots = make(chan struct{}, transport.MaxJoinConns)
 		transport.RegisterJoinMetrics(cfg.Registerer, &e.joinStats, cfg.Logger)
 	}
+	e.stats.Register(cfg.Registerer, cfg.Logger, transport.PeersConnected(e.connectedPeers))
 	for id, a := range cfg.Peers {
 		e.SetPeer(id, a)
 	}
@@ -199,7 +200,7 @@ func (e *Endpoint) allowed(from, to ids.NodeID) bool {
 }
 
 func (e *Endpoint) onRefuse(r *pki.RefusalError) {
-	e.stats.refuse(string(r.Reason))
+	e.stats.Refuse(string(r.Reason))
 	e.cfg.Logger.Warn("refused peer certificate", "reason", r.Reason, "err", r.Err)
 }
 
@@ -283,14 +284,14 @@ func (e *Endpoint) serveConn(raw net.Conn) {
 		if errors.As(err, &re) {
 			reason = string(re.Reason)
 		}
-		e.stats.refuse(reason)
+		e.stats.Refuse(reason)
 		return
 	}
 	fr := transport.NewFrameReader(tc, 4096)
 	t, payload, err := fr.Next()
 	if err != nil || t != transport.FrameHello {
 		e.stats.FrameErrors.Add(1)
-		e.stats.refuse("malformed")
+		e.stats.Refuse("malformed")
 		return
 	}
 	hello, err := transport.DecodeHello(payload)
@@ -302,7 +303,7 @@ func (e *Endpoint) serveConn(raw net.Conn) {
 		version, refusal = transport.CheckHello(hello, certNode, e.node, e.cfg.ClusterID)
 	}
 	if refusal != nil {
-		e.stats.refuse(refusal.Reason)
+		e.stats.Refuse(refusal.Reason)
 		e.cfg.Logger.Warn("refused peer connection", "peer", hello.Node, "cert_node", certNode, "reason", refusal.Reason, "msg", refusal.Message)
 		transport.WriteFrame(tc, transport.FrameRefuse, refusal.Encode(nil))
 		return
@@ -433,7 +434,7 @@ func (e *Endpoint) dial(id ids.NodeID, addr string, kind byte) (*conn, error) {
 	if _, err := transport.ReadHelloAnswer(fr, id); err != nil {
 		var r *transport.Refusal
 		if errors.As(err, &r) {
-			e.stats.refuse(r.Reason)
+			e.stats.Refuse(r.Reason)
 			return fail(fmt.Errorf("node %s: %w", id, err))
 		}
 		return fail(fmt.Errorf("hello with node %s: %w", id, err))

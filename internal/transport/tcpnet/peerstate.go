@@ -16,3 +16,20 @@ func (e *Endpoint) PeerState(id ids.NodeID) transport.PeerState {
 	defer p.mu.Unlock()
 	return transport.LinkState(p.raft != nil || p.rpc != nil && p.rpc.Err() == nil, p.nextDial)
 }
+
+// connectedPeers counts the peers this node has a connection to.
+func (e *Endpoint) connectedPeers() int {
+	e.mu.Lock()
+	peers := make([]ids.NodeID, 0, len(e.peers))
+	for id := range e.peers {
+		peers = append(peers, id)
+	}
+	e.mu.Unlock()
+	n := 0
+	for _, id := range peers {
+		if e.PeerState(id) == transport.PeerConnected {
+			n++
+		}
+	}
+	return n
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestMain(m *testing.M) { testwatch.Main(m) }
@@ -813,5 +814,47 @@ func TestFilterDropsTraffic(t *testing.T) {
 	defer cancel2()
 	if got, err := e2.Call(ctx2, 1, "echo", []byte("back")); err != nil || string(got) != "back" {
 		t.Fatalf("call after healing: %q %v", got, err)
+	}
+}
+
+// TestMetricsExported: with a Registerer, the endpoint exports the same
+// transport metrics as quicnet's (counters, refusals by reason, connected
+// peers), so dashboards do not change with --transport.
+func TestMetricsExported(t *testing.T) {
+	p := newPKI(t)
+	reg := prometheus.NewRegistry()
+	r2 := &recorder{}
+	e1 := p.endpoint(t, 1, &recorder{}, func(c *Config) { c.Registerer = reg })
+	e2 := p.endpoint(t, 2, r2, nil)
+	connect(e1, e2)
+	sendUntil(t, e1, 2, r2, 1, heartbeat(1, 1, 2, 0))
+	if c, err := rawDial(t, e1, &tls.Config{}); err == nil { // no certificate: refused
+		hello(c, 5, transport.StreamRaft)
+		c.Close()
+	}
+	waitFor(t, "the refusal counted", func() bool { return e1.Stats().Refusals()["no_certificate"] > 0 })
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			got[mf.GetName()] += v
+		}
+	}
+	for name, min := range map[string]float64{
+		"nodedb_transport_raft_batches_sent_total":    1,
+		"nodedb_transport_connections_dialed_total":   1,
+		"nodedb_transport_handshake_refusals_total":   1,
+		"nodedb_transport_peers_connected":            1,
+		"nodedb_transport_snapshots_received_total":   0,
+		"nodedb_transport_raft_batches_dropped_total": 0,
+	} {
+		v, ok := got[name]
+		if !ok || v < min {
+			t.Errorf("%s = %v (exported %v), want at least %v", name, v, ok, min)
+		}
 	}
 }
