@@ -125,6 +125,16 @@ func apiError(w http.ResponseWriter, status int, code string, hint map[string]an
 	json.NewEncoder(w).Encode(map[string]any{"code": code, "message": "scripted", "hint": hint})
 }
 
+// neverDone answers every read unavailable and every write
+// outcome_unknown: a cluster that never completes anything.
+func neverDone(node int, w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		apiError(w, 503, CodeUnavailable, nil)
+		return
+	}
+	apiError(w, 504, CodeOutcomeUnknown, nil)
+}
+
 func writeOK(w http.ResponseWriter, version uint64) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(map[string]any{"version": version, "vshard": 3})
@@ -228,13 +238,7 @@ func TestRetriesKeepTheWriteIdentity(t *testing.T) {
 func TestGivingUp(t *testing.T) {
 	f := newFakeCluster(t, 1)
 	c := f.client(t)
-	f.setKV(func(node int, w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			apiError(w, 503, CodeUnavailable, nil)
-			return
-		}
-		apiError(w, 504, CodeOutcomeUnknown, nil)
-	})
+	f.setKV(neverDone)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := c.Put(ctx, []byte("k"), []byte("v"))
@@ -276,13 +280,7 @@ func TestWriteRetriesAreBoundedInAge(t *testing.T) {
 	f := newFakeCluster(t, 1)
 	c := f.client(t)
 	c.maxRetryAge = 300 * time.Millisecond
-	f.setKV(func(node int, w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			apiError(w, 503, CodeUnavailable, nil)
-			return
-		}
-		apiError(w, 504, CodeOutcomeUnknown, nil)
-	})
+	f.setKV(neverDone)
 	// The context would allow 10s: without the age bound the write ends
 	// there, with the context's error.
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -46,8 +46,18 @@ func (c *testCluster) config(dir string) Config {
 	return cfg
 }
 
-func freeAddr(t *testing.T) string {
+// freeAddr is a 127.0.0.1 address that was free a moment ago for a node
+// on transport (UDP for QUIC, the default; TCP for TransportTCP).
+func freeAddr(t *testing.T, transport string) string {
 	t.Helper()
+	if transport == TransportTCP {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().String()
+	}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +94,7 @@ func newTunedCluster(t *testing.T, settings Settings, tune func(*Config)) *testC
 	c := &testCluster{t: t, root: t.TempDir(), tune: tune}
 	t.Cleanup(c.stopAll)
 	cfg := c.config(c.dir(0))
-	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t), true, settings
+	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t, cfg.Transport), true, settings
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +128,7 @@ func (c *testCluster) token(i int, ttl time.Duration) string {
 // joinConfig is the config of a new node joining through node via.
 func (c *testCluster) joinConfig(dir string, via int, tok string) Config {
 	cfg := c.config(dir)
-	cfg.Listen, cfg.Join, cfg.Token = freeAddr(c.t), c.nodes[via].Addr().String(), tok
+	cfg.Listen, cfg.Join, cfg.Token = freeAddr(c.t, cfg.Transport), c.nodes[via].Addr().String(), tok
 	return cfg
 }
 
@@ -592,7 +602,7 @@ func TestFullRestartKeepsMetadata(t *testing.T) {
 // its own.
 func TestStartRefusesWithoutBootstrapOrJoin(t *testing.T) {
 	cfg := baseConfig(t, t.TempDir())
-	cfg.Listen = freeAddr(t)
+	cfg.Listen = freeAddr(t, "")
 	if s, err := Start(context.Background(), cfg); !errors.Is(err, ErrNoNode) {
 		if s != nil {
 			s.Stop()
@@ -713,7 +723,7 @@ func TestJoinerGetsTheMetadataBySnapshot(t *testing.T) {
 	c := &testCluster{t: t, root: t.TempDir()}
 	t.Cleanup(c.stopAll)
 	cfg := baseConfig(t, c.dir(0))
-	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t), true, Settings{VShards: 16, Groups: 2, RF: 3}
+	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeAddr(t, ""), true, Settings{VShards: 16, Groups: 2, RF: 3}
 	cfg.LogMaxEntries, cfg.LogKeepEntries = 16, 4
 	s, err := Start(context.Background(), cfg)
 	if err != nil {
@@ -788,26 +798,9 @@ func TestClusterOverTCP(t *testing.T) {
 	if _, err := Start(context.Background(), Config{Dir: t.TempDir(), Transport: "udp", Bootstrap: true, Listen: "127.0.0.1:0"}); err == nil || !strings.Contains(err.Error(), `transport "udp"`) {
 		t.Fatalf("an unknown transport: %v", err)
 	}
-	tcp := func(c *Config) { c.Transport = TransportTCP }
-	c := &testCluster{t: t, root: t.TempDir(), tune: tcp}
-	t.Cleanup(c.stopAll)
-	cfg := c.config(c.dir(0))
-	cfg.Listen, cfg.Bootstrap, cfg.Settings = freeTCPAddr(t), true, Settings{VShards: 64, Groups: 4, RF: 3}
-	s, err := Start(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, cfg.Dir)
-	for range 2 {
-		dir := c.dir(len(c.dirs))
-		jc := c.joinConfig(dir, 0, c.token(0, time.Minute))
-		jc.Listen = freeTCPAddr(t)
-		s, err := Start(context.Background(), jc)
-		if err != nil {
-			t.Fatalf("join over TCP: %v", err)
-		}
-		c.nodes, c.dirs = append(c.nodes, s), append(c.dirs, dir)
-	}
+	c := newTunedCluster(t, Settings{VShards: 64, Groups: 4, RF: 3}, func(c *Config) { c.Transport = TransportTCP })
+	c.join()
+	c.join()
 	st := c.waitPlaced(3, 3)
 	if st.Transport != TransportTCP {
 		t.Fatalf("status says the peers talk over %q", st.Transport)
@@ -862,6 +855,7 @@ func TestClusterOverTCP(t *testing.T) {
 	}
 	rc := c.config(c.dirs[2])
 	rc.Transport = ""
+	var err error
 	if c.nodes[2], err = Start(context.Background(), rc); err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -885,17 +879,6 @@ func TestClusterOverTCP(t *testing.T) {
 	if n := strings.Count(logs.String(), "is the cluster on the same --transport?"); n != 1 {
 		t.Fatalf("the joiner warned %d times about the transport, want once early:\n%s", n, logs.String())
 	}
-}
-
-// freeTCPAddr is a TCP address on 127.0.0.1 that was free a moment ago.
-func freeTCPAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // syncBuffer is a bytes.Buffer safe for a logger's concurrent writes.

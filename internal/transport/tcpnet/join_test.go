@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,13 +44,11 @@ func joinCtx(t testing.TB) context.Context {
 // misbehaving joiner) and reads one frame back.
 func rawJoin(t testing.TB, e *Endpoint, b []byte) (transport.FrameType, []byte, error) {
 	t.Helper()
-	d := net.Dialer{Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(&d, "tcp", e.Addr().String(), &tls.Config{MinVersion: tls.VersionTLS13, NextProtos: []string{transport.JoinALPN}, InsecureSkipVerify: true})
+	c, err := rawDial(t, e, &tls.Config{NextProtos: []string{transport.JoinALPN}})
 	if err != nil {
 		return 0, nil, err
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Write(b); err != nil {
 		return 0, nil, err
 	}

@@ -540,9 +540,12 @@ func TestPeerRestartReconnects(t *testing.T) {
 }
 
 // rawDial connects to e with an arbitrary TLS client configuration, the way
-// a misbehaving or foreign peer would.
+// a misbehaving or foreign peer would; the cluster ALPN unless tlsConf names
+// protocols.
 func rawDial(t testing.TB, e *Endpoint, tlsConf *tls.Config) (*tls.Conn, error) {
-	tlsConf.NextProtos = []string{transport.ALPN}
+	if len(tlsConf.NextProtos) == 0 {
+		tlsConf.NextProtos = []string{transport.ALPN}
+	}
 	tlsConf.InsecureSkipVerify = true
 	tlsConf.MinVersion = tls.VersionTLS13
 	d := net.Dialer{Timeout: 5 * time.Second}
