@@ -57,10 +57,7 @@ func (s Shape) Validate() error {
 	if s.RF < 1 || s.RF > s.Nodes {
 		return fmt.Errorf("replication factor must be between 1 and the node count (%d), got %d", s.Nodes, s.RF)
 	}
-	if t := s.Transport; t != "" && t != server.TransportQUIC && t != server.TransportTCP {
-		return fmt.Errorf("transport %q: want %q or %q", t, server.TransportQUIC, server.TransportTCP)
-	}
-	return nil
+	return server.CheckTransport(s.Transport)
 }
 
 const (

@@ -241,9 +241,9 @@ const (
 	TransportTCP  = "tcp"
 )
 
-// checkTransport validates a Config.Transport ("" is allowed: the stored
+// CheckTransport validates a Config.Transport ("" is allowed: the stored
 // one, or QUIC).
-func checkTransport(t string) error {
+func CheckTransport(t string) error {
 	switch t {
 	case "", TransportQUIC, TransportTCP:
 		return nil

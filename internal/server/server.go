@@ -100,7 +100,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("a data dir is required")
 	}
-	if err := checkTransport(cfg.Transport); err != nil {
+	if err := CheckTransport(cfg.Transport); err != nil {
 		return nil, err
 	}
 	for flag, a := range map[string]string{"listen": cfg.Listen, "advertise": cfg.Advertise, "join": cfg.Join} {
