@@ -345,10 +345,11 @@ type response struct {
 // MaxRetryAge bounds how long the client retries one write, whatever its
 // context allows: no attempt starts later than this after the first, and a
 // write still without a definite answer then fails with CodeOutcomeUnknown
-// (or CodeUnavailable if no attempt can have reached the cluster). The cluster forgets the exactly-once record of a client
-// that has not written to a vShard for an hour (the nodes'
-// ClientIdleExpiry), after which a retry of the same write would apply
-// again; retrying for at most this long keeps every retry well inside it.
+// (or CodeUnavailable if no attempt can have reached the cluster). The
+// cluster forgets the exactly-once record of a client that has not written
+// to a vShard for an hour (the nodes' ClientIdleExpiry), after which a
+// retry of the same write would apply again; retrying for at most this
+// long keeps every retry well inside it.
 const MaxRetryAge = 10 * time.Minute
 
 // errRetryAge is why a write was given up after MaxRetryAge.
