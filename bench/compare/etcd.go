@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/netloss"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -34,6 +36,7 @@ type etcdOptions struct {
 	conns     int    // clients (each its own gRPC connection)
 	target    string // "leader" or "all"
 	members   int
+	loss      *netloss.Table // drops a share of the peer packets (nil: none)
 }
 
 func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, error) {
@@ -49,6 +52,9 @@ func startEtcd(ctx context.Context, ps *procs, o etcdOptions) (*etcdCluster, err
 	var initial []string
 	for i := range o.members {
 		pa, err := freeAddr()
+		if err == nil && o.loss != nil {
+			err = o.loss.Add(ctx, pa)
+		}
 		if err != nil {
 			return nil, err
 		}

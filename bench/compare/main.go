@@ -33,6 +33,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/nodedb/nodedb-cluster/internal/netloss"
 )
 
 // system is one cluster under test.
@@ -183,17 +185,23 @@ type target struct {
 }
 
 type conditions struct {
-	Date          string  `json:"date"`
-	CPUs          int     `json:"cpus"`
-	LoadAvgBefore string  `json:"loadavg_before"`
-	GoVersion     string  `json:"go_version"`
-	EtcdVersion   string  `json:"etcd_version"`
-	RepoCommit    string  `json:"repo_commit"`
-	Fsync         string  `json:"fsync"`
-	OursPeerTLS   bool    `json:"ours_peer_tls"`
-	OursClientTLS bool    `json:"ours_client_tls"`
-	OursReadLease bool    `json:"ours_read_lease"`
-	OursTransport string  `json:"ours_transport,omitempty"`
+	Date          string `json:"date"`
+	CPUs          int    `json:"cpus"`
+	LoadAvgBefore string `json:"loadavg_before"`
+	GoVersion     string `json:"go_version"`
+	EtcdVersion   string `json:"etcd_version"`
+	RepoCommit    string `json:"repo_commit"`
+	Fsync         string `json:"fsync"`
+	OursPeerTLS   bool   `json:"ours_peer_tls"`
+	OursClientTLS bool   `json:"ours_client_tls"`
+	OursReadLease bool   `json:"ours_read_lease"`
+	OursTransport string `json:"ours_transport,omitempty"`
+	// PeerLossPct is the share of packets between members (both systems)
+	// dropped at random, in percent (--peer-loss); PeerPackets and
+	// PeerDropped count them over the whole run.
+	PeerLossPct   float64 `json:"peer_loss_pct,omitempty"`
+	PeerPackets   uint64  `json:"peer_packets,omitempty"`
+	PeerDropped   uint64  `json:"peer_dropped,omitempty"`
 	EtcdPeerTLS   bool    `json:"etcd_peer_tls"`
 	EtcdClientTLS bool    `json:"etcd_client_tls"`
 	ValueSize     int     `json:"value_size"`
@@ -240,6 +248,7 @@ type options struct {
 	clientTLS  bool
 	readLease  bool
 	transport  string
+	peerLoss   float64
 	etcdConns  int
 	etcdTarget string
 	opTimeout  time.Duration
@@ -266,6 +275,7 @@ func main() {
 	flag.IntVar(&o.valueSize, "value-size", 256, "value size in bytes")
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
 	flag.StringVar(&o.transport, "nodedb-transport", "", "our nodes' peer transport: quic (their default) or tcp (TCP with the same mutual TLS)")
+	flag.Float64Var(&o.peerLoss, "peer-loss", 0, "drop this percentage of the packets between members of both systems, at random (nftables; only inside a network namespace of its own, see docs/comparison.md)")
 	flag.BoolVar(&o.readLease, "nodedb-read-lease", false, "start our nodes with --read-lease (linearizable reads from leader leases; etcd's default, ReadIndex, is unchanged)")
 	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
 	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
@@ -302,7 +312,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
-	if o.manyGroups {
+	if o.manyGroups && o.peerLoss != 0 {
+		err = errors.New("--peer-loss applies to the etcd comparison only, not to --manygroups")
+	} else if o.manyGroups {
 		o.mg.systems = "nodedb,dragonboat"
 		flag.Visit(func(f *flag.Flag) {
 			if f.Name == "systems" {
@@ -420,6 +432,14 @@ func runAll(ctx context.Context, o options) (err error) {
 		EtcdTarget:    o.etcdTarget,
 		Root:          root,
 	}}
+	var loss *netloss.Table
+	if o.peerLoss != 0 {
+		if loss, err = netloss.Install(ctx, "nodedb_bench_loss", o.peerLoss, netloss.OnArrival); err != nil {
+			return fmt.Errorf("--peer-loss: %w", err)
+		}
+		defer loss.Close()
+		rep.Conditions.PeerLossPct = o.peerLoss
+	}
 	if want["etcd"] {
 		rep.Conditions.EtcdVersion = version(etcdBin, "--version")
 	}
@@ -439,7 +459,7 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["nodedb"] {
 		logf("starting a 3-node nodedb-cluster")
 		ours, err := startOurs(ctx, &ps, oursOptions{bin: oursBin, root: filepath.Join(root, "nodedb"), certs: certs,
-			clientTLS: o.clientTLS, readLease: o.readLease, transport: o.transport, nodes: 3, maxConns: maxClients + 8})
+			clientTLS: o.clientTLS, readLease: o.readLease, transport: o.transport, nodes: 3, maxConns: maxClients + 8, loss: loss})
 		if err != nil {
 			return err
 		}
@@ -451,7 +471,7 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["etcd"] {
 		logf("starting a 3-member etcd")
 		e, err := startEtcd(ctx, &ps, etcdOptions{bin: etcdBin, root: filepath.Join(root, "etcd"), certs: certs,
-			peerTLS: o.peerTLS, clientTLS: o.clientTLS, conns: o.etcdConns, target: o.etcdTarget, members: 3})
+			peerTLS: o.peerTLS, clientTLS: o.clientTLS, conns: o.etcdConns, target: o.etcdTarget, members: 3, loss: loss})
 		if err != nil {
 			return err
 		}
@@ -519,6 +539,14 @@ func runAll(ctx context.Context, o options) (err error) {
 	}
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if loss != nil {
+		d, p, err := loss.Counts(ctx)
+		if err != nil {
+			return err
+		}
+		rep.Conditions.PeerDropped, rep.Conditions.PeerPackets = d, d+p
+		logf("peer packets dropped: %d of %d", d, d+p)
 	}
 	rep.Results = medians(rep.Runs)
 	rep.Ratios, rep.Targets = ratiosAndTargets(rep.Results)
@@ -738,6 +766,10 @@ func printReport(out io.Writer, rep report) {
 			tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns))
 	}
 	fmt.Fprintf(out, "%s, all on 127.0.0.1 and one disk, fsync on\n", strings.Join(parts, " and "))
+	if c.PeerLossPct > 0 {
+		fmt.Fprintf(out, "%v%% of the packets between members dropped at random, both systems, both directions (nftables): %d of %d over the run\n",
+			c.PeerLossPct, c.PeerDropped, c.PeerPackets)
+	}
 	if len(c.IdleCPU) > 0 {
 		var parts []string
 		for _, n := range []string{"nodedb", "etcd"} {

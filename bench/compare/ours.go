@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/netloss"
+
 	"github.com/nodedb/nodedb-cluster/client"
 )
 
@@ -36,7 +38,8 @@ type oursOptions struct {
 	readLease bool   // start the nodes with --read-lease
 	transport string // the nodes' --transport (empty: their default, QUIC)
 	nodes     int
-	maxConns  int // idle HTTP connections kept per node
+	maxConns  int            // idle HTTP connections kept per node
+	loss      *netloss.Table // drops a share of the peer packets (nil: none)
 }
 
 // clusterStatus is the part of `nodedb-cluster status --json` used here.
@@ -108,6 +111,9 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 	var listens []string
 	for i := range o.nodes {
 		l, err := freeAddr()
+		if err == nil && o.loss != nil {
+			err = o.loss.Add(ctx, l)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -34,8 +34,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// testBinEnv names a nodedb-cluster binary already built, for a test
+// binary that another one started (netloss.RerunInPrivate).
+const testBinEnv = "NODEDB_TEST_BIN"
+
 // buildBinary builds the nodedb-cluster binary once per test binary run.
 var buildBinary = sync.OnceValues(func() (string, error) {
+	if bin := os.Getenv(testBinEnv); bin != "" {
+		return bin, nil // built by the test process that started this one
+	}
 	dir, err := os.MkdirTemp("", "nodedb-bin")
 	if err != nil {
 		return "", err
@@ -154,48 +161,8 @@ func leaderKill(t *testing.T, allArgs []string) {
 		}
 	}
 
-	// Writers: unique keys through every live node; a key is acknowledged
-	// when a node answered 200.
-	var mu sync.Mutex
-	acked := map[string]string{}
-	down := map[int]bool{}
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	for w := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				i := (w + n) % 3
-				mu.Lock()
-				skip := down[i]
-				mu.Unlock()
-				if skip {
-					continue
-				}
-				key := fmt.Sprintf("w%d-%d", w, n)
-				val := fmt.Sprintf("v%d-%d", w, n)
-				wctx, c := context.WithTimeout(ctx, 5*time.Second)
-				_, err := adminOf(procs[i].dir).Put(wctx, key, []byte(val))
-				c()
-				if err == nil {
-					mu.Lock()
-					acked[key] = val
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	count := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(acked)
-	}
+	w := startWriters(ctx, t, procs, 4)
+	count := w.count
 	waitCount(ctx, t, count, 100)
 
 	// Kill the process leading group 1.
@@ -212,9 +179,7 @@ func leaderKill(t *testing.T, allArgs []string) {
 	if victim < 0 {
 		t.Fatal("group 1 has no leader")
 	}
-	mu.Lock()
-	down[victim] = true
-	mu.Unlock()
+	w.setDown(victim, true)
 	procs[victim].kill()
 	killedAt := count()
 	t.Logf("killed node %d (leader of group 1) after %d acknowledged writes", victim+1, killedAt)
@@ -224,25 +189,98 @@ func leaderKill(t *testing.T, allArgs []string) {
 	procs[victim].args = slices.Concat([]string{"start", "--dir", procs[victim].dir, "--log-level", "warn", "--tick", "20ms"}, allArgs)
 	procs[victim].start()
 	waitAdmin(ctx, t, procs[victim].dir)
-	mu.Lock()
-	down[victim] = false
-	mu.Unlock()
+	w.setDown(victim, false)
 	waitCount(ctx, t, count, count()+100)
-	close(stop)
-	wg.Wait()
-	total := count()
-	t.Logf("%d acknowledged writes", total)
+	w.stop()
+	t.Logf("%d acknowledged writes", count())
 
 	// Every replica converges to the same state.
 	for g := uint64(1); g <= 4; g++ {
 		waitConverged(ctx, t, procs, g)
 	}
 	// No acknowledged write is lost, read through every node.
-	mu.Lock()
-	defer mu.Unlock()
+	w.verify(ctx, t, procs)
+}
+
+// writers put unique keys through every node that is not marked down, each
+// writer one request at a time; a key is acknowledged when a node answered
+// 200.
+type writers struct {
+	mu    sync.Mutex
+	acked map[string]string
+	down  map[int]bool
+	wg    sync.WaitGroup
+	done  chan struct{}
+	once  sync.Once
+}
+
+// startWriters starts n writers over procs; stop ends them, and so does
+// the end of t.
+func startWriters(ctx context.Context, t *testing.T, procs []*proc, n int) *writers {
+	w := &writers{acked: map[string]string{}, down: map[int]bool{}, done: make(chan struct{})}
+	t.Cleanup(w.stop)
+	for wr := range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-w.done:
+					return
+				default:
+				}
+				node := (wr + i) % len(procs)
+				w.mu.Lock()
+				skip := w.down[node]
+				w.mu.Unlock()
+				if skip {
+					continue
+				}
+				key := fmt.Sprintf("w%d-%d", wr, i)
+				val := fmt.Sprintf("v%d-%d", wr, i)
+				wctx, c := context.WithTimeout(ctx, 5*time.Second)
+				_, err := adminOf(procs[node].dir).Put(wctx, key, []byte(val))
+				c()
+				if err == nil {
+					w.mu.Lock()
+					w.acked[key] = val
+					w.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return w
+}
+
+// setDown stops (or resumes) writing through node i.
+func (w *writers) setDown(i int, down bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.down[i] = down
+}
+
+// count is the number of acknowledged writes so far.
+func (w *writers) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.acked)
+}
+
+// stop ends the writers and waits for them.
+func (w *writers) stop() {
+	w.once.Do(func() { close(w.done) })
+	w.wg.Wait()
+}
+
+// verify reads every acknowledged key back, through the nodes in turn,
+// and fails t if one is missing or holds another value.
+func (w *writers) verify(ctx context.Context, t *testing.T, procs []*proc) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	n := 0
-	for k, v := range acked {
-		p := procs[n%3]
+	for k, v := range w.acked {
+		p := procs[n%len(procs)]
 		n++
 		got, err := adminOf(p.dir).Get(ctx, k)
 		if err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlog"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
@@ -111,6 +112,10 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		MaxStreamReceiveWindow:         16 << 20,
 		InitialConnectionReceiveWindow: 2 << 20,
 		MaxConnectionReceiveWindow:     32 << 20,
+		// With QLOGDIR set, every connection writes a qlog trace there
+		// (quic-go's own switch; nil, no cost, without it): the tool for
+		// a peer link that stalls or loses packets.
+		Tracer: qlog.DefaultConnectionTracer,
 	}
 	e.registerMetrics(cfg.Registerer)
 	e.serverTLS = pki.ServerTLS(cfg.Identity, cfg.Verifier, []string{transport.ALPN}, e.onRefuse)
@@ -118,7 +123,7 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		e.join = newJoinServer(e)
 		e.serverTLS.GetConfigForClient = e.join.configForClient
 	}
-	e.qt = &quic.Transport{Conn: udp}
+	e.qt = &quic.Transport{Conn: refusalsAsLoss{UDPConn: udp, refused: &e.stats.SendsRefused}}
 	e.ln, err = e.qt.Listen(e.serverTLS, e.qconf)
 	if err != nil {
 		e.qt.Close()

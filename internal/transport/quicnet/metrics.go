@@ -14,11 +14,13 @@ import (
 type Stats struct {
 	transport.Stats
 	ConnsReplaced atomic.Uint64 // duplicate connections closed in favour of another
+	SendsRefused  atomic.Uint64 // UDP sends the local kernel refused (EPERM, ENOBUFS), taken as lost packets
 }
 
 func (e *Endpoint) registerMetrics(reg prometheus.Registerer) {
 	e.stats.Register(reg, e.cfg.Logger,
 		transport.Counter("connections_replaced_total", "Duplicate connections closed in favour of another.", &e.stats.ConnsReplaced),
+		transport.Counter("udp_sends_refused_total", "UDP sends the local kernel refused (EPERM: a firewall or a full conntrack table; ENOBUFS), taken as lost packets.", &e.stats.SendsRefused),
 		transport.PeersConnected(e.connectedPeers),
 		pathCollector{e})
 }
