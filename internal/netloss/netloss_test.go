@@ -59,19 +59,7 @@ func TestDropsAShare(t *testing.T) {
 			tbl.Close()
 		}
 	}()
-	recv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
-	send, err := net.DialUDP("udp", nil, recv.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer send.Close()
-	if err := tbl.Add(ctx, recv.LocalAddr().String()); err != nil {
-		t.Fatal(err)
-	}
+	recv, send := udpPair(ctx, t, tbl)
 	// 5,000 datagrams of 100 bytes fit in the receive buffer, so none is
 	// lost to a full buffer: only the table drops.
 	if err := recv.SetReadBuffer(4 << 20); err != nil {
@@ -139,19 +127,7 @@ func TestDepartureFailsUDPSends(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tbl.Close()
-	recv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer recv.Close()
-	send, err := net.DialUDP("udp", nil, recv.LocalAddr().(*net.UDPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer send.Close()
-	if err := tbl.Add(ctx, recv.LocalAddr().String()); err != nil {
-		t.Fatal(err)
-	}
+	_, send := udpPair(ctx, t, tbl)
 	failed := 0
 	for range 400 {
 		if _, err := send.Write(make([]byte, 10)); err != nil {
@@ -169,4 +145,24 @@ func TestDepartureFailsUDPSends(t *testing.T) {
 	if failed < 140 || failed > 260 || uint64(failed) != dropped {
 		t.Fatalf("%d of 400 sends failed, %d dropped, want about 200 of each", failed, dropped)
 	}
+}
+
+// udpPair returns a receiving UDP socket on 127.0.0.1, whose port it adds
+// to tbl, and a socket sending to it; both close at the end of t.
+func udpPair(ctx context.Context, t *testing.T, tbl *Table) (recv, send *net.UDPConn) {
+	t.Helper()
+	recv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { recv.Close() })
+	send, err = net.DialUDP("udp", nil, recv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { send.Close() })
+	if err := tbl.Add(ctx, recv.LocalAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	return recv, send
 }

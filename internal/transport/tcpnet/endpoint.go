@@ -253,6 +253,7 @@ func (e *Endpoint) acceptLoop() {
 		if !e.track(c) {
 			return
 		}
+		tuneLossRecovery(c)
 		if !e.spawn(func() { e.serveConn(c) }) {
 			e.untrack(c)
 			return
@@ -414,6 +415,7 @@ func (e *Endpoint) dial(id ids.NodeID, addr string, kind byte) (*conn, error) {
 	if !e.track(raw) {
 		return nil, transport.ErrClosed
 	}
+	tuneLossRecovery(raw)
 	fail := func(err error) (*conn, error) {
 		e.untrack(raw)
 		return nil, err
