@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -94,6 +98,19 @@ func underLoss(t *testing.T, name string, where netloss.Where, allArgs []string)
 	if dropped == 0 {
 		t.Fatal("no peer packet was dropped: the loss never applied")
 	}
+	// An operator sees the loss in the nodes' path metrics.
+	lossMetric := "nodedb_transport_quic_packets_lost_total"
+	if slices.Contains(allArgs, "tcp") {
+		lossMetric = "nodedb_transport_tcp_segments_retransmitted_total"
+	}
+	seen := 0.0
+	for _, p := range procs {
+		seen += scrapeSum(ctx, t, p.api, lossMetric)
+	}
+	t.Logf("%s over the nodes: %v", lossMetric, seen)
+	if where == netloss.OnArrival && seen == 0 {
+		t.Errorf("%s is 0 on every node under loss", lossMetric)
+	}
 
 	// The loss ends: every replica converges and holds every acknowledged
 	// write.
@@ -105,4 +122,36 @@ func underLoss(t *testing.T, name string, where netloss.Where, allArgs []string)
 		waitConverged(ctx, t, procs, g)
 	}
 	w.verify(ctx, t, procs)
+}
+
+// scrapeSum returns the sum of every sample of metric name at api's
+// /metrics.
+func scrapeSum(ctx context.Context, t *testing.T, api, name string) float64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", api, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("scrape %s: %q: %v", api, line, err)
+		}
+		sum += v
+	}
+	return sum
 }

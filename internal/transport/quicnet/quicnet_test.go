@@ -23,6 +23,7 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
+	"github.com/nodedb/nodedb-cluster/internal/transport/transporttest"
 )
 
 func TestMain(m *testing.M) { testwatch.Main(m) }
@@ -643,28 +644,7 @@ func TestPathMetricsPerPeer(t *testing.T) {
 		}
 	}
 	waitFor(t, "200 more messages", func() bool { return r2.count() >= 201 })
-	metric := func(name string) float64 {
-		t.Helper()
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				if len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == "2" {
-					if c := m.GetCounter(); c != nil {
-						return c.GetValue()
-					}
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-		t.Fatalf("no %s{peer=\"2\"}", name)
-		return 0
-	}
+	metric := func(name string) float64 { return transporttest.PeerMetric(t, reg, name, "2") }
 	if v := metric("nodedb_transport_quic_packets_sent_total"); v < 1 {
 		t.Errorf("packets sent = %v, want at least one", v)
 	}

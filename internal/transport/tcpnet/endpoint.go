@@ -103,7 +103,7 @@ func Listen(cfg Config, h transport.Handler) (*Endpoint, error) {
 		e.joinSlots = make(chan struct{}, transport.MaxJoinConns)
 		transport.RegisterJoinMetrics(cfg.Registerer, &e.joinStats, cfg.Logger)
 	}
-	e.stats.Register(cfg.Registerer, cfg.Logger, transport.PeersConnected(e.connectedPeers))
+	e.stats.Register(cfg.Registerer, cfg.Logger, append(pathCollectors(e), transport.PeersConnected(e.connectedPeers))...)
 	for id, a := range cfg.Peers {
 		e.SetPeer(id, a)
 	}

@@ -1,6 +1,8 @@
 package tcpnet
 
 import (
+	"net"
+
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
 )
@@ -32,4 +34,24 @@ func (e *Endpoint) connectedPeers() int {
 		}
 	}
 	return n
+}
+
+// raftConns returns the socket of this node's outgoing Raft connection to
+// each peer that has one.
+func (e *Endpoint) raftConns() map[ids.NodeID]net.Conn {
+	e.mu.Lock()
+	peers := make([]*peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.mu.Unlock()
+	out := make(map[ids.NodeID]net.Conn, len(peers))
+	for _, p := range peers {
+		p.mu.Lock()
+		if p.raft != nil {
+			out[p.id] = p.raft.raw
+		}
+		p.mu.Unlock()
+	}
+	return out
 }
