@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -271,7 +272,9 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 		return nil, nil, fmt.Errorf("quicnet: join: %w", err)
 	}
 	defer udp.Close()
-	qt := &quic.Transport{Conn: udp}
+	// A send the local kernel refuses is a lost packet here too
+	// (refusalsAsLoss); a join has no metrics, so the count is dropped.
+	qt := &quic.Transport{Conn: refusalsAsLoss{UDPConn: udp, refused: new(atomic.Uint64)}}
 	defer qt.Close()
 
 	tlsConf, verified := transport.JoinClientTLS(caHash)
