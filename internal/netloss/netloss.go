@@ -15,7 +15,8 @@
 // in, so Install refuses a namespace with any interface besides loopback
 // (such as the machine's own network). Run the program in a namespace of
 // its own: `unshare -n sh -c 'ip link set lo up && exec PROGRAM'` as root.
-// This machine's kernel has no netem, so the loss comes without delay.
+// The loss comes without added delay (that would need netem, which the
+// kernels this was written on lack).
 package netloss
 
 import (
@@ -60,6 +61,9 @@ type Table struct {
 func Install(ctx context.Context, name string, pct float64, where Where) (*Table, error) {
 	if !(pct > 0 && pct < 100) {
 		return nil, fmt.Errorf("netloss: loss %v%%: want a percentage above 0 and below 100", pct)
+	}
+	if !tableName.MatchString(name) {
+		return nil, fmt.Errorf("netloss: table name %q: want letters, digits and underscores", name)
 	}
 	if err := CheckPrivateNamespace(); err != nil {
 		return nil, err
@@ -134,6 +138,10 @@ func (t *Table) Close() error {
 	}
 	return nil
 }
+
+// tableName is what Install accepts as a table name (it goes into the
+// ruleset as is).
+var tableName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]{0,63}$`)
 
 // counter matches one rule's counter in `nft list` output; the rule drops
 // when the counter is followed by "drop".

@@ -32,6 +32,9 @@ func TestInstallRefusals(t *testing.T) {
 			t.Errorf("loss %v%%: got %v, want a refusal of the percentage", pct, err)
 		}
 	}
+	if _, err := Install(context.Background(), "bad name; flush ruleset", 1, OnArrival); err == nil || !strings.Contains(err.Error(), "table name") {
+		t.Errorf("a table name with spaces and semicolons: got %v, want a refusal", err)
+	}
 	if CheckPrivateNamespace() == nil {
 		t.Skip("this namespace has loopback only: Install would go ahead here")
 	}
