@@ -16,8 +16,7 @@ import (
 // TestProcessClusterUnderPacketLoss runs three node processes of the built
 // binary, over each peer transport, while 5% of the packets between them
 // are lost at random (both directions, nftables in a network namespace of
-// the test's own; over QUIC also dropped as they leave, which fails the
-// send): writes through every node go on being acknowledged,
+// the test's own; also dropped as they leave, which fails a UDP send): writes through every node go on being acknowledged,
 // linearizable reads through every node see them, and once the loss ends
 // every replica converges and no acknowledged write is lost. The client
 // API is left alone; only the links between the nodes lose packets.
@@ -39,6 +38,10 @@ func TestProcessClusterUnderPacketLoss(t *testing.T) {
 	// does: a UDP send fails with EPERM, which QUIC must take as a lost
 	// packet, not as the end of the connection.
 	t.Run("quic-refused-sends", func(t *testing.T) { underLoss(t, "quicout", netloss.OnDeparture, nil) })
+	// TCP's kernel retransmits a segment its own firewall dropped.
+	t.Run("tcp-refused-sends", func(t *testing.T) {
+		underLoss(t, "tcpout", netloss.OnDeparture, []string{"--transport", "tcp"})
+	})
 }
 
 func underLoss(t *testing.T, name string, where netloss.Where, allArgs []string) {
