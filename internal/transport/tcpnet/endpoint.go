@@ -36,6 +36,8 @@ type Endpoint struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// untuned logs, once, that the kernel refused tuneLossRecovery.
+	untuned sync.Once
 
 	mu     sync.Mutex
 	peers  map[ids.NodeID]*peer
@@ -232,6 +234,18 @@ func (e *Endpoint) Close() error {
 	return err
 }
 
+// tune applies tuneLossRecovery to c and says once, at info level, when
+// the kernel does not take it: every segment lost between nodes then waits
+// for the system's retransmission bounds (200 ms on Linux).
+func (e *Endpoint) tune(c net.Conn) {
+	if !tuneLossRecovery(c) {
+		e.untuned.Do(func() {
+			e.cfg.Logger.Info("peer connections keep the system's TCP retransmission and delayed-ack bounds (TCP_RTO_MIN_US needs Linux 6.15+): " +
+				"a lost segment between nodes waits at least 200 ms; lower the route's rto_min, or use the QUIC transport")
+		})
+	}
+}
+
 // acceptLoop accepts peers' connections until the endpoint closes.
 func (e *Endpoint) acceptLoop() {
 	defer e.wg.Done()
@@ -253,7 +267,7 @@ func (e *Endpoint) acceptLoop() {
 		if !e.track(c) {
 			return
 		}
-		tuneLossRecovery(c)
+		e.tune(c)
 		if !e.spawn(func() { e.serveConn(c) }) {
 			e.untrack(c)
 			return
@@ -415,7 +429,7 @@ func (e *Endpoint) dial(id ids.NodeID, addr string, kind byte) (*conn, error) {
 	if !e.track(raw) {
 		return nil, transport.ErrClosed
 	}
-	tuneLossRecovery(raw)
+	e.tune(raw)
 	fail := func(err error) (*conn, error) {
 		e.untrack(raw)
 		return nil, err
