@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
-	"io"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/netloss"
+	"github.com/nodedb/nodedb-cluster/internal/promtext"
 )
 
 // TestProcessClusterUnderPacketLoss runs three node processes of the built
@@ -128,33 +126,12 @@ func underLoss(t *testing.T, name string, where netloss.Where, allArgs []string)
 }
 
 // scrapeSum returns the sum of every sample of metric name at api's
-// /metrics.
+// /metrics, 0 if it has none.
 func scrapeSum(ctx context.Context, t *testing.T, api, name string) float64 {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+api+"/metrics", nil)
+	sum, _, err := promtext.Scrape(ctx, http.DefaultClient, "http://"+api+"/metrics", name)
 	if err != nil {
 		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", api, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			t.Fatalf("scrape %s: %q: %v", api, line, err)
-		}
-		sum += v
 	}
 	return sum
 }

@@ -3,7 +3,6 @@ package tcpnet
 import (
 	"net"
 	"strconv"
-	"syscall"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -56,17 +55,9 @@ func (c pathCollector) Collect(ch chan<- prometheus.Metric) {
 
 // tcpInfo reads TCP_INFO of c; false if c is not a TCP socket or is closed.
 func tcpInfo(c net.Conn) (*unix.TCPInfo, bool) {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil, false
-	}
 	var info *unix.TCPInfo
-	var ierr error
-	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || ierr != nil {
+	var err error
+	if !controlFD(c, func(fd int) { info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO) }) || err != nil {
 		return nil, false
 	}
 	return info, true

@@ -21,15 +21,9 @@ func (e *Endpoint) PeerState(id ids.NodeID) transport.PeerState {
 
 // connectedPeers counts the peers this node has a connection to.
 func (e *Endpoint) connectedPeers() int {
-	e.mu.Lock()
-	peers := make([]ids.NodeID, 0, len(e.peers))
-	for id := range e.peers {
-		peers = append(peers, id)
-	}
-	e.mu.Unlock()
 	n := 0
-	for _, id := range peers {
-		if e.PeerState(id) == transport.PeerConnected {
+	for _, p := range e.peerList() {
+		if e.PeerState(p.id) == transport.PeerConnected {
 			n++
 		}
 	}
@@ -39,14 +33,8 @@ func (e *Endpoint) connectedPeers() int {
 // raftConns returns the socket of this node's outgoing Raft connection to
 // each peer that has one.
 func (e *Endpoint) raftConns() map[ids.NodeID]net.Conn {
-	e.mu.Lock()
-	peers := make([]*peer, 0, len(e.peers))
-	for _, p := range e.peers {
-		peers = append(peers, p)
-	}
-	e.mu.Unlock()
-	out := make(map[ids.NodeID]net.Conn, len(peers))
-	for _, p := range peers {
+	out := map[ids.NodeID]net.Conn{}
+	for _, p := range e.peerList() {
 		p.mu.Lock()
 		if p.raft != nil {
 			out[p.id] = p.raft.raw
@@ -54,4 +42,15 @@ func (e *Endpoint) raftConns() map[ids.NodeID]net.Conn {
 		p.mu.Unlock()
 	}
 	return out
+}
+
+// peerList returns the endpoint's peers, taken under its lock.
+func (e *Endpoint) peerList() []*peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	peers := make([]*peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	return peers
 }

@@ -820,17 +820,26 @@ func TestFilterDropsTraffic(t *testing.T) {
 	}
 }
 
+// metricsPair returns two connected endpoints, nodes 1 and 2, the first
+// exporting its metrics to reg, after one batch from 1 reached 2's
+// recorder r2.
+func metricsPair(t *testing.T) (reg *prometheus.Registry, e1 *Endpoint, r2 *recorder) {
+	t.Helper()
+	p := newPKI(t)
+	reg = prometheus.NewRegistry()
+	r2 = &recorder{}
+	e1 = p.endpoint(t, 1, &recorder{}, func(c *Config) { c.Registerer = reg })
+	e2 := p.endpoint(t, 2, r2, nil)
+	connect(e1, e2)
+	sendUntil(t, e1, 2, r2, 1, heartbeat(1, 1, 2, 0))
+	return reg, e1, r2
+}
+
 // TestMetricsExported: with a Registerer, the endpoint exports the same
 // transport metrics as quicnet's (counters, refusals by reason, connected
 // peers), so dashboards do not change with --transport.
 func TestMetricsExported(t *testing.T) {
-	p := newPKI(t)
-	reg := prometheus.NewRegistry()
-	r2 := &recorder{}
-	e1 := p.endpoint(t, 1, &recorder{}, func(c *Config) { c.Registerer = reg })
-	e2 := p.endpoint(t, 2, r2, nil)
-	connect(e1, e2)
-	sendUntil(t, e1, 2, r2, 1, heartbeat(1, 1, 2, 0))
+	reg, e1, _ := metricsPair(t)
 	if c, err := rawDial(t, e1, &tls.Config{}); err == nil { // no certificate: refused
 		hello(c, 5, transport.StreamRaft)
 		c.Close()

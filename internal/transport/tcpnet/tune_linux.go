@@ -27,6 +27,18 @@ const lossRecovery = 10 * time.Millisecond
 // delayed acknowledgement of a one-way Raft stream does not look like a
 // loss. It reports whether the kernel took both.
 func tuneLossRecovery(c net.Conn) bool {
+	us := int(lossRecovery / time.Microsecond)
+	took := false
+	ok := controlFD(c, func(fd int) {
+		took = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpRTOMinUS, us) == nil &&
+			syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpDelackMaxUS, us) == nil
+	})
+	return ok && took
+}
+
+// controlFD runs f with c's socket descriptor; false if c has none (not a
+// socket, or closed).
+func controlFD(c net.Conn, f func(fd int)) bool {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return false
@@ -35,11 +47,5 @@ func tuneLossRecovery(c net.Conn) bool {
 	if err != nil {
 		return false
 	}
-	us := int(lossRecovery / time.Microsecond)
-	took := false
-	rc.Control(func(fd uintptr) {
-		took = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpRTOMinUS, us) == nil &&
-			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpDelackMaxUS, us) == nil
-	})
-	return took
+	return rc.Control(func(fd uintptr) { f(int(fd)) }) == nil
 }

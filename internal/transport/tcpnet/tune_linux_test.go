@@ -60,15 +60,10 @@ func TestConnectionsRecoverLossQuickly(t *testing.T) {
 
 func sockoptInt(t *testing.T, c net.Conn, opt int) int {
 	t.Helper()
-	rc, err := c.(syscall.Conn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v int
-	var gerr error
-	rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, opt) })
-	if gerr != nil {
-		t.Fatal(gerr)
+	var err error
+	if !controlFD(c, func(fd int) { v, err = syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, opt) }) || err != nil {
+		t.Fatalf("getsockopt %d on %s: %v", opt, c.LocalAddr(), err)
 	}
 	return v
 }
