@@ -88,8 +88,8 @@ type Config struct {
 	ConcurrentSnapshots int
 	// CommitNoticeDelay is how long a leader holds an empty append (the
 	// commit notice Raft broadcasts when the commit index advances) in case
-	// a later append to the same follower makes it redundant. Default 2ms;
-	// negative sends them at once.
+	// a later append or heartbeat to the same follower makes it redundant
+	// (deferNotice). Default 50ms; negative sends them at once.
 	CommitNoticeDelay time.Duration
 	// ReadLease lets a leader serve linearizable reads from a lease instead
 	// of confirming its leadership with a quorum round for each batch of
@@ -147,7 +147,7 @@ func (c *Config) setDefaults() {
 		c.ElectionTicks = 10
 	}
 	if c.CommitNoticeDelay == 0 {
-		c.CommitNoticeDelay = 2 * time.Millisecond
+		c.CommitNoticeDelay = 50 * time.Millisecond
 	}
 	if c.HeartbeatTicks <= 0 {
 		c.HeartbeatTicks = 2

@@ -7,6 +7,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.etcd.io/raft/v3/tracker"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
@@ -257,7 +258,7 @@ func (r *replica) process(w *workerState) error {
 		return nil // a control operation destroyed the replica
 	}
 	if r.noticeDue.Swap(false) {
-		r.flushNotices(&w.out)
+		r.flushDueNotices(&w.out)
 	}
 	ticks := int(r.ticks.Swap(0))
 	for i := 0; i < min(ticks, maxTicksPerProcess); i++ {
@@ -300,6 +301,9 @@ func (r *replica) process(w *workerState) error {
 			r.h.stats.CommitNoticesCoalesced.Add(1)
 		case m.Type == raftpb.MsgApp:
 			r.deferNotice(&w.out, m)
+		case m.Type == raftpb.MsgHeartbeat:
+			r.coverNotice(&w.out, &m)
+			r.route(&w.out, m)
 		case m.To == raft.LocalAppendThread:
 			w.jobs = append(w.jobs, r.newAppendJob(m))
 		case m.To == raft.LocalApplyThread:
@@ -371,51 +375,140 @@ func (h *Host) commitApplies(w *workerState) error {
 
 // deferNotice routes an append, holding it back if it is empty. An empty
 // append is mostly Raft's commit notice (broadcast whenever the commit index
-// advances); with a client waiting for its answer, the next proposal usually
-// follows within a round trip, and its append carries the same commit index
-// and makes the notice redundant. So a notice waits up to
-// Config.CommitNoticeDelay; any later append to the same follower in the same
-// term with a commit index at least as high replaces it. A follower learns a
-// commit index at most that much later (or at the next heartbeat) when its
-// group goes quiet; the leader's answers to clients do not wait. Holding a
-// message back is like a slower network: always safe in Raft.
+// advances); while the group is busy, the next proposal's append to the same
+// follower carries the same commit index and makes the notice redundant. So
+// a notice waits up to Config.CommitNoticeDelay; any later append to the same
+// follower in the same term with a commit index at least as high replaces it,
+// and so does a heartbeat that carries it (coverNotice). A follower learns a
+// commit index at most that much later when its group goes quiet; the
+// leader's answers to clients do not wait. Holding a message back is like a
+// slower network: always safe in Raft.
 func (r *replica) deferNotice(o *outbox, m raftpb.Message) {
-	for i := range r.notices {
-		n := &r.notices[i]
-		if n.To == m.To {
-			if m.Term == n.Term && m.Commit >= n.Commit {
-				r.h.stats.CommitNoticesCoalesced.Add(1)
-			} else {
-				r.route(o, *n)
-			}
-			r.notices = append(r.notices[:i], r.notices[i+1:]...)
-			break
-		}
-	}
-	if len(m.Entries) > 0 || r.h.cfg.CommitNoticeDelay < 0 {
+	replaced := r.coverNotice(o, &m)
+	if len(m.Entries) > 0 || r.h.cfg.CommitNoticeDelay < 0 || !r.onlyCommitNews(m.To) {
 		r.route(o, m)
 		return
 	}
-	r.notices = append(r.notices, m)
-	if len(r.notices) == 1 {
+	// An empty append that replaces a held one keeps its time: a leader
+	// whose appends are throttled sends a new empty one at every heartbeat
+	// answer, which would otherwise hold the news back for ever.
+	due := time.Now().Add(r.h.cfg.CommitNoticeDelay)
+	if !replaced.IsZero() && replaced.Before(due) {
+		due = replaced
+	}
+	r.notices = append(r.notices, heldNotice{msg: m, due: due})
+	r.armNoticeTimer(r.h.cfg.CommitNoticeDelay)
+}
+
+// onlyCommitNews reports whether an empty append to replica to can carry no
+// news but the commit index, so that holding it back delays nothing else: the
+// leader replicates to it optimistically (StateReplicate; in StateProbe an
+// empty append is a probe the leader waits for, and it is sent at once) and
+// is not handing leadership over (an empty append then asks the transferee
+// to acknowledge, which the transfer waits for).
+func (r *replica) onlyCommitNews(to uint64) bool {
+	if r.rn.BasicStatus().LeadTransferee != 0 {
+		return false
+	}
+	replicating := false
+	r.rn.WithProgress(func(id uint64, _ raft.ProgressType, pr tracker.Progress) {
+		if id == to {
+			replicating = pr.State == tracker.StateReplicate
+		}
+	})
+	return replicating
+}
+
+// heldNotice is a commit notice held back by deferNotice until due.
+type heldNotice struct {
+	msg raftpb.Message
+	due time.Time
+}
+
+// coverNotice handles the notice held for m's recipient, if any, as m is
+// about to leave. An append of the same term with a commit index at least as
+// high replaces it (the append asks for an acknowledgement too). A heartbeat
+// replaces it only when it carries the same news and nothing is left that the
+// notice could ask for: same term, and a commit index (the lower of the
+// leader's and the follower's match) at least the notice's commit index and
+// its log position, so the follower has acknowledged everything before the
+// notice. An append that does not replace it (a notice of an older term)
+// sends it first, keeping the order; a heartbeat that does not leaves it
+// held. It returns the replaced notice's due time, or zero.
+func (r *replica) coverNotice(o *outbox, m *raftpb.Message) (replacedDue time.Time) {
+	for i := range r.notices {
+		n := &r.notices[i].msg
+		if n.To != m.To {
+			continue
+		}
+		heartbeat := m.Type == raftpb.MsgHeartbeat
+		switch {
+		case m.Term == n.Term && m.Commit >= n.Commit && (!heartbeat || m.Commit >= n.Index):
+			r.h.stats.CommitNoticesCoalesced.Add(1)
+			replacedDue = r.notices[i].due
+		case heartbeat:
+			return time.Time{}
+		default:
+			r.route(o, *n)
+		}
+		r.notices = append(r.notices[:i], r.notices[i+1:]...)
+		return replacedDue
+	}
+	return time.Time{}
+}
+
+// armNoticeTimer makes sure the replica is woken within d to send its due
+// notices. One timer per replica, re-armed only when it is not running: a
+// notice superseded before its time costs nothing more.
+func (r *replica) armNoticeTimer(d time.Duration) {
+	if r.noticeArmed {
+		return
+	}
+	r.noticeArmed = true
+	if r.noticeTimer == nil {
 		h := r.h
-		time.AfterFunc(h.cfg.CommitNoticeDelay, func() {
+		r.noticeTimer = time.AfterFunc(d, func() {
 			if h.stopping.Load() {
 				return
 			}
 			r.noticeDue.Store(true)
 			h.markReady(r)
 		})
+		return
+	}
+	r.noticeTimer.Reset(d)
+}
+
+// flushDueNotices sends the held notices whose time has come and re-arms the
+// timer for the next one.
+func (r *replica) flushDueNotices(o *outbox) {
+	r.noticeArmed = false
+	now := time.Now()
+	var next time.Time
+	kept := r.notices[:0]
+	for _, n := range r.notices {
+		if !n.due.After(now) {
+			r.route(o, n.msg)
+			continue
+		}
+		if next.IsZero() || n.due.Before(next) {
+			next = n.due
+		}
+		kept = append(kept, n)
+	}
+	clear(r.notices[len(kept):])
+	r.notices = kept
+	if len(kept) > 0 {
+		r.armNoticeTimer(next.Sub(now))
 	}
 }
 
-// flushNotices sends the notices held back by deferNotice.
-func (r *replica) flushNotices(o *outbox) {
-	for _, n := range r.notices {
-		r.route(o, n)
+// stopNotices stops the notice timer of a replica that goes away.
+func (r *replica) stopNotices() {
+	if r.noticeTimer != nil {
+		r.noticeTimer.Stop()
 	}
-	clear(r.notices)
-	r.notices = r.notices[:0]
+	r.notices = nil
 }
 
 // supersededCommitNotices returns a bit set of the messages of one Ready

@@ -451,6 +451,7 @@ func (h *Host) destroyLocked(r *replica) error {
 	r.gone.Store(true)
 	r.destroyed = true
 	r.readCache.Clear() // and never ended: the data goes
+	r.stopNotices()
 	deleted := make(chan struct{})
 	h.mu.Lock()
 	if h.replicas[r.group] == r {

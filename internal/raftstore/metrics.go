@@ -58,7 +58,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("proposals_failed_total", "Proposals answered with an error.", &s.ProposalsFailed),
 		counter("messages_sent_total", "Raft messages handed to the transport.", &s.MessagesSent),
 		counter("messages_received_total", "Raft messages received.", &s.MessagesReceived),
-		counter("commit_notices_coalesced_total", "Empty appends not sent because a later append to the same peer in the same Ready carried the same commit index.", &s.CommitNoticesCoalesced),
+		counter("commit_notices_coalesced_total", "Empty appends (commit notices) not sent because a later append or heartbeat to the same peer carried the same commit index.", &s.CommitNoticesCoalesced),
 		counter("acks_coalesced_total", "Append acknowledgements not sent because a higher one from the same replica to the same leader term left in the same batch.", &s.AcksCoalesced),
 		counter("messages_dropped_total", "Raft messages dropped (unknown group, stale replica, unroutable).", &s.MessagesDropped),
 		counter("snapshots_sent_total", "Snapshots streamed to followers.", &s.SnapshotsSent),

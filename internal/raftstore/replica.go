@@ -73,10 +73,14 @@ type replica struct {
 	values     *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
 	readCache  *storage.ReadCache    // values read by clients; set at creation, nil when off
 	coalesce   []raftpb.Message      // scratch of supersededCommitNotices
-	notices    []raftpb.Message      // deferred empty appends, at most one per peer (see deferNotices)
-	noticeDue  atomic.Bool           // the notices' delay has passed
-	destroyed  bool
-	removed    bool // applied a configuration without this replica
+	notices    []heldNotice          // deferred empty appends, at most one per peer (see deferNotice)
+	noticeDue  atomic.Bool           // noticeTimer fired: some notice may be due
+	// noticeTimer wakes the replica when its oldest held notice is due;
+	// noticeArmed says it is running (both under mu).
+	noticeTimer *time.Timer
+	noticeArmed bool
+	destroyed   bool
+	removed     bool // applied a configuration without this replica
 
 	// valueCacheBytes bounds values, made on the first apply: the replica's
 	// share of the node's budget, set by the host whenever replicas come and

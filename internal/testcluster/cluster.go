@@ -44,6 +44,8 @@ type Options struct {
 	ElectionTicks int
 	// HeartbeatTicks defaults to 1 here (the cluster default is 2).
 	HeartbeatTicks int
+	// CommitNoticeDelay: see cluster.Config (default there).
+	CommitNoticeDelay time.Duration
 	// ReadLease turns on leader leases for linearizable reads.
 	ReadLease bool
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
@@ -253,6 +255,7 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		TickInterval:       c.opts.TickInterval,
 		ElectionTicks:      c.opts.ElectionTicks,
 		HeartbeatTicks:     c.opts.HeartbeatTicks,
+		CommitNoticeDelay:  c.opts.CommitNoticeDelay,
 		ReadLease:          c.opts.ReadLease,
 		Workers:            c.opts.Workers,
 		LogMaxEntries:      c.opts.LogMaxEntries,
