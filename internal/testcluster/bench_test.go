@@ -66,7 +66,7 @@ const (
 
 func benchProposals(b *testing.B, network, groups, proposers int) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: benchWorkers(b), Dir: benchDir(b), QUIC: network == netQUIC, TCP: network == netTCP})
+		CacheBytes: 64 << 20, MemTableBytes: benchMemTable(b), Workers: benchWorkers(b), Dir: benchDir(b), QUIC: network == netQUIC, TCP: network == netTCP})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
@@ -174,6 +174,19 @@ func benchWorkers(b *testing.B) int {
 	return 1
 }
 
+// benchMemTable is each node's memtable size: the production default of
+// 32 MiB, or NODEDB_BENCH_MEMTABLE_MIB.
+func benchMemTable(b *testing.B) uint64 {
+	if v := os.Getenv("NODEDB_BENCH_MEMTABLE_MIB"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("NODEDB_BENCH_MEMTABLE_MIB=%q", v)
+		}
+		return uint64(n) << 20
+	}
+	return 32 << 20
+}
+
 // benchDir is where benchmark nodes keep their data: a test temp dir, or
 // NODEDB_BENCH_DIR (for instance a tmpfs, to take the disk out of a CPU
 // comparison).
@@ -207,7 +220,7 @@ func BenchmarkReads(b *testing.B) {
 
 func benchReads(b *testing.B, groups, readers int, lease bool) {
 	c := New(b, Options{Nodes: 3, Groups: groups, VShards: 1024, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 2,
-		CacheBytes: 64 << 20, MemTableBytes: 32 << 20, Workers: benchWorkers(b), Dir: benchDir(b), ReadLease: lease})
+		CacheBytes: 64 << 20, MemTableBytes: benchMemTable(b), Workers: benchWorkers(b), Dir: benchDir(b), ReadLease: lease})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if err := c.WaitAllLeaders(ctx); err != nil {
