@@ -221,6 +221,25 @@ func TestJoinRequestBound(t *testing.T) {
 	if typ != transport.FrameRefuse || derr != nil || r.Reason != "too_large" {
 		t.Fatalf("answer %s %+v, want a too_large refusal", typ, r)
 	}
+	// Sent whole, as a client that does not check the bound would: the
+	// endpoint stops the stream's sending side (STOP_SENDING), which fails
+	// the client's write, and the refusal still arrives on the other side.
+	whole := transport.AppendFrame(nil, transport.FrameRPCRequest, make([]byte, MaxJoinRequestBytes+1))
+	for i := range 5 {
+		st, err := rawJoinDial(t, e1).OpenStreamSync(joinCtx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = st.Write(whole)
+		typ, payload, err := transport.NewFrameReader(st, 1<<20).Next()
+		if err != nil {
+			t.Fatalf("whole oversized request %d: %v, want a too_large refusal", i, err)
+		}
+		if r, _ := transport.DecodeRefusal(payload); typ != transport.FrameRefuse || r.Reason != "too_large" {
+			t.Fatalf("whole oversized request %d: answer %s %+v, want a too_large refusal", i, typ, r)
+		}
+	}
 	// Other frame types and corrupt frames are refused too.
 	for name, b := range map[string][]byte{
 		"hello":        transport.AppendFrame(nil, transport.FrameHello, (&transport.Hello{MinVersion: 1, MaxVersion: 1, Node: 5}).Encode(nil)),
@@ -238,8 +257,8 @@ func TestJoinRequestBound(t *testing.T) {
 	if h.calls.Load() != 0 {
 		t.Fatal("the join handler was called")
 	}
-	if e1.JoinStats().Refused.Load() != 4 {
-		t.Fatalf("refused %d, want 4", e1.JoinStats().Refused.Load())
+	if e1.JoinStats().Refused.Load() != 9 {
+		t.Fatalf("refused %d, want 9 (4 + 5 whole oversized requests)", e1.JoinStats().Refused.Load())
 	}
 	// The connection still serves a good request.
 	typ, payload, err = rawJoinRequest(t, conn, transport.AppendFrame(nil, transport.FrameRPCRequest, []byte("ok")))

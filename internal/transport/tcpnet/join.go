@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -14,6 +15,17 @@ import (
 // joinIOTimeout bounds reading a join request and writing its answer; a
 // variable for tests.
 var joinIOTimeout = 10 * time.Second
+
+// A refused request may not have been read whole (one announcing more than
+// MaxJoinRequestBytes is refused from its header). Closing a TCP connection
+// with unread input resets it, and the reset discards whatever the client
+// has not read yet, the refusal included. So after a refusal the endpoint
+// half-closes and reads on, up to joinDrainBytes or joinDrainTimeout,
+// giving the client time to finish writing and read the answer.
+const (
+	joinDrainBytes   = 1 << 20
+	joinDrainTimeout = 2 * time.Second
+)
 
 // JoinStats returns the counters of the join channel (all zero when
 // Config.Join is nil).
@@ -55,7 +67,22 @@ func (e *Endpoint) serveJoin(tc *tls.Conn) {
 	e.joinStats.Refused.Add(1)
 	e.cfg.Logger.Warn("refused join request", "remote", tc.RemoteAddr(), "reason", refusal.Reason, "msg", refusal.Message)
 	tc.SetDeadline(time.Now().Add(joinIOTimeout))
-	transport.WriteFrame(tc, transport.FrameRefuse, refusal.Encode(nil))
+	if transport.WriteFrame(tc, transport.FrameRefuse, refusal.Encode(nil)) == nil {
+		drainRefused(tc)
+	}
+}
+
+// drainRefused half-closes a refused join connection and discards what the
+// client still sends, within bounds (see joinDrainBytes).
+func drainRefused(tc *tls.Conn) {
+	if tc.CloseWrite() != nil {
+		return
+	}
+	if cw, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	tc.SetReadDeadline(time.Now().Add(joinDrainTimeout))
+	_, _ = io.Copy(io.Discard, io.LimitReader(tc, joinDrainBytes))
 }
 
 // Join sends one join request to the node at addr (host:port of its TCP

@@ -148,6 +148,20 @@ func TestJoinRequestBound(t *testing.T) {
 	if h.calls.Load() != 0 || e1.JoinStats().Refused.Load() != 3 {
 		t.Fatalf("handler calls %d, refused %d", h.calls.Load(), e1.JoinStats().Refused.Load())
 	}
+	// An oversized request sent whole, as a client that does not check the
+	// bound would: the refusal must reach it, not a connection reset (closing
+	// a TCP connection with unread input resets it, and a reset discards
+	// what the client has not read yet).
+	whole := transport.AppendFrame(nil, transport.FrameRPCRequest, make([]byte, transport.MaxJoinRequestBytes+1))
+	for i := range 10 {
+		typ, payload, err := rawJoin(t, e1, whole)
+		if err != nil {
+			t.Fatalf("whole oversized request %d: %v, want a too_large refusal", i, err)
+		}
+		if r, _ := transport.DecodeRefusal(payload); typ != transport.FrameRefuse || r.Reason != "too_large" {
+			t.Fatalf("whole oversized request %d: answer %s %+v, want a too_large refusal", i, typ, r)
+		}
+	}
 	// A joiner's connection can never be a peer's: the cluster ALPN still
 	// needs a node certificate.
 	c, err := rawDial(t, e1, &tls.Config{})
