@@ -43,16 +43,9 @@ func TestQuietGroupFollowersApplyPromptly(t *testing.T) {
 // while writes kept coming).
 func TestCommitNoticesRideLaterAppends(t *testing.T) {
 	const delay = 400 * time.Millisecond
-	c := New(t, Options{Nodes: 3, Groups: 1, TickInterval: 100 * time.Millisecond, HeartbeatTicks: 50, ElectionTicks: 100,
-		CommitNoticeDelay: delay})
-	ctx := testCtx(t, 60*time.Second)
+	ctx, c, leader, cl := writtenGroup(t, Options{TickInterval: 100 * time.Millisecond, HeartbeatTicks: 50, ElectionTicks: 100,
+		CommitNoticeDelay: delay}, 2*delay)
 	g := ids.GroupID(1)
-	leader := campaign(ctx, t, c, g)
-	cl := c.NewClient(1)
-	if _, err := cl.Put(ctx, []byte("warm"), []byte("v"), nil); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * delay) // the warm-up write's notice goes out
 	empty := countEmptyAppends(c, leader.ID())
 
 	// Writes 20ms apart for 10 delays: each notice is superseded by the next
@@ -79,16 +72,9 @@ func TestCommitNoticesRideLaterAppends(t *testing.T) {
 // the write, and the notice is then never sent.
 func TestHeartbeatCarriesCommitNotice(t *testing.T) {
 	const delay = 2 * time.Second
-	c := New(t, Options{Nodes: 3, Groups: 1, TickInterval: 20 * time.Millisecond, HeartbeatTicks: 5, ElectionTicks: 50,
-		CommitNoticeDelay: delay})
-	ctx := testCtx(t, 60*time.Second)
+	ctx, c, leader, cl := writtenGroup(t, Options{TickInterval: 20 * time.Millisecond, HeartbeatTicks: 5, ElectionTicks: 50,
+		CommitNoticeDelay: delay}, delay+time.Second)
 	g := ids.GroupID(1)
-	leader := campaign(ctx, t, c, g)
-	cl := c.NewClient(1)
-	if _, err := cl.Put(ctx, []byte("warm"), []byte("v"), nil); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(delay + time.Second)
 	empty := countEmptyAppends(c, leader.ID())
 	for i := range 3 {
 		if _, err := cl.Put(ctx, []byte(fmt.Sprintf("k%d", i)), []byte("v"), nil); err != nil {
@@ -103,6 +89,22 @@ func TestHeartbeatCarriesCommitNotice(t *testing.T) {
 	if n := empty.Load(); n != 0 {
 		t.Errorf("the leader sent %d commit notices that heartbeats had carried; want 0", n)
 	}
+}
+
+// writtenGroup starts 3 nodes with opts and one group led by node 1, writes
+// once and waits settle (for that write's notice to have gone out).
+func writtenGroup(t *testing.T, opts Options, settle time.Duration) (context.Context, *Cluster, *cluster.Node, *Client) {
+	t.Helper()
+	opts.Nodes, opts.Groups = 3, 1
+	c := New(t, opts)
+	ctx := testCtx(t, 60*time.Second)
+	leader := campaign(ctx, t, c, 1)
+	cl := c.NewClient(1)
+	if _, err := cl.Put(ctx, []byte("warm"), []byte("v"), nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(settle)
+	return ctx, c, leader, cl
 }
 
 func campaign(ctx context.Context, t *testing.T, c *Cluster, g ids.GroupID) *cluster.Node {
