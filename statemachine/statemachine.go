@@ -66,8 +66,10 @@ type StateMachine interface {
 	// Apply applies consecutive committed commands of one vShard. results has
 	// the same length as cmds; Apply stores each command's result in it. The
 	// results are returned to the proposer and remembered for exactly-once
-	// retries (the host keeps the slices: do not reuse them), so keep them
-	// small; results up to 256 bytes are the cheapest to remember.
+	// retries (the host keeps the result slices: do not reuse them), so keep
+	// them small; results up to 256 bytes are the cheapest to remember. The
+	// cmds and results slices themselves are the host's, reused after Apply
+	// returns: do not keep them.
 	Apply(w Writer, vshard uint32, cmds []Command, results [][]byte) error
 	// Read answers a query against one vShard's state. The host calls it only
 	// after it has established that the state is fresh enough for the read's

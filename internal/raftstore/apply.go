@@ -3,6 +3,7 @@ package raftstore
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -111,7 +112,8 @@ func (r *replica) applyInto(b *pebble.Batch, ents []raftpb.Entry) error {
 	if err := flushCmds(); err != nil {
 		return err
 	}
-	if err := storage.WriteAppliedState(b, r.group, &r.applied); err != nil {
+	var err error
+	if r.appliedBuf, err = storage.AppendAppliedState(b, r.group, &r.applied, r.appliedBuf); err != nil {
 		return err
 	}
 	if index, term, ok := r.truncationPoint(); ok {
@@ -339,8 +341,12 @@ func (r *replica) applyCommands(b *pebble.Batch, cmds []pendingCmd) error {
 // applyRun hands the commands of run that are neither duplicates nor refused
 // to the state machine, then records their results for exactly-once.
 func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, dc dedupCache, run []pendingCmd) error {
-	var smCmds []statemachine.Command
-	var idx []int
+	// The scratch slices are the replica's: each run ends before the next.
+	smCmds, idx := r.runCmds[:0], r.runIdx[:0]
+	defer func() {
+		clear(smCmds)
+		r.runCmds, r.runIdx = smCmds[:0], idx[:0]
+	}()
 	for i := range run {
 		c := &run[i]
 		if c.dup || c.err != nil {
@@ -352,7 +358,11 @@ func (r *replica) applyRun(b *pebble.Batch, w *storage.VShardWriter, dc dedupCac
 	if len(smCmds) == 0 {
 		return nil
 	}
-	results := make([][]byte, len(smCmds))
+	results := slices.Grow(r.runResults[:0], len(smCmds))[:len(smCmds)]
+	defer func() {
+		clear(results)
+		r.runResults = results[:0]
+	}()
 	if err := r.sm.Apply(w, run[0].c.vshard, smCmds, results); err != nil {
 		return fmt.Errorf("group %s: state machine apply: %w", r.group, err)
 	}

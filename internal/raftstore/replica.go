@@ -92,6 +92,14 @@ type replica struct {
 	// exactly-once records, while it leads (expiry.go).
 	expiry expirySweep
 
+	// Scratch of the apply path (applyInto, applyRun), reused across
+	// batches: the encoded applied state, and the state machine's commands,
+	// their positions in the run and their results.
+	appliedBuf []byte
+	runCmds    []statemachine.Command
+	runIdx     []int
+	runResults [][]byte
+
 	// Apply effects waiting for the worker's apply batch to commit.
 	results    []applyResult
 	applyResps []raftpb.Message

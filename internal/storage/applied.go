@@ -84,11 +84,13 @@ func EncodeAppliedState(dst []byte, s *AppliedState) ([]byte, error) {
 		dst = binary.AppendUvarint(dst, uint64(d.Replica))
 		dst = binary.AppendUvarint(dst, uint64(d.Node))
 	}
-	cs, err := s.ConfState.Marshal()
-	if err != nil {
+	// Marshalled in place: this runs for every group at every apply.
+	n := s.ConfState.Size()
+	dst = slices.Grow(dst, n)
+	if _, err := s.ConfState.MarshalToSizedBuffer(dst[len(dst) : len(dst)+n]); err != nil {
 		return nil, fmt.Errorf("encode conf state: %w", err)
 	}
-	return append(dst, cs...), nil
+	return dst[:len(dst)+n], nil
 }
 
 // DecodeAppliedState parses a record written by EncodeAppliedState.

@@ -62,6 +62,11 @@ func TestAppliedStateRoundTrip(t *testing.T) {
 		if !bytes.Equal(enc[:len(prefix)], prefix) {
 			t.Fatalf("EncodeAppliedState did not append to dst: %x", enc)
 		}
+		// The stored form ends with the conf state's protobuf, marshalled
+		// in place.
+		if cs, _ := st.ConfState.Marshal(); !bytes.HasSuffix(enc, cs) {
+			t.Fatalf("encoding %x does not end with the conf state %x", enc, cs)
+		}
 		got, err := DecodeAppliedState(enc[len(prefix):])
 		if err != nil {
 			t.Fatalf("DecodeAppliedState: %v", err)
@@ -215,4 +220,38 @@ func FuzzDecodeAppliedState(f *testing.F) {
 			t.Fatalf("round trip changed the state: %+v, was %+v", again, st)
 		}
 	})
+}
+
+// TestAppendAppliedStateReusesScratch stages several groups' applied states
+// through one scratch buffer: each record in the batch keeps its own key and
+// value (the batch copies them before the scratch is overwritten).
+func TestAppendAppliedStateReusesScratch(t *testing.T) {
+	e := newTestEngine(t)
+	b := e.DB().NewBatch()
+	defer b.Close()
+	want := map[ids.GroupID]AppliedState{}
+	var scratch []byte
+	for g := ids.GroupID(1); g <= 5; g++ {
+		st := AppliedState{Index: uint64(g) * 100, Term: 3, MaxReplicaID: 3,
+			ConfState: raftpb.ConfState{Voters: []uint64{1, 2, uint64(g)}}}
+		var err error
+		if scratch, err = AppendAppliedState(b, g, &st, scratch); err != nil {
+			t.Fatal(err)
+		}
+		want[g] = st
+	}
+	if err := b.Commit(nil); err != nil {
+		t.Fatal(err)
+	}
+	for g, st := range want {
+		v, closer, err := e.DB().Get(AppliedKey(g))
+		if err != nil {
+			t.Fatalf("group %d: %v", g, err)
+		}
+		got, err := DecodeAppliedState(v)
+		closer.Close()
+		if err != nil || !reflect.DeepEqual(got, st) {
+			t.Fatalf("group %d: %+v, %v; want %+v", g, got, err, st)
+		}
+	}
 }

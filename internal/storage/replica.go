@@ -81,11 +81,21 @@ func WriteBootstrap(b *pebble.Batch, g ids.GroupID, r ids.ReplicaID, st *Applied
 
 // WriteAppliedState stages group g's applied state.
 func WriteAppliedState(b *pebble.Batch, g ids.GroupID, st *AppliedState) error {
-	v, err := EncodeAppliedState(nil, st)
+	_, err := AppendAppliedState(b, g, st, nil)
+	return err
+}
+
+// AppendAppliedState stages group g's applied state like WriteAppliedState,
+// building its key and value in scratch (the batch copies them), and
+// returns scratch for reuse: the apply path writes one per group per batch.
+func AppendAppliedState(b *pebble.Batch, g ids.GroupID, st *AppliedState, scratch []byte) ([]byte, error) {
+	buf := binary.BigEndian.AppendUint64(append(scratch[:0], prefixApplied), uint64(g))
+	k := len(buf)
+	buf, err := EncodeAppliedState(buf, st)
 	if err != nil {
-		return fmt.Errorf("group %s: %w", g, err)
+		return scratch, fmt.Errorf("group %s: %w", g, err)
 	}
-	return b.Set(appliedKey(g), v, nil)
+	return buf, b.Set(buf[:k], buf[k:], nil)
 }
 
 // WriteReplicaDestroy stages the removal of everything this node stores for
