@@ -58,6 +58,7 @@ type appender struct {
 	queue  []*appendJob
 	signal chan struct{}
 	acks   map[ackKey]int // see addResponse; reused by each write
+	out    outbox         // responses released by a write; reused by each
 }
 
 // ackKey identifies the acknowledgements of one follower replica to one
@@ -227,7 +228,7 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 		}
 	}
 	h.stats.AppendBatches.Add(1)
-	var out outbox
+	out := &a.out
 	for _, j := range jobs {
 		r := j.r
 		if j.destroy {
@@ -254,11 +255,12 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 			h.markReady(r)
 		}
 		for _, rm := range j.remote {
-			a.addResponse(&out, rm)
+			a.addResponse(out, rm)
 		}
 	}
 	clear(a.acks)
-	h.send(out)
+	h.send(*out)
+	out.reset()
 	return nil
 }
 
