@@ -77,8 +77,10 @@ func raftRange(g ids.GroupID) (start, end []byte) {
 	return start, prefixEnd(start)
 }
 
-func appliedKey(g ids.GroupID) []byte {
-	return binary.BigEndian.AppendUint64([]byte{prefixApplied}, uint64(g))
+func appliedKey(g ids.GroupID) []byte { return appendAppliedKey(nil, g) }
+
+func appendAppliedKey(dst []byte, g ids.GroupID) []byte {
+	return binary.BigEndian.AppendUint64(append(dst, prefixApplied), uint64(g))
 }
 
 // AppliedKey is the key of group g's applied state.

@@ -89,7 +89,7 @@ func WriteAppliedState(b *pebble.Batch, g ids.GroupID, st *AppliedState) error {
 // building its key and value in scratch (the batch copies them), and
 // returns scratch for reuse: the apply path writes one per group per batch.
 func AppendAppliedState(b *pebble.Batch, g ids.GroupID, st *AppliedState, scratch []byte) ([]byte, error) {
-	buf := binary.BigEndian.AppendUint64(append(scratch[:0], prefixApplied), uint64(g))
+	buf := appendAppliedKey(scratch[:0], g)
 	k := len(buf)
 	buf, err := EncodeAppliedState(buf, st)
 	if err != nil {
