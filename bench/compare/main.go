@@ -196,6 +196,7 @@ type conditions struct {
 	OursClientTLS bool   `json:"ours_client_tls"`
 	OursReadLease bool   `json:"ours_read_lease"`
 	OursTransport string `json:"ours_transport,omitempty"`
+	OursArgs      string `json:"ours_args,omitempty"` // --nodedb-args
 	// PeerLossPct is the share of packets between members (both systems)
 	// dropped at random, in percent (--peer-loss); PeerPackets and
 	// PeerDropped count them over the whole run.
@@ -247,6 +248,7 @@ type options struct {
 	peerTLS    bool
 	clientTLS  bool
 	readLease  bool
+	nodedbArgs string
 	transport  string
 	peerLoss   float64
 	etcdConns  int
@@ -276,6 +278,7 @@ func main() {
 	flag.BoolVar(&o.peerTLS, "etcd-peer-tls", true, "TLS between etcd members (ours always uses mutual TLS between nodes)")
 	flag.StringVar(&o.transport, "nodedb-transport", "", "our nodes' peer transport: quic (their default) or tcp (TCP with the same mutual TLS)")
 	flag.Float64Var(&o.peerLoss, "peer-loss", 0, "drop this percentage of the packets between members of both systems, at random (nftables; only inside a network namespace of its own, see docs/comparison.md)")
+	flag.StringVar(&o.nodedbArgs, "nodedb-args", "", "more flags for every one of our nodes' start, space separated (e.g. \"--memtable-mib 8\")")
 	flag.BoolVar(&o.readLease, "nodedb-read-lease", false, "start our nodes with --read-lease (linearizable reads from leader leases; etcd's default, ReadIndex, is unchanged)")
 	flag.BoolVar(&o.clientTLS, "client-tls", false, "TLS between the clients and both systems (default: plain text on loopback for both)")
 	flag.IntVar(&o.etcdConns, "etcd-conns", 1, "etcd clients (each one gRPC connection), shared round-robin by the workers (1, etcd's benchmark default, was fastest here)")
@@ -421,6 +424,7 @@ func runAll(ctx context.Context, o options) (err error) {
 		OursClientTLS: o.clientTLS,
 		OursReadLease: o.readLease,
 		OursTransport: o.transport,
+		OursArgs:      strings.Join(strings.Fields(o.nodedbArgs), " "),
 		EtcdPeerTLS:   o.peerTLS,
 		EtcdClientTLS: o.clientTLS,
 		ValueSize:     o.valueSize,
@@ -459,7 +463,8 @@ func runAll(ctx context.Context, o options) (err error) {
 	if want["nodedb"] {
 		logf("starting a 3-node nodedb-cluster")
 		ours, err := startOurs(ctx, &ps, oursOptions{bin: oursBin, root: filepath.Join(root, "nodedb"), certs: certs,
-			clientTLS: o.clientTLS, readLease: o.readLease, transport: o.transport, nodes: 3, maxConns: maxClients + 8, loss: loss})
+			clientTLS: o.clientTLS, readLease: o.readLease, transport: o.transport, nodes: 3, maxConns: maxClients + 8, loss: loss,
+			extra: strings.Fields(o.nodedbArgs)})
 		if err != nil {
 			return err
 		}
@@ -753,6 +758,9 @@ func printReport(out io.Writer, rep report) {
 		lease := ""
 		if c.OursReadLease {
 			lease = "; linearizable reads from leader leases (--read-lease)"
+		}
+		if c.OursArgs != "" {
+			lease += "; started with " + c.OursArgs
 		}
 		peerTransport := "QUIC"
 		if c.OursTransport == "tcp" {

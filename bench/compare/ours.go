@@ -40,6 +40,7 @@ type oursOptions struct {
 	nodes     int
 	maxConns  int            // idle HTTP connections kept per node
 	loss      *netloss.Table // drops a share of the peer packets (nil: none)
+	extra     []string       // more flags for every node's start
 }
 
 // clusterStatus is the part of `nodedb-cluster status --json` used here.
@@ -134,6 +135,7 @@ func startOurs(ctx context.Context, ps *procs, o oursOptions) (*oursCluster, err
 		if o.transport != "" {
 			args = append(args, "--transport", o.transport)
 		}
+		args = append(args, o.extra...)
 		args = append(args, extra...)
 		p, err := ps.start(fmt.Sprintf("nodedb n%d", i+1), c.dirs[i]+".log", o.bin, args...)
 		if err != nil {

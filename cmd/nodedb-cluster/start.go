@@ -24,6 +24,8 @@ func newStartCommand() *cobra.Command {
 		clientExpiry time.Duration
 		apiCert      string
 		apiKey       string
+		cacheMiB     int
+		memTableMiB  int
 	)
 	cfg.Settings = server.DefaultSettings()
 	cmd := &cobra.Command{
@@ -66,6 +68,9 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 			raiseGCPercent(log)
 			cfg.Logger = log
 			cfg.ClientIdleExpiry = clientIdleExpiry(clientExpiry)
+			if cfg.CacheBytes, cfg.MemTableBytes, err = storageSizes(cacheMiB, memTableMiB); err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			s, err := server.Start(ctx, cfg)
@@ -127,6 +132,8 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.DurationVar(&clientExpiry, "client-idle-expiry", time.Hour, "drop a client's exactly-once records in a vShard this long after its last write there (a write retried later applies again; the Go client retries for at most 10 minutes); 0 keeps them forever")
 	f.DurationVar(&cfg.MoveAbortTimeout, "move-abort-timeout", time.Hour, "a replica move not past its point of no return this long after it started is aborted")
 	f.DurationVar(&cfg.NodeGoneAfter, "node-gone-after", 5*time.Minute, "a replica move's target that has not answered the metadata leader this long is gone, and the move is aborted")
+	f.IntVar(&cacheMiB, "cache-mib", 64, "Pebble block cache in MiB (reads of data not in a memtable or the node's value caches)")
+	f.IntVar(&memTableMiB, "memtable-mib", 32, "size of one Pebble memtable in MiB (up to three are in memory while they are flushed); smaller ones cost less CPU per write and flush more often")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	cmd.MarkFlagRequired("dir")
 	return cmd
@@ -166,6 +173,20 @@ func clientIdleExpiry(flag time.Duration) time.Duration {
 		return -1
 	}
 	return flag
+}
+
+// storageSizes checks --cache-mib and --memtable-mib and returns them in
+// bytes. Pebble refuses memtables of 4 GiB or more; a memtable under 1 MiB
+// would flush at every few hundred writes.
+func storageSizes(cacheMiB, memTableMiB int) (int64, uint64, error) {
+	const maxMemTableMiB = 1 << 10
+	if cacheMiB < 1 || cacheMiB > 1<<20 {
+		return 0, 0, fmt.Errorf("--cache-mib %d: want 1 to %d", cacheMiB, 1<<20)
+	}
+	if memTableMiB < 1 || memTableMiB > maxMemTableMiB {
+		return 0, 0, fmt.Errorf("--memtable-mib %d: want 1 to %d", memTableMiB, maxMemTableMiB)
+	}
+	return int64(cacheMiB) << 20, uint64(memTableMiB) << 20, nil
 }
 
 // transportName is how the CLI names a peer transport.

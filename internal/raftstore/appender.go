@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"go.etcd.io/raft/v3"
@@ -34,6 +35,7 @@ type appendJob struct {
 	// tombstone its ID, then signal done.
 	destroy bool
 	done    chan error
+	queued  time.Time // when submit queued it
 }
 
 // appendJobPool recycles append jobs and their response slices: a busy node
@@ -100,6 +102,10 @@ func (a *appender) submit(jobs []*appendJob) {
 	if len(jobs) == 0 {
 		return
 	}
+	now := time.Now()
+	for _, j := range jobs {
+		j.queued = now
+	}
 	a.mu.Lock()
 	a.queue = append(a.queue, jobs...)
 	a.mu.Unlock()
@@ -145,7 +151,11 @@ func (a *appender) run() {
 			h.fatal(err)
 			return
 		}
+		durable := time.Now()
 		for _, j := range jobs {
+			if !j.destroy {
+				h.latencies.append.Observe(durable.Sub(j.queued).Seconds())
+			}
 			j.release()
 		}
 		clear(jobs)

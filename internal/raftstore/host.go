@@ -57,7 +57,8 @@ type Host struct {
 	wg        sync.WaitGroup // driver, ticker, workers, snapshot senders
 	failed    atomic.Pointer[error]
 
-	stats Stats
+	stats     Stats
+	latencies latencies
 }
 
 // minCacheShare is the least a replica's cache gets.
@@ -116,6 +117,7 @@ func New(cfg Config) (*Host, error) {
 		stopc:      make(chan struct{}),
 	}
 	h.readyCond = sync.NewCond(&h.readyMu)
+	h.latencies = newLatencies()
 	h.snapshots.init()
 	h.appender = appender{h: h, signal: make(chan struct{}, 1), acks: map[ackKey]int{}}
 	// Proposal IDs only need to be unique per node incarnation among entries

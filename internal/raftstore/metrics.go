@@ -5,6 +5,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nodedb/nodedb-cluster/internal/storage"
 )
 
 // Stats are the host's counters. Tests read them directly; the same values
@@ -36,6 +38,26 @@ type Stats struct {
 	MalformedEntries       atomic.Uint64
 	ClientExpiriesProposed atomic.Uint64 // client expiry entries proposed by leaders
 	ClientRecordsExpired   atomic.Uint64 // exactly-once client records dropped as idle
+}
+
+// latencies are the host's histograms: where a write's time goes, the
+// figures an operator compares with etcd's disk and proposal histograms.
+type latencies struct {
+	// append: from a replica's log write being queued for the appender to
+	// its being durable (waiting for the sync in progress, then its own).
+	append prometheus.Histogram
+	// proposal: from Propose to the command applied here and answered
+	// (successes only; a refusal is immediate and says nothing of the path).
+	proposal prometheus.Histogram
+}
+
+func newLatencies() latencies {
+	return latencies{
+		append: storage.NewLatencyHistogram("raft", "append_duration_seconds",
+			"Time from a replica's Raft log write being queued to its being durable: the wait for the sync in progress plus its own batch's write and sync."),
+		proposal: storage.NewLatencyHistogram("raft", "proposal_duration_seconds",
+			"Time from a command's proposal on its group's leader to its being applied there and answered."),
+	}
 }
 
 func (h *Host) registerMetrics(reg prometheus.Registerer) {
@@ -79,6 +101,9 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 			Namespace: "nodedb", Subsystem: "storage", Name: "wal_syncs_total",
 			Help: "fsyncs of the write-ahead log.",
 		}, func() float64 { return float64(h.cfg.Engine.WALSyncs()) }),
+		h.cfg.Engine.WALSyncDurations(),
+		h.latencies.append,
+		h.latencies.proposal,
 		engineCollector{h},
 	}
 	for _, c := range cs {

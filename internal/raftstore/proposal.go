@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -85,7 +86,12 @@ func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, 
 		payload:    p.Payload,
 	}
 	pr.data = encodeCommand(make([]byte, 0, commandHeaderLen+len(p.Payload)), &c)
-	return h.await(ctx, r, pr)
+	start := time.Now()
+	res, err := h.await(ctx, r, pr)
+	if err == nil {
+		h.latencies.proposal.Observe(time.Since(start).Seconds())
+	}
+	return res, err
 }
 
 func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, error) {

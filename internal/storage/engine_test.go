@@ -82,7 +82,7 @@ func (f *fakeFile) SyncData() error            { return nil }
 func (f *fakeFile) SyncTo(int64) (bool, error) { return f.full, nil }
 
 func TestSyncCountingFS(t *testing.T) {
-	fs := &syncCountingFS{FS: vfs.NewMem()}
+	fs := &syncCountingFS{FS: vfs.NewMem(), syncSeconds: NewLatencyHistogram("storage", "test", "test")}
 	// Only write-ahead logs count, whichever way they are opened.
 	wal, err := fs.Create("000002.log", vfs.WriteCategoryUnspecified)
 	if err != nil {
@@ -143,6 +143,10 @@ func TestSyncCountingFS(t *testing.T) {
 		if got := fs.walSyncs.Load(); got != want {
 			t.Fatalf("walSyncs = %d after SyncTo reporting full=%v, want %d", got, full, want)
 		}
+	}
+	// Every counted sync is timed, and only those.
+	if got, want := HistogramCount(fs.syncSeconds), fs.walSyncs.Load(); got != want {
+		t.Fatalf("sync duration histogram has %d samples, want one per counted sync, %d", got, want)
 	}
 	// Errors pass through unwrapped.
 	if f, err := fs.Create("missing/dir/000006.log", vfs.WriteCategoryUnspecified); err == nil {
