@@ -66,20 +66,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ctxs, stop := workBounds(r.Context(), reqs)
 	defer stop() // after every request has answered: see the loop below
-	done := make(chan multiwire.Response, len(reqs))
-	var wg sync.WaitGroup
-	wg.Add(len(reqs))
-	for i := range reqs {
-		m.workers.run(func() {
-			defer wg.Done()
-			done <- m.serveOne(ctxs[i], r, i, &reqs[i])
-		})
-	}
-	go func() { wg.Wait(); close(done) }()
-
 	w.Header().Set("Content-Type", multiwire.ContentType)
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	bp := answerBufs.Get().(*[]byte)
 	out := append((*bp)[:0], multiwire.Version)
 	defer func() {
@@ -88,27 +75,45 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			answerBufs.Put(bp)
 		}
 	}()
+	if len(reqs) == 1 {
+		// A lone request runs on this goroutine: handing it to a worker
+		// and its answer back would cost two goroutine wake-ups, each a
+		// wait for a processor under load, and nothing runs beside it.
+		resp := m.serveOne(ctxs[0], r, 0, &reqs[0])
+		out = multiwire.AppendResponse(out, &resp)
+		_, _ = w.Write(out) // one write with a Content-Length
+		return
+	}
+	done := make(chan multiwire.Response, len(reqs))
+	for i := range reqs {
+		m.workers.run(func() {
+			done <- m.serveOne(ctxs[i], r, i, &reqs[i])
+		})
+	}
+
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	// Every request sends exactly one answer on done, so counting them is
+	// enough to know when all have answered; no goroutine waits to close
+	// done.
 	left := len(reqs)
-	for resp := range done {
+	for left > 0 {
+		resp := <-done
 		out = multiwire.AppendResponse(out, &resp)
 		left--
 		// Write what is ready now in one go: answers that finish together
 		// (one fsync or one ReadIndex round covers many) share a system
 		// call. Their workers were woken together but finish one by one,
 		// so give them one turn of the scheduler before writing.
-		for yielded := false; ; {
+		for yielded := false; left > 0; {
 			select {
-			case more, ok := <-done:
-				if !ok {
-					left = 0
-					break
-				}
+			case more := <-done:
 				out = multiwire.AppendResponse(out, &more)
 				left--
 				continue
 			default:
 			}
-			if yielded || left == 0 {
+			if yielded {
 				break
 			}
 			runtime.Gosched()
@@ -117,7 +122,8 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if _, err := w.Write(out); err != nil {
 			// The client is gone; the requests still finish (their
 			// contexts end with the connection's) and are drained.
-			for range done {
+			for ; left > 0; left-- {
+				<-done
 			}
 			return
 		}
@@ -125,8 +131,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if left > 0 {
 			// Others are still running: send these answers now. The
 			// last ones go out when the handler returns, in the same
-			// write as the end of the response (a lone request's whole
-			// answer is then one write with a Content-Length).
+			// write as the end of the response.
 			_ = rc.Flush()
 		}
 	}

@@ -264,24 +264,33 @@ func TestCarriedMatchesAlone(t *testing.T) {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
 		stop()
-		// Carried.
-		h, stop = Handler(fresh(), nil)
-		mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, []multiwire.Request{c})))
-		mr.Header.Set("Content-Type", multiwire.ContentType)
-		mw := httptest.NewRecorder()
-		h.ServeHTTP(mw, mr)
-		stop()
-		rr := multiwire.NewResponseReader(mw.Body, multiwire.DefaultLimits())
-		a, err := rr.Next(1)
-		if err != nil {
-			t.Fatalf("%s: carried: %v (%d %s)", name, err, mw.Code, mw.Body)
-		}
-		if a.Status != w.Code || !bytes.Equal(a.Body, w.Body.Bytes()) {
-			t.Errorf("%s: carried %d %q, alone %d %q", name, a.Status, a.Body, w.Code, w.Body)
-		}
-		for _, k := range []string{"Content-Type", "Content-Length", HeaderVersion, HeaderVShard, "Retry-After"} {
-			if a.Header.Get(k) != w.Header().Get(k) {
-				t.Errorf("%s: header %s carried %q, alone %q", name, k, a.Header.Get(k), w.Header().Get(k))
+		// Carried: alone in its exchange (served on the exchange's own
+		// goroutine) and beside another request (served by a worker).
+		for _, reqs := range [][]multiwire.Request{{c}, {c, {Method: http.MethodGet, URI: "/v1/kv/other"}}} {
+			h, stop = Handler(fresh(), nil)
+			mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, reqs)))
+			mr.Header.Set("Content-Type", multiwire.ContentType)
+			mw := httptest.NewRecorder()
+			h.ServeHTTP(mw, mr)
+			stop()
+			rr := multiwire.NewResponseReader(mw.Body, multiwire.DefaultLimits())
+			var a multiwire.Response
+			for range reqs {
+				r, err := rr.Next(len(reqs))
+				if err != nil {
+					t.Fatalf("%s: carried with %d: %v (%d %s)", name, len(reqs), err, mw.Code, mw.Body)
+				}
+				if r.Index == 0 {
+					a = r
+				}
+			}
+			if a.Status != w.Code || !bytes.Equal(a.Body, w.Body.Bytes()) {
+				t.Errorf("%s: carried with %d: %d %q, alone %d %q", name, len(reqs), a.Status, a.Body, w.Code, w.Body)
+			}
+			for _, k := range []string{"Content-Type", "Content-Length", HeaderVersion, HeaderVShard, "Retry-After"} {
+				if a.Header.Get(k) != w.Header().Get(k) {
+					t.Errorf("%s: carried with %d: header %s %q, alone %q", name, len(reqs), k, a.Header.Get(k), w.Header().Get(k))
+				}
 			}
 		}
 	}
