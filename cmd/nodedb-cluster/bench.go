@@ -27,6 +27,9 @@ type benchReport struct {
 	ReadRatio   float64 `json:"read_ratio,omitempty"`
 	Consistency string  `json:"consistency"`
 	loadgen.Result
+	// Server is the cluster's side of the measured window (see
+	// serverTimings); absent when its /metrics could not be read.
+	Server *serverTimings `json:"server,omitempty"`
 }
 
 func newBenchCommand() *cobra.Command {
@@ -123,11 +126,13 @@ the rest writes).`,
 				_, err := c.Put(ctx, k, value)
 				return err
 			}
+			window := startHistogramWindow(ctx, &http.Client{Transport: tr}, e.urls(), warmup)
 			res, err := loadgen.Run(ctx, loadgen.Config{Workers: clients, Duration: duration, Warmup: warmup, Rate: rate}, op)
 			if err != nil {
 				return err
 			}
-			rep := benchReport{Workload: workload, Endpoints: e.list, ValueSize: valueSize, Keys: keys, Consistency: consistency, Result: res}
+			server, serverErr := window.end()
+			rep := benchReport{Workload: workload, Endpoints: e.list, ValueSize: valueSize, Keys: keys, Consistency: consistency, Result: res, Server: server}
 			if workload == "mixed" {
 				rep.ReadRatio = readRatio
 			}
@@ -143,6 +148,11 @@ the rest writes).`,
 				fmt.Fprintf(cmd.OutOrStdout(), "workload %s, %s, %d clients, %d-byte values, %d keys, %s reads, %s measured after %s warm-up\n",
 					workload, pacing, clients, valueSize, keys, consistency, duration, warmup)
 				res.Print(cmd.OutOrStdout(), workload)
+				if server != nil {
+					server.print(cmd.OutOrStdout(), res.Ops)
+				} else {
+					fmt.Fprintln(cmd.OutOrStdout(), serverNote(serverErr))
+				}
 			}
 			if check {
 				if err := checkResult(res); err != nil {

@@ -112,6 +112,13 @@ func TestBenchAtAFixedRateWithCheck(t *testing.T) {
 	if rep.Rate != 100 || rep.Errors != 0 || rep.Ops+rep.Missed != 100 || rep.OpsPerSec < 90 {
 		t.Fatalf("--rate 100: %+v", rep)
 	}
+	// The node's own timings of the measured window come with the report:
+	// about a tenth of the requests were writes, each a proposal with a
+	// synced append.
+	if s := rep.Server; s == nil || s.Nodes != 1 || s.Proposals.Count == 0 || s.Proposals.Count > uint64(rep.Ops)+50 ||
+		!(s.Proposals.P50ms > 0 && s.Proposals.P50ms <= s.Proposals.P99ms) || s.Appends.Count == 0 || s.WALSyncs.Count == 0 {
+		t.Fatalf("--rate 100: server timings %+v for %d ops", rep.Server, rep.Ops)
+	}
 	// One client, one request at a time over HTTP, cannot make a million
 	// a second: the check fails and says why.
 	rep, _, err = bench("--rate", "1000000", "--clients", "1", "--duration", "100ms", "--warmup", "0s")
