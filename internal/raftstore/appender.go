@@ -61,7 +61,6 @@ type appender struct {
 	signal chan struct{}
 	acks   map[ackKey]int // see addResponse; reused by each write
 	out    outbox         // responses released by a write; reused by each
-	ready  []*replica     // replicas given local responses by a write; reused
 }
 
 // ackKey identifies the acknowledgements of one follower replica to one
@@ -263,17 +262,13 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 				r.inMsgs = append(r.inMsgs, inboundMsg{msg: resp, local: true})
 			}
 			r.inboxMu.Unlock()
-			a.ready = append(a.ready, r)
+			h.markReady(r)
 		}
 		for _, rm := range j.remote {
 			a.addResponse(out, rm)
 		}
 	}
 	clear(a.acks)
-	// The replicas with responses are queued together, with one wake-up.
-	h.markAllReady(a.ready)
-	clear(a.ready)
-	a.ready = a.ready[:0]
 	h.send(*out)
 	out.reset()
 	return nil

@@ -100,8 +100,7 @@ func (h *Host) push(r *replica) {
 	h.readyCond.Signal()
 }
 
-// markAllReady queues many replicas with one lock and one wake-up. It
-// reorders rs.
+// markAllReady queues many replicas with one lock and one wake-up.
 func (h *Host) markAllReady(rs []*replica) {
 	n := 0
 	for _, r := range rs {
@@ -116,11 +115,11 @@ func (h *Host) markAllReady(rs []*replica) {
 	h.readyMu.Lock()
 	h.ready = append(h.ready, rs[:n]...)
 	h.readyMu.Unlock()
-	// One worker is woken however many replicas became ready: it takes its
-	// share and wakes the next while some are left (take). Waking every idle
-	// worker at once cost a wake-up each, many of them for workers that found
-	// nothing left to take.
-	h.readyCond.Signal()
+	if n == 1 {
+		h.readyCond.Signal()
+	} else {
+		h.readyCond.Broadcast()
+	}
 }
 
 // release ends r's processing, queueing it again if input arrived meanwhile.
