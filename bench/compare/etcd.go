@@ -201,9 +201,10 @@ func (c *etcdCluster) checkAlive() error {
 func (c *etcdCluster) name() string     { return "etcd" }
 func (c *etcdCluster) servers() []*proc { return c.members }
 
-// walSyncs is the number of WAL fsyncs of all members so far.
-func (c *etcdCluster) walSyncs(ctx context.Context) (float64, error) {
-	return sumCounter(ctx, c.scrape, c.metrics, "etcd_disk_wal_fsync_duration_seconds_count")
+func (c *etcdCluster) timings(ctx context.Context) (serverHistograms, error) {
+	const sync = "etcd_disk_wal_fsync_duration_seconds"
+	hs, err := sumHistograms(ctx, c.scrape, c.metrics, sync)
+	return serverHistograms{walSync: hs[sync]}, err
 }
 
 func (c *etcdCluster) client(w int) *clientv3.Client { return c.clients[w%len(c.clients)] }

@@ -41,8 +41,9 @@ import (
 type system interface {
 	name() string
 	servers() []*proc
-	// walSyncs is the number of WAL fsyncs of all servers so far.
-	walSyncs(ctx context.Context) (float64, error)
+	// timings reads the servers' WAL fsync histogram (and ours, its
+	// proposal histogram), summed over the servers, so far.
+	timings(ctx context.Context) (serverHistograms, error)
 	put(ctx context.Context, w int, key, value []byte) error
 	get(ctx context.Context, w int, key []byte) error
 	close()
@@ -84,7 +85,14 @@ type row struct {
 	// FsyncsPerOp is the servers' WAL fsyncs (all of them together) per
 	// operation in the measured window; -1 if a scrape failed.
 	FsyncsPerOp float64 `json:"wal_fsyncs_per_op"`
-	FirstError  string  `json:"first_error,omitempty"`
+	// FsyncMeanMs is the mean WAL fsync in the measured window (from each
+	// system's own histogram: etcd_disk_wal_fsync_duration_seconds, ours
+	// nodedb_storage_wal_sync_duration_seconds); ProposalP50ms is ours
+	// only: a write's median from proposal to applied on its leader, the
+	// part of P50ms spent inside Raft.
+	FsyncMeanMs   float64 `json:"wal_fsync_mean_ms"`
+	ProposalP50ms float64 `json:"proposal_p50_ms,omitempty"`
+	FirstError    string  `json:"first_error,omitempty"`
 	// NewTerms counts Raft term changes (elections) over all groups during
 	// the measured window (--manygroups only; summed over rounds).
 	NewTerms int `json:"new_terms,omitempty"`
@@ -141,6 +149,8 @@ func medians(runs []row) []row {
 		m.ServerSys = med(func(r row) float64 { return r.ServerSys })
 		m.CPUusPerOp = med(func(r row) float64 { return r.CPUusPerOp })
 		m.FsyncsPerOp = med(func(r row) float64 { return r.FsyncsPerOp })
+		m.FsyncMeanMs = med(func(r row) float64 { return r.FsyncMeanMs })
+		m.ProposalP50ms = med(func(r row) float64 { return r.ProposalP50ms })
 		m.BenchCPU = med(func(r row) float64 { return r.BenchCPU })
 		m.IdleCores = med(func(r row) float64 { return r.IdleCores })
 		m.OtherCores = med(func(r row) float64 { return r.OtherCores })
@@ -533,8 +543,8 @@ func runAll(ctx context.Context, o options) (err error) {
 					return err // interrupted: the run is incomplete
 				}
 				r.Round = round
-				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op) fsyncs/op=%.3f",
-					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, r.FsyncsPerOp)
+				logf("round %d %-8s %-6s ops/s=%.0f p50=%.2fms p99=%.2fms p99.9=%.2fms errors=%d server CPU %.2fs (%.0f µs/op) fsyncs/op=%.3f fsync mean %.3fms proposal p50 %.2fms",
+					round, w.Name, s.name(), r.OpsPerSec, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.CPUusPerOp, r.FsyncsPerOp, r.FsyncMeanMs, r.ProposalP50ms)
 				if r.FirstError != "" {
 					logf("%-8s %-6s first error: %s", w.Name, s.name(), r.FirstError)
 				}
@@ -626,18 +636,19 @@ func preload(ctx context.Context, s system, keys [][]byte, value []byte, timeout
 }
 
 func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value []byte, o options) (row, error) {
-	var u0, s0, u1, s1, self0, self1, sync0, sync1 float64
+	var u0, s0, u1, s1, self0, self1 float64
+	var t0, t1 serverHistograms
 	var syncErr error
 	srv := s.servers()
-	syncs := func(v *float64) {
-		n, err := s.walSyncs(ctx)
-		*v = n
+	timings := func(v *serverHistograms) {
+		t, err := s.timings(ctx)
+		*v = t
 		syncErr = errors.Join(syncErr, err)
 	}
 	cfg := runConfig{
 		Workers: w.Clients, Warmup: o.warmup, Duration: o.duration, OpTimeout: o.opTimeout,
-		OnMeasure: func() { u0, s0 = totalUserSys(srv); self0 = selfCPU(); syncs(&sync0) },
-		OnEnd:     func() { u1, s1 = totalUserSys(srv); self1 = selfCPU(); syncs(&sync1) },
+		OnMeasure: func() { u0, s0 = totalUserSys(srv); self0 = selfCPU(); timings(&t0) },
+		OnEnd:     func() { u1, s1 = totalUserSys(srv); self1 = selfCPU(); timings(&t1) },
 	}
 	rngs := make([]*rand.Rand, w.Clients)
 	for i := range rngs {
@@ -665,11 +676,16 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 	}
 	if res.Ops > 0 {
 		r.CPUusPerOp = r.ServerCPU / float64(res.Ops) * 1e6
-		r.FsyncsPerOp = (sync1 - sync0) / float64(res.Ops)
+		syncs := t1.walSync.Sub(t0.walSync)
+		r.FsyncsPerOp = float64(syncs.Count) / float64(res.Ops)
+		r.FsyncMeanMs = syncs.Mean() * 1e3
+		if props := t1.proposal.Sub(t0.proposal); props.Count > 0 {
+			r.ProposalP50ms = props.Quantile(0.5) * 1e3
+		}
 	}
 	if syncErr != nil {
-		logf("%s %s: WAL fsync count: %v", w.Name, s.name(), syncErr)
-		r.FsyncsPerOp = -1
+		logf("%s %s: WAL fsync and proposal histograms: %v", w.Name, s.name(), syncErr)
+		r.FsyncsPerOp, r.FsyncMeanMs, r.ProposalP50ms = -1, -1, 0
 	}
 	return r, nil
 }
@@ -794,11 +810,15 @@ func printReport(out io.Writer, rep report) {
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tfsyncs/op\tbench CPU s\t")
+	fmt.Fprintln(tw, "workload\tsystem\tclients\tops/s\tp50 ms\tp99 ms\tp99.9 ms\terrors\tserver CPU s (sys)\tCPU µs/op\tfsyncs/op\tfsync ms\traft p50 ms\tbench CPU s\t")
 	for _, r := range rep.Results {
 		ops := opsCell(r)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t%.2f\t\n",
-			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.FsyncsPerOp, r.BenchCPU)
+		raft := "-"
+		if r.ProposalP50ms > 0 {
+			raft = fmt.Sprintf("%.2f", r.ProposalP50ms)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%.2f\t%.2f\t%.2f\t%d\t%.2f (%.2f)\t%.0f\t%.3f\t%.3f\t%s\t%.2f\t\n",
+			r.Workload, r.System, r.Clients, ops, r.P50ms, r.P99ms, r.P999ms, r.Errors, r.ServerCPU, r.ServerSys, r.CPUusPerOp, r.FsyncsPerOp, r.FsyncMeanMs, raft, r.BenchCPU)
 	}
 	tw.Flush()
 	printTail(out, "etcd", "workload", rep.Ratios, rep.Targets, rep.Results, 66, 38)

@@ -8,27 +8,30 @@ import (
 	"github.com/nodedb/nodedb-cluster/internal/promtext"
 )
 
-// sumCounter fetches each Prometheus text endpoint in urls and sums the
-// samples of the metric called name (every label set).
-func sumCounter(ctx context.Context, hc *http.Client, urls []string, name string) (float64, error) {
-	var sum float64
-	for _, u := range urls {
-		v, err := scrapeCounter(ctx, hc, u, name)
-		if err != nil {
-			return 0, err
-		}
-		sum += v
-	}
-	return sum, nil
+// serverHistograms is what runWorkload reads of a system's histograms
+// around a run, summed over its servers.
+type serverHistograms struct {
+	walSync  promtext.Histogram
+	proposal promtext.Histogram // ours only
 }
 
-func scrapeCounter(ctx context.Context, hc *http.Client, url, name string) (float64, error) {
-	v, found, err := promtext.Scrape(ctx, hc, url, name)
-	if err != nil {
-		return 0, err
+// sumHistograms fetches each endpoint in urls and sums the histograms
+// called names over them; a name that no endpoint serves is an error.
+func sumHistograms(ctx context.Context, hc *http.Client, urls []string, names ...string) (map[string]promtext.Histogram, error) {
+	out := map[string]promtext.Histogram{}
+	for _, u := range urls {
+		hs, err := promtext.ScrapeHistograms(ctx, hc, u, names...)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			out[n] = out[n].Add(hs[n])
+		}
 	}
-	if !found {
-		return 0, fmt.Errorf("scrape %s: no metric %s", url, name)
+	for _, n := range names {
+		if _, ok := out[n]; !ok || len(out[n].Bounds) == 0 {
+			return nil, fmt.Errorf("no histogram %s at %v", n, urls)
+		}
 	}
-	return v, nil
+	return out, nil
 }

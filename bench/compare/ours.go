@@ -228,9 +228,10 @@ func (c *oursCluster) checkAlive() error {
 func (c *oursCluster) name() string     { return "nodedb" }
 func (c *oursCluster) servers() []*proc { return c.nodes }
 
-// walSyncs is the number of WAL fsyncs of all nodes so far.
-func (c *oursCluster) walSyncs(ctx context.Context) (float64, error) {
-	return sumCounter(ctx, &http.Client{Transport: c.tr, Timeout: 5 * time.Second}, c.metrics, "nodedb_storage_wal_syncs_total")
+func (c *oursCluster) timings(ctx context.Context) (serverHistograms, error) {
+	const sync, prop = "nodedb_storage_wal_sync_duration_seconds", "nodedb_raft_proposal_duration_seconds"
+	hs, err := sumHistograms(ctx, &http.Client{Transport: c.tr, Timeout: 5 * time.Second}, c.metrics, sync, prop)
+	return serverHistograms{walSync: hs[sync], proposal: hs[prop]}, err
 }
 
 func (c *oursCluster) put(ctx context.Context, _ int, key, value []byte) error {
