@@ -207,6 +207,9 @@ type conditions struct {
 	OursReadLease bool   `json:"ours_read_lease"`
 	OursTransport string `json:"ours_transport,omitempty"`
 	OursArgs      string `json:"ours_args,omitempty"` // --nodedb-args
+	// PreconditionS is --precondition: seconds of puts from 256 clients
+	// against each system before the measured runs.
+	PreconditionS float64 `json:"precondition_s,omitempty"`
 	// PeerLossPct is the share of packets between members (both systems)
 	// dropped at random, in percent (--peer-loss); PeerPackets and
 	// PeerDropped count them over the whole run.
@@ -242,32 +245,33 @@ type report struct {
 }
 
 type options struct {
-	bin        string
-	root       string
-	workloads  string
-	systems    string
-	duration   time.Duration
-	warmup     time.Duration
-	pause      time.Duration
-	quick      bool
-	keep       bool
-	asJSON     bool
-	jsonFile   string
-	keys       int
-	valueSize  int
-	peerTLS    bool
-	clientTLS  bool
-	readLease  bool
-	nodedbArgs string
-	transport  string
-	peerLoss   float64
-	etcdConns  int
-	etcdTarget string
-	opTimeout  time.Duration
-	idle       time.Duration
-	rounds     int
-	manyGroups bool
-	mg         mgOptions
+	bin          string
+	root         string
+	workloads    string
+	systems      string
+	duration     time.Duration
+	warmup       time.Duration
+	pause        time.Duration
+	quick        bool
+	keep         bool
+	asJSON       bool
+	jsonFile     string
+	keys         int
+	valueSize    int
+	peerTLS      bool
+	clientTLS    bool
+	readLease    bool
+	nodedbArgs   string
+	precondition time.Duration
+	transport    string
+	peerLoss     float64
+	etcdConns    int
+	etcdTarget   string
+	opTimeout    time.Duration
+	idle         time.Duration
+	rounds       int
+	manyGroups   bool
+	mg           mgOptions
 }
 
 func main() {
@@ -295,6 +299,7 @@ func main() {
 	flag.StringVar(&o.etcdTarget, "etcd-target", "leader", "endpoints of the etcd clients: leader (like ours, which sends to each key's leader) or all")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 10*time.Second, "bound of one operation")
 	flag.IntVar(&o.rounds, "rounds", 1, "run the workloads this many times, interleaved, and report medians")
+	flag.DurationVar(&o.precondition, "precondition", 0, "before the measured runs, write to each system from 256 clients for this long, so that both run in steady state (0: none)")
 	flag.DurationVar(&o.idle, "idle", 3*time.Second, "measure the servers' CPU use with no load for this long first (0: skip)")
 	flag.BoolVar(&o.manyGroups, "manygroups", false, "instead of the etcd comparison: many-group proposals on our library API (package cluster) against dragonboat v3.3.8, both in this process")
 	flag.StringVar(&o.mg.shapes, "shapes", "48x256,48x48,1x256", "with --manygroups: comma-separated GROUPSxPROPOSERS to run")
@@ -509,6 +514,20 @@ func runAll(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("%s: preload: %w", s.name(), err)
 		}
 	}
+
+	if o.precondition > 0 {
+		// Steady state before measuring: write until each system's logs
+		// have turned over a few times (our nodes then write their WAL
+		// into reused files, as a node that has run for a while does; see
+		// docs/comparison.md, "How long each fsync takes").
+		for _, s := range systems {
+			res := run(ctx, runConfig{Workers: 256, Duration: o.precondition, OpTimeout: o.opTimeout}, func(ctx context.Context, wk int) error {
+				return s.put(ctx, wk, keys[rand.IntN(len(keys))], value)
+			})
+			logf("%s: preconditioned with %s of puts from 256 clients (%.0f ops/s, %d errors)", s.name(), o.precondition, res.OpsPerSec, res.Errors)
+		}
+	}
+	rep.Conditions.PreconditionS = o.precondition.Seconds()
 
 	rep.Conditions.IdleCPU = map[string]float64{}
 	rep.Conditions.IdleS = o.idle.Seconds()
@@ -805,6 +824,9 @@ func printReport(out io.Writer, rep report) {
 	}
 	fmt.Fprintf(out, "%d-byte values over %d keys (all written first), closed loop, %.0fs warm-up + %.0fs measured per run, load generator in this process\n",
 		c.ValueSize, c.Keys, c.WarmupS, c.DurationS)
+	if c.PreconditionS > 0 {
+		fmt.Fprintf(out, "each system preconditioned with %.0fs of puts from 256 clients before the first run\n", c.PreconditionS)
+	}
 	if c.Rounds > 1 {
 		fmt.Fprintf(out, "medians of %d interleaved rounds (ops/s range in brackets; errors summed)\n", c.Rounds)
 	}
