@@ -130,3 +130,24 @@ func FuzzResponseReader(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkResponseReader decodes the answers a node streams for 16
+// carried GETs of 256-byte values: what the Go client does per answer.
+func BenchmarkResponseReader(b *testing.B) {
+	const n = 16
+	stream := []byte{Version}
+	for i := range n {
+		stream = AppendResponse(stream, &Response{Index: i, Status: 200, Header: http.Header{
+			"X-Nodedb-Vshard": {"794"}, "X-Nodedb-Version": {"12"}, "Content-Type": {"application/octet-stream"}, "Content-Length": {"256"},
+		}, Body: bytes.Repeat([]byte{'v'}, 256)})
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		rr := NewResponseReader(bytes.NewReader(stream), DefaultLimits())
+		for range n {
+			if _, err := rr.Next(n); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
