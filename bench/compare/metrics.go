@@ -15,21 +15,15 @@ type serverHistograms struct {
 	proposal promtext.Histogram // ours only
 }
 
-// sumHistograms fetches each endpoint in urls and sums the histograms
-// called names over them; a name that no endpoint serves is an error.
+// sumHistograms is promtext.SumHistograms, with a name that no endpoint
+// serves an error: the harness needs every figure it asks for.
 func sumHistograms(ctx context.Context, hc *http.Client, urls []string, names ...string) (map[string]promtext.Histogram, error) {
-	out := map[string]promtext.Histogram{}
-	for _, u := range urls {
-		hs, err := promtext.ScrapeHistograms(ctx, hc, u, names...)
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range names {
-			out[n] = out[n].Add(hs[n])
-		}
+	out, err := promtext.SumHistograms(ctx, hc, urls, names...)
+	if err != nil {
+		return nil, err
 	}
 	for _, n := range names {
-		if _, ok := out[n]; !ok || len(out[n].Bounds) == 0 {
+		if len(out[n].Bounds) == 0 {
 			return nil, fmt.Errorf("no histogram %s at %v", n, urls)
 		}
 	}

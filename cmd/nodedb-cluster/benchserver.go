@@ -44,32 +44,22 @@ func statsOf(h promtext.Histogram) latencyStats {
 }
 
 // scrapeServerHistograms reads the three histograms from every endpoint
-// (base URLs) and returns them per endpoint.
-func scrapeServerHistograms(ctx context.Context, hc *http.Client, urls []string) ([]map[string]promtext.Histogram, error) {
+// (base URLs), summed over them.
+func scrapeServerHistograms(ctx context.Context, hc *http.Client, urls []string) (map[string]promtext.Histogram, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	out := make([]map[string]promtext.Histogram, len(urls))
+	metrics := make([]string, len(urls))
 	for i, u := range urls {
-		hs, err := promtext.ScrapeHistograms(ctx, hc, u+"/metrics", histProposal, histAppend, histWALSync)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = hs
+		metrics[i] = u + "/metrics"
 	}
-	return out, nil
+	return promtext.SumHistograms(ctx, hc, metrics, histProposal, histAppend, histWALSync)
 }
 
-// serverTimingsBetween sums, over the endpoints, what each histogram
-// sampled between the two readings.
-func serverTimingsBetween(before, after []map[string]promtext.Histogram) *serverTimings {
-	sum := func(name string) promtext.Histogram {
-		var total promtext.Histogram
-		for i := range after {
-			total = total.Add(after[i][name].Sub(before[i][name]))
-		}
-		return total
-	}
-	return &serverTimings{Nodes: len(after), Proposals: statsOf(sum(histProposal)), Appends: statsOf(sum(histAppend)), WALSyncs: statsOf(sum(histWALSync))}
+// serverTimingsBetween is what each histogram sampled between the two
+// readings, over nodes endpoints.
+func serverTimingsBetween(nodes int, before, after map[string]promtext.Histogram) *serverTimings {
+	diff := func(name string) latencyStats { return statsOf(after[name].Sub(before[name])) }
+	return &serverTimings{Nodes: nodes, Proposals: diff(histProposal), Appends: diff(histAppend), WALSyncs: diff(histWALSync)}
 }
 
 // print writes the timings as one line per histogram that has samples.
@@ -104,7 +94,7 @@ type histogramWindow struct {
 	urls   []string
 	timer  *time.Timer
 	done   chan struct{}
-	before []map[string]promtext.Histogram
+	before map[string]promtext.Histogram
 	err    error
 }
 
@@ -131,7 +121,7 @@ func (w *histogramWindow) end() (*serverTimings, error) {
 	if err != nil {
 		return nil, err
 	}
-	return serverTimingsBetween(w.before, after), nil
+	return serverTimingsBetween(len(w.urls), w.before, after), nil
 }
 
 // serverNote is how bench reports missing server timings: one line, not an

@@ -275,33 +275,36 @@ func errorAnswer(i int, err error) multiwire.Response {
 // cost a header map filled through Header.Set and a copy of the value.
 // TestCarriedMatchesAlone holds the two to the same bytes.
 func foundAnswer(i int, res server.GetResult) multiwire.Response {
-	vals := [4]string{
-		strconv.FormatUint(uint64(res.VShard), 10),
-		strconv.FormatUint(res.Version, 10),
-		"application/octet-stream",
-		strconv.Itoa(len(res.Value)),
-	}
-	h := make(http.Header, len(vals))
-	h[HeaderVShard] = vals[0:1:1]
-	h[HeaderVersion] = vals[1:2:2]
-	h["Content-Type"] = vals[2:3:3]
-	h["Content-Length"] = vals[3:4:4]
+	h := answerHeader(
+		HeaderVShard, strconv.FormatUint(uint64(res.VShard), 10),
+		HeaderVersion, strconv.FormatUint(res.Version, 10),
+		"Content-Type", "application/octet-stream",
+		"Content-Length", strconv.Itoa(len(res.Value)))
 	return multiwire.Response{Index: i, Status: http.StatusOK, Header: h, Body: res.Value}
 }
 
 // writtenAnswer is writeWrite's answer to a write that succeeded, built
 // the same way as foundAnswer.
 func writtenAnswer(i int, res server.WriteResult) multiwire.Response {
-	vals := [3]string{
-		strconv.FormatUint(res.Version, 10),
-		strconv.FormatUint(uint64(res.VShard), 10),
-		"application/json",
-	}
-	h := make(http.Header, len(vals))
-	h[HeaderVersion] = vals[0:1:1]
-	h[HeaderVShard] = vals[1:2:2]
-	h["Content-Type"] = vals[2:3:3]
+	h := answerHeader(
+		HeaderVersion, strconv.FormatUint(res.Version, 10),
+		HeaderVShard, strconv.FormatUint(uint64(res.VShard), 10),
+		"Content-Type", "application/json")
 	return multiwire.Response{Index: i, Status: http.StatusOK, Header: h, Body: appendWriteResult(make([]byte, 0, 64), res)}
+}
+
+// answerHeader returns a header of canonical names (not checked) and one
+// value each, given as name, value pairs, with every value in one backing
+// array.
+func answerHeader(pairs ...string) http.Header {
+	n := len(pairs) / 2
+	h := make(http.Header, n)
+	vals := make([]string, n)
+	for i := range n {
+		vals[i] = pairs[2*i+1]
+		h[pairs[2*i]] = vals[i : i+1 : i+1]
+	}
+	return h
 }
 
 // recorder is the http.ResponseWriter of a carried request.

@@ -35,6 +35,24 @@ func (h Histogram) Sub(prev Histogram) Histogram {
 	return out
 }
 
+// Add returns the sum of two histograms of the same metric (from two
+// nodes, say); either may be empty.
+func (h Histogram) Add(o Histogram) Histogram {
+	if len(h.Bounds) == 0 {
+		return o
+	}
+	if len(o.Bounds) == 0 {
+		return h
+	}
+	out := Histogram{Bounds: h.Bounds, Counts: slices.Clone(h.Counts), Count: h.Count + o.Count, Sum: h.Sum + o.Sum}
+	for i, b := range out.Bounds {
+		if j, ok := slices.BinarySearch(o.Bounds, b); ok {
+			out.Counts[i] += o.Counts[j]
+		}
+	}
+	return out
+}
+
 // Mean is Sum/Count, or 0 with no samples.
 func (h Histogram) Mean() float64 {
 	if h.Count == 0 {
@@ -67,11 +85,11 @@ func (h Histogram) Quantile(q float64) float64 {
 }
 
 // Histograms reads the histograms called names from Prometheus text format,
-// each summed over its label sets; a name with no samples is absent from
-// the result.
+// each summed over its label sets; a name the text lacks is absent from the
+// result.
 func Histograms(r io.Reader, names ...string) (map[string]Histogram, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(io.LimitReader(r, maxBody))
+	fams, err := p.TextToMetricFamilies(r)
 	if err != nil {
 		return nil, fmt.Errorf("parse metrics: %w", err)
 	}
@@ -110,40 +128,27 @@ func Histograms(r io.Reader, names ...string) (map[string]Histogram, error) {
 
 // ScrapeHistograms fetches url (a /metrics endpoint) with hc and reads the
 // histograms called names from it (see Histograms).
-func ScrapeHistograms(ctx context.Context, hc *http.Client, url string, names ...string) (map[string]Histogram, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape %s: %s", url, resp.Status)
-	}
-	hs, err := Histograms(resp.Body, names...)
-	if err != nil {
-		return nil, fmt.Errorf("scrape %s: %w", url, err)
-	}
-	return hs, nil
+func ScrapeHistograms(ctx context.Context, hc *http.Client, url string, names ...string) (hs map[string]Histogram, err error) {
+	err = fetch(ctx, hc, url, func(r io.Reader) error {
+		hs, err = Histograms(r, names...)
+		return err
+	})
+	return hs, err
 }
 
-// Add returns the sum of two histograms of the same metric (from two
-// nodes, say); either may be empty.
-func (h Histogram) Add(o Histogram) Histogram {
-	if len(h.Bounds) == 0 {
-		return o
-	}
-	if len(o.Bounds) == 0 {
-		return h
-	}
-	out := Histogram{Bounds: h.Bounds, Counts: slices.Clone(h.Counts), Count: h.Count + o.Count, Sum: h.Sum + o.Sum}
-	for i, b := range out.Bounds {
-		if j, ok := slices.BinarySearch(o.Bounds, b); ok {
-			out.Counts[i] += o.Counts[j]
+// SumHistograms scrapes every endpoint in urls and sums each histogram
+// called names over them (a cluster's nodes, say). A name no endpoint
+// serves is absent from the result.
+func SumHistograms(ctx context.Context, hc *http.Client, urls []string, names ...string) (map[string]Histogram, error) {
+	out := map[string]Histogram{}
+	for _, u := range urls {
+		hs, err := ScrapeHistograms(ctx, hc, u, names...)
+		if err != nil {
+			return nil, err
+		}
+		for n, h := range hs {
+			out[n] = out[n].Add(h)
 		}
 	}
-	return out
+	return out, nil
 }

@@ -20,23 +20,32 @@ const maxBody = 32 << 20
 // the metric called name, every label set; found is false when there is
 // none.
 func Scrape(ctx context.Context, hc *http.Client, url, name string) (sum float64, found bool, err error) {
+	err = fetch(ctx, hc, url, func(r io.Reader) error {
+		sum, found, err = Sum(r, name)
+		return err
+	})
+	return sum, found, err
+}
+
+// fetch GETs url with hc and hands read its body (at most maxBody bytes);
+// errors say which url.
+func fetch(ctx context.Context, hc *http.Client, url string, read func(io.Reader) error) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, false, err
+		return err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, false, fmt.Errorf("scrape %s: %w", url, err)
+		return fmt.Errorf("scrape %s: %w", url, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, false, fmt.Errorf("scrape %s: %s", url, resp.Status)
+		return fmt.Errorf("scrape %s: %s", url, resp.Status)
 	}
-	sum, found, err = Sum(io.LimitReader(resp.Body, maxBody), name)
-	if err != nil {
-		return 0, false, fmt.Errorf("scrape %s: %w", url, err)
+	if err := read(io.LimitReader(resp.Body, maxBody)); err != nil {
+		return fmt.Errorf("scrape %s: %w", url, err)
 	}
-	return sum, found, nil
+	return nil
 }
 
 // Sum sums the samples of metric name in Prometheus text format; found is

@@ -163,28 +163,26 @@ func processMallocs() uint64 {
 
 // benchWorkers is each node's Raft worker count: 1 (three nodes share this
 // machine's cores), or NODEDB_BENCH_WORKERS.
-func benchWorkers(b *testing.B) int {
-	if v := os.Getenv("NODEDB_BENCH_WORKERS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			b.Fatalf("NODEDB_BENCH_WORKERS=%q", v)
-		}
-		return n
-	}
-	return 1
-}
+func benchWorkers(b *testing.B) int { return benchEnvInt(b, "NODEDB_BENCH_WORKERS", 1) }
 
 // benchMemTable is each node's memtable size: the production default of
 // 32 MiB, or NODEDB_BENCH_MEMTABLE_MIB.
 func benchMemTable(b *testing.B) uint64 {
-	if v := os.Getenv("NODEDB_BENCH_MEMTABLE_MIB"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			b.Fatalf("NODEDB_BENCH_MEMTABLE_MIB=%q", v)
-		}
-		return uint64(n) << 20
+	return uint64(benchEnvInt(b, "NODEDB_BENCH_MEMTABLE_MIB", 32)) << 20
+}
+
+// benchEnvInt is the positive integer in the environment variable name, or
+// def when it is unset.
+func benchEnvInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
 	}
-	return 32 << 20
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
 }
 
 // benchDir is where benchmark nodes keep their data: a test temp dir, or
