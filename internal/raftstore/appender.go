@@ -207,13 +207,14 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 		}
 		if hs := hardStateOf(m); !raft.IsEmptyHardState(hs) {
 			// A new term or vote must be durable before votes are sent. A
-			// commit index alone is not written at all unless other writes
-			// of the group go into this batch: Raft's safety does not rest on
-			// it, and at load it is raised to the applied index. Skipping it
-			// spares followers a write for every commit notice.
+			// commit index is not written for its own sake, even beside new
+			// entries: Raft's safety does not rest on it, and at load it is
+			// raised to the applied index (storage.LoadRaftLog), which the
+			// apply path writes with the state it covers. Skipping it spares
+			// every replica a memtable insertion and a WAL record per round.
 			prev := r.log.HardState()
 			termOrVote := hs.Term != prev.Term || hs.Vote != prev.Vote
-			if termOrVote || len(m.Entries) > 0 || m.Snapshot != nil {
+			if termOrVote || m.Snapshot != nil {
 				if err := r.log.WriteHardState(b, hs); err != nil {
 					return err
 				}
