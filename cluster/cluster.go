@@ -46,6 +46,7 @@ type (
 type (
 	StateMachine  = statemachine.StateMachine
 	Proposal      = raftstore.Proposal
+	PendingRead   = raftstore.PendingRead
 	GroupStatus   = raftstore.GroupStatus
 	ReplicaChange = raftstore.ReplicaChange
 	Replica       = storage.ReplicaDesc
@@ -71,6 +72,7 @@ var (
 	ErrReplicaExists      = raftstore.ErrReplicaExists
 	ErrReplicaTombstoned  = raftstore.ErrReplicaTombstoned
 	ErrTransferAborted    = raftstore.ErrTransferAborted
+	ErrReadNotDone        = raftstore.ErrReadNotDone
 	// ErrWrongNode is returned when a data dir belongs to another node.
 	ErrWrongNode = errors.New("cluster: data dir belongs to another node")
 )
@@ -289,6 +291,17 @@ func (n *Node) Propose(ctx context.Context, g GroupID, p Proposal) ([]byte, erro
 // Read answers a query linearizably.
 func (n *Node) Read(ctx context.Context, g GroupID, vshard uint32, query []byte) ([]byte, error) {
 	return n.host.Read(ctx, g, vshard, query)
+}
+
+// StartRead starts a linearizable read of g without waiting for it; call
+// FinishRead once its Done is closed. See raftstore.Host.StartRead.
+func (n *Node) StartRead(g GroupID, notify func()) (*PendingRead, error) {
+	return n.host.StartRead(g, notify)
+}
+
+// FinishRead answers a query for a read started by StartRead, once done.
+func (n *Node) FinishRead(p *PendingRead, vshard uint32, query []byte) ([]byte, error) {
+	return n.host.FinishRead(p, vshard, query)
 }
 
 // ReadIndex returns a commit index of g confirmed by a quorum after the

@@ -85,21 +85,20 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(out) // one write with a Content-Length
 		return
 	}
-	done := make(chan multiwire.Response, len(reqs))
+	x := m.newExchange(r, reqs, ctxs)
 	for i := range reqs {
-		m.workers.run(func() {
-			done <- m.serveOne(ctxs[i], r, i, &reqs[i])
-		})
+		if !x.startGet(i) {
+			x.toWorker(i)
+		}
 	}
 
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	// Every request sends exactly one answer on done, so counting them is
-	// enough to know when all have answered; no goroutine waits to close
-	// done.
+	// Every request sends exactly one answer, so counting them is enough to
+	// know when all have answered; no goroutine waits to close a channel.
 	left := len(reqs)
 	for left > 0 {
-		resp := <-done
+		resp, _ := x.next(true)
 		out = multiwire.AppendResponse(out, &resp)
 		left--
 		// Write what is ready now in one go: answers that finish together
@@ -107,12 +106,10 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// call. Their workers were woken together but finish one by one,
 		// so give them one turn of the scheduler before writing.
 		for yielded := false; left > 0; {
-			select {
-			case more := <-done:
+			if more, ok := x.next(false); ok {
 				out = multiwire.AppendResponse(out, &more)
 				left--
 				continue
-			default:
 			}
 			if yielded {
 				break
@@ -124,7 +121,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			// The client is gone; the requests still finish (their
 			// contexts end with the connection's) and are drained.
 			for ; left > 0; left-- {
-				<-done
+				x.next(true)
 			}
 			return
 		}
@@ -136,6 +133,156 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			_ = rc.Flush()
 		}
 	}
+}
+
+// exchange runs the requests of one /v1/multi exchange that carries more
+// than one. Most go to API workers, each blocking in the service until its
+// answer. A linearizable GET that this node can serve as its group's leader
+// is instead started here (server.StartKVGet) and answered on the
+// exchange's goroutine once its read index is confirmed: no worker wakes for
+// it, no worker hands its answer back, and the GETs of one group in the
+// exchange share one ReadIndex round. A started GET whose read fails there
+// (leadership moved) or whose context ends first goes to a worker, which
+// answers it as if it had gone there at first.
+type exchange struct {
+	m     *multi
+	outer *http.Request
+	reqs  []multiwire.Request
+	ctxs  []context.Context
+	done  chan multiwire.Response // answers from workers
+	ready chan int                // started GETs whose reads are done
+	gets  []*startedGet           // by request index; nil when not started
+	// getCtx is the context of every started GET (the exchange's requests
+	// share one unless their timeouts differ: GETs with another go to
+	// workers), and started counts those not yet answered.
+	getCtx  context.Context
+	started int
+	svc     asyncGetter
+}
+
+type startedGet struct {
+	p   server.PendingGet
+	key []byte
+}
+
+// asyncGetter is what the exchange needs to start GETs (*server.Server
+// has it; a Service without it sends every request to a worker).
+type asyncGetter interface {
+	StartKVGet(key []byte, o server.ReadOptions, notify func()) (server.PendingGet, bool)
+	FinishKVGet(p server.PendingGet) (server.GetResult, bool, error)
+}
+
+var _ asyncGetter = (*server.Server)(nil)
+
+func (m *multi) newExchange(outer *http.Request, reqs []multiwire.Request, ctxs []context.Context) *exchange {
+	x := &exchange{m: m, outer: outer, reqs: reqs, ctxs: ctxs, done: make(chan multiwire.Response, len(reqs))}
+	x.svc, _ = m.rest.svc.(asyncGetter)
+	return x
+}
+
+// toWorker hands request i to an API worker.
+func (x *exchange) toWorker(i int) {
+	x.m.workers.run(func() {
+		x.done <- x.m.serveOne(x.ctxs[i], x.outer, i, &x.reqs[i])
+	})
+}
+
+// startGet starts request i here when it is a plain linearizable GET this
+// node can serve as leader (see exchange), and reports whether it did.
+func (x *exchange) startGet(i int) bool {
+	sr := &x.reqs[i]
+	if x.svc == nil || sr.Method != http.MethodGet || (x.getCtx != nil && x.ctxs[i] != x.getCtx) {
+		return false
+	}
+	key, ok := plainKey(sr.URI)
+	if !ok {
+		return false
+	}
+	k, err := x.m.rest.checkKey(key)
+	if err != nil {
+		return false
+	}
+	o, err := readOptionsOf(nil, sr.Header)
+	if err != nil {
+		return false
+	}
+	if x.ready == nil {
+		x.ready = make(chan int, len(x.reqs))
+		x.gets = make([]*startedGet, len(x.reqs))
+	}
+	ready := x.ready
+	p, ok := x.svc.StartKVGet(k, o, func() { ready <- i }) // never blocks: room for every request
+	if !ok {
+		return false
+	}
+	x.gets[i] = &startedGet{p: p, key: k}
+	x.getCtx = x.ctxs[i]
+	x.started++
+	return true
+}
+
+// next returns the next answer: from a worker, or a started GET answered
+// here. With wait false it returns false at once when none is ready.
+func (x *exchange) next(wait bool) (multiwire.Response, bool) {
+	for {
+		var expired <-chan struct{}
+		if x.started > 0 {
+			expired = x.getCtx.Done()
+		}
+		if !wait {
+			select {
+			case resp := <-x.done:
+				return resp, true
+			case i := <-x.ready:
+				if resp, ok := x.finishGet(i); ok {
+					return resp, true
+				}
+				continue
+			default:
+				return multiwire.Response{}, false
+			}
+		}
+		select {
+		case resp := <-x.done:
+			return resp, true
+		case i := <-x.ready:
+			if resp, ok := x.finishGet(i); ok {
+				return resp, true
+			}
+		case <-expired:
+			// The started GETs' time is up: workers answer them as
+			// their context says (their reads are left to finish).
+			for i, g := range x.gets {
+				if g != nil {
+					x.gets[i] = nil
+					x.toWorker(i)
+				}
+			}
+			x.started = 0
+		}
+	}
+}
+
+// finishGet answers started GET i, or hands it to a worker (false) when its
+// read failed where it started.
+func (x *exchange) finishGet(i int) (multiwire.Response, bool) {
+	g := x.gets[i]
+	if g == nil {
+		return multiwire.Response{}, false // already handed to a worker
+	}
+	x.gets[i] = nil
+	x.started--
+	res, ok, err := x.svc.FinishKVGet(g.p)
+	if !ok {
+		x.toWorker(i)
+		return multiwire.Response{}, false
+	}
+	if err == nil && res.Found {
+		return foundAnswer(i, res), true
+	}
+	rec := newRecorder()
+	writeGet(rec, g.key, res, err)
+	return rec.response(i), true
 }
 
 // maxBounds bounds the distinct X-Nodedb-Timeout values of an exchange

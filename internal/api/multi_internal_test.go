@@ -265,9 +265,16 @@ func TestCarriedMatchesAlone(t *testing.T) {
 		h.ServeHTTP(w, r)
 		stop()
 		// Carried: alone in its exchange (served on the exchange's own
-		// goroutine) and beside another request (served by a worker).
-		for _, reqs := range [][]multiwire.Request{{c}, {c, {Method: http.MethodGet, URI: "/v1/kv/other"}}} {
-			h, stop = Handler(fresh(), nil)
+		// goroutine), beside another request (served by a worker), and
+		// beside another over a service that starts GETs (a GET is then
+		// started and answered on the exchange's goroutine).
+		beside := []multiwire.Request{c, {Method: http.MethodGet, URI: "/v1/kv/other"}}
+		for v, reqs := range [][]multiwire.Request{{c}, beside, beside} {
+			var svc Service = fresh()
+			if v == 2 {
+				svc = &startingService{limitedService: fresh()}
+			}
+			h, stop = Handler(svc, nil)
 			mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, reqs)))
 			mr.Header.Set("Content-Type", multiwire.ContentType)
 			mw := httptest.NewRecorder()
@@ -285,11 +292,11 @@ func TestCarriedMatchesAlone(t *testing.T) {
 				}
 			}
 			if a.Status != w.Code || !bytes.Equal(a.Body, w.Body.Bytes()) {
-				t.Errorf("%s: carried with %d: %d %q, alone %d %q", name, len(reqs), a.Status, a.Body, w.Code, w.Body)
+				t.Errorf("%s: carried (variant %d): %d %q, alone %d %q", name, v, a.Status, a.Body, w.Code, w.Body)
 			}
 			for _, k := range []string{"Content-Type", "Content-Length", HeaderVersion, HeaderVShard, "Retry-After"} {
 				if a.Header.Get(k) != w.Header().Get(k) {
-					t.Errorf("%s: carried with %d: header %s %q, alone %q", name, len(reqs), k, a.Header.Get(k), w.Header().Get(k))
+					t.Errorf("%s: carried (variant %d): header %s %q, alone %q", name, v, k, a.Header.Get(k), w.Header().Get(k))
 				}
 			}
 		}
@@ -304,6 +311,133 @@ type limitedService struct {
 
 func (l *limitedService) Limits() kv.Limits {
 	return kv.Limits{MaxKeySize: 4 << 10, MaxValueSize: l.maxValue}
+}
+
+// startingService starts linearizable GETs as *server.Server does
+// (asyncGetter): a started GET is read from the map on a goroutine of its
+// own, as a Raft worker would finish it. Keys "fail/..." start but fail
+// where they started (the leader moved), keys "hang/..." never finish;
+// "down/..." keys and no-forward GETs are not started (the server starts
+// only what it leads). started and failed count what it saw.
+type startingService struct {
+	*limitedService
+	mu       sync.Mutex
+	started  int
+	fellBack int
+	wg       sync.WaitGroup
+}
+
+type startedMemGet struct {
+	done chan struct{}
+	res  server.GetResult
+	err  error
+	fail bool
+}
+
+func (p *startedMemGet) Done() <-chan struct{} { return p.done }
+
+func (s *startingService) StartKVGet(key []byte, o server.ReadOptions, notify func()) (server.PendingGet, bool) {
+	if o.Consistency != server.Linearizable || o.NoForward || bytes.HasPrefix(key, []byte("down/")) {
+		return nil, false
+	}
+	s.mu.Lock()
+	s.started++
+	s.mu.Unlock()
+	p := &startedMemGet{done: make(chan struct{}), fail: bytes.HasPrefix(key, []byte("fail/"))}
+	if bytes.HasPrefix(key, []byte("hang/")) {
+		return p, true
+	}
+	s.wg.Go(func() {
+		if !p.fail {
+			p.res, p.err = s.KVGet(context.Background(), key, o)
+		}
+		close(p.done)
+		notify()
+	})
+	return p, true
+}
+
+func (s *startingService) FinishKVGet(p server.PendingGet) (server.GetResult, bool, error) {
+	g := p.(*startedMemGet)
+	select {
+	case <-g.done:
+	default:
+		panic("FinishKVGet before Done")
+	}
+	if g.fail {
+		s.mu.Lock()
+		s.fellBack++
+		s.mu.Unlock()
+		return server.GetResult{}, false, nil
+	}
+	return g.res, true, g.err
+}
+
+// TestStartedGetsFallBackToWorkers: GETs started on the exchange's
+// goroutine are answered there; one whose read fails where it started, or
+// whose time runs out before its read is done, is answered by a worker
+// through KVGet, so that every request gets exactly the answer it would
+// have got alone.
+func TestStartedGetsFallBackToWorkers(t *testing.T) {
+	m := newMemService()
+	for _, k := range []string{"a", "fail/b", "hang/c", "d"} {
+		m.vals[k], m.vers[k] = []byte("value of "+k), 2
+	}
+	svc := &startingService{limitedService: &limitedService{memService: m, maxValue: 1000}}
+	h, stop := Handler(svc, nil)
+	defer stop()
+	hd := http.Header{}
+	hd.Set(HeaderTimeout, "0.3s")
+	reqs := []multiwire.Request{
+		{Method: http.MethodGet, URI: "/v1/kv/a", Header: hd},
+		{Method: http.MethodGet, URI: "/v1/kv/fail%2Fb", Header: hd},
+		{Method: http.MethodGet, URI: "/v1/kv/hang%2Fc", Header: hd},
+		{Method: http.MethodGet, URI: "/v1/kv/d", Header: hd},
+		{Method: http.MethodGet, URI: "/v1/kv/missing", Header: hd},
+		{Method: http.MethodPut, URI: "/v1/kv/e", Body: []byte("e"), Header: hd},
+	}
+	keys := []string{"a", "fail/b", "hang/c", "d", "missing", ""}
+	start := time.Now()
+	mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, reqs)))
+	mr.Header.Set("Content-Type", multiwire.ContentType)
+	mw := httptest.NewRecorder()
+	h.ServeHTTP(mw, mr)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("exchange took %v with a GET that never finishes and a 0.3 s timeout", took)
+	}
+	rr := multiwire.NewResponseReader(mw.Body, multiwire.DefaultLimits())
+	seen := map[int]bool{}
+	for range reqs {
+		r, err := rr.Next(len(reqs))
+		if err != nil {
+			t.Fatalf("answer: %v (%d %s)", err, mw.Code, mw.Body)
+		}
+		if seen[r.Index] {
+			t.Fatalf("request %d answered twice", r.Index)
+		}
+		seen[r.Index] = true
+		switch k := keys[r.Index]; k {
+		case "":
+			if r.Status != http.StatusOK {
+				t.Errorf("PUT: %d %s", r.Status, r.Body)
+			}
+		case "missing":
+			if r.Status != http.StatusNotFound {
+				t.Errorf("GET missing: %d %s", r.Status, r.Body)
+			}
+		default:
+			if r.Status != http.StatusOK || string(r.Body) != "value of "+k || r.Header.Get(HeaderVersion) != "2" {
+				t.Errorf("GET %s: %d %q version %q", k, r.Status, r.Body, r.Header.Get(HeaderVersion))
+			}
+		}
+	}
+	if _, err := rr.Next(len(reqs)); err == nil {
+		t.Fatal("more answers than requests")
+	}
+	svc.wg.Wait()
+	if svc.started != 5 || svc.fellBack != 1 {
+		t.Fatalf("started %d GETs (want 5), %d fell back from a failed read (want 1)", svc.started, svc.fellBack)
+	}
 }
 
 func TestWriteResultJSON(t *testing.T) {

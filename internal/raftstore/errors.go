@@ -40,6 +40,9 @@ var (
 	// another replica was elected. Leadership is unchanged or elsewhere;
 	// asking again is safe.
 	ErrTransferAborted = errors.New("raftstore: leadership transfer abandoned")
+	// ErrReadNotDone is returned by FinishRead for a read whose Done is
+	// not closed yet: a caller's mistake, answered instead of blocking.
+	ErrReadNotDone = errors.New("raftstore: read not done")
 )
 
 // NotLeaderError is returned when a request that needs the leader reached

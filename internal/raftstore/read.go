@@ -18,16 +18,20 @@ import (
 // readRequest is one linearizable read waiting for its read index to be
 // confirmed by a quorum and applied locally.
 type readRequest struct {
-	done  chan struct{}
-	index uint64
-	err   error
-	fin   atomic.Bool
+	done   chan struct{}
+	notify func() // called once done is closed (StartRead); must not block
+	index  uint64
+	err    error
+	fin    atomic.Bool
 }
 
 func (rr *readRequest) finish(index uint64, err error) {
 	if rr.fin.CompareAndSwap(false, true) {
 		rr.index, rr.err = index, err
 		close(rr.done)
+		if rr.notify != nil {
+			rr.notify()
+		}
 	}
 }
 
@@ -50,22 +54,57 @@ type readBatch struct {
 // a quorum that its leader is current (ReadIndex), waits until it has applied
 // up to that point, then reads local state. Any replica can serve it.
 func (h *Host) Read(ctx context.Context, g ids.GroupID, vshard uint32, query []byte) ([]byte, error) {
+	p, err := h.StartRead(g, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.waitCtx(ctx, p.Done()); err != nil {
+		return nil, err
+	}
+	return h.FinishRead(p, vshard, query)
+}
+
+// PendingRead is a linearizable read started by StartRead: its read index
+// is being confirmed by a quorum and applied on this replica.
+type PendingRead struct {
+	r  *replica
+	rr *readRequest
+}
+
+// Done is closed once the read can be answered (FinishRead) or has failed.
+func (p *PendingRead) Done() <-chan struct{} { return p.rr.done }
+
+// StartRead starts a linearizable read of group g, as Read does, without
+// waiting for it: one goroutine can have many reads in flight, and the reads
+// of a group that reach its replica before the replica's next pass share one
+// ReadIndex round. notify, when not nil, is called once Done is closed, on
+// whichever goroutine finished the read (a Raft worker, usually): it must
+// not block. A read that is never finished costs nothing once it is done.
+func (h *Host) StartRead(g ids.GroupID, notify func()) (*PendingRead, error) {
 	r := h.replica(g)
 	if r == nil {
 		return nil, ErrGroupNotFound
 	}
-	rr := &readRequest{done: make(chan struct{})}
+	rr := &readRequest{done: make(chan struct{}), notify: notify}
 	r.inboxMu.Lock()
 	r.inReads = append(r.inReads, rr)
 	r.inboxMu.Unlock()
 	h.markReady(r)
-	if err := h.waitCtx(ctx, rr.done); err != nil {
-		return nil, err
+	return &PendingRead{r: r, rr: rr}, nil
+}
+
+// FinishRead answers query against vshard for p, which must be done: the
+// read's error, or the replica's state at or after the read index.
+func (h *Host) FinishRead(p *PendingRead, vshard uint32, query []byte) ([]byte, error) {
+	select {
+	case <-p.rr.done:
+	default:
+		return nil, ErrReadNotDone
 	}
-	if rr.err != nil {
-		return nil, rr.err
+	if p.rr.err != nil {
+		return nil, p.rr.err
 	}
-	return h.readLocal(r, vshard, query)
+	return h.readLocal(p.r, vshard, query)
 }
 
 // ReadIndex confirms with a quorum, as Read does, the commit index of g at

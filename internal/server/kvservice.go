@@ -320,6 +320,75 @@ func (s *Server) KVGet(ctx context.Context, key []byte, o ReadOptions) (GetResul
 	return GetResult{Found: r.Found, Value: r.Value, Version: r.Version, VShard: vs}, nil
 }
 
+// PendingGet is a linearizable GET started by StartKVGet. Done is closed
+// once FinishKVGet can answer it.
+type PendingGet interface {
+	Done() <-chan struct{}
+}
+
+// pendingGet is this server's PendingGet: a read started on the leader of
+// the key's group.
+type pendingGet struct {
+	read *cluster.PendingRead
+	vs   uint32
+	q    []byte
+}
+
+func (p *pendingGet) Done() <-chan struct{} { return p.read.Done() }
+
+// StartKVGet starts a linearizable GET of key without waiting for it, when
+// this node leads the key's group and routes the key's vShard there, so
+// that one goroutine can have many GETs in flight and the GETs of a group
+// share its next ReadIndex round. ok is false in every other case (another
+// leader, stale reads, an epoch or input KVGet would refuse, no routing yet):
+// the caller uses KVGet, which also gives the same errors. notify is as for
+// cluster.Node.StartRead: called once Done is closed, it must not block.
+func (s *Server) StartKVGet(key []byte, o ReadOptions, notify func()) (p PendingGet, ok bool) {
+	if o.Consistency != Linearizable || s.view.get() == nil {
+		return nil, false
+	}
+	q, err := kv.EncodeGet(key, s.limits)
+	if err != nil {
+		return nil, false
+	}
+	vs, g := s.Route(key)
+	if s.checkEpoch(vs, o.Epoch) != nil {
+		return nil, false
+	}
+	if _, n, err := s.node.Leader(g); err != nil || n != s.id {
+		return nil, false
+	}
+	if s.checkRoute(&request{group: g, vshard: vs, body: q}) != nil {
+		return nil, false
+	}
+	read, err := s.node.StartRead(g, notify)
+	if err != nil {
+		return nil, false
+	}
+	return &pendingGet{read: read, vs: vs, q: q}, true
+}
+
+// FinishKVGet answers p once it is done. ok is false when the read failed
+// where it started (or p is not this server's) (leadership moved, the replica went away, the node is
+// stopping): the caller reads again through KVGet, which follows the new
+// leader and reports what cannot be helped; a read changes nothing, so
+// reading again is safe.
+func (s *Server) FinishKVGet(p PendingGet) (res GetResult, ok bool, err error) {
+	pg, mine := p.(*pendingGet)
+	if !mine {
+		return GetResult{}, false, nil
+	}
+	out, err := s.node.FinishRead(pg.read, pg.vs, pg.q)
+	if err != nil {
+		return GetResult{}, false, nil
+	}
+	r, err := kv.DecodeGetResponse(out)
+	if err != nil {
+		return GetResult{}, true, s.apiError(err)
+	}
+	return GetResult{Found: r.Found, Value: r.Value, Version: r.Version, VShard: pg.vs}, true, nil
+}
+
 func (s *Server) kvRead(ctx context.Context, g ids.GroupID, vs uint32, q []byte, o ReadOptions) ([]byte, error) {
 	if s.view.get() == nil {
 		return nil, apiErrorf(CodeUnavailable, "no routing on this node yet")
