@@ -369,10 +369,10 @@ func (s *Server) StartKVGet(key []byte, o ReadOptions, notify func()) (p Pending
 }
 
 // FinishKVGet answers p once it is done. ok is false when the read failed
-// where it started (or p is not this server's) (leadership moved, the replica went away, the node is
-// stopping): the caller reads again through KVGet, which follows the new
-// leader and reports what cannot be helped; a read changes nothing, so
-// reading again is safe.
+// where it started (leadership moved, the replica went away, the node is
+// stopping) or p is not this server's: the caller reads again through
+// KVGet, which follows the new leader and reports what cannot be helped; a
+// read changes nothing, so reading again is safe.
 func (s *Server) FinishKVGet(p PendingGet) (res GetResult, ok bool, err error) {
 	pg, mine := p.(*pendingGet)
 	if !mine {
