@@ -151,7 +151,7 @@ type exchange struct {
 	ctxs  []context.Context
 	done  chan multiwire.Response // answers from workers
 	ready chan int                // started GETs whose reads are done
-	gets  []*startedGet           // by request index; nil when not started
+	gets  []startedGet            // by request index; p is nil when not started
 	// getCtx is the context of every started GET (the exchange's requests
 	// share one unless their timeouts differ: GETs with another go to
 	// workers), and started counts those not yet answered.
@@ -208,14 +208,14 @@ func (x *exchange) startGet(i int) bool {
 	}
 	if x.ready == nil {
 		x.ready = make(chan int, len(x.reqs))
-		x.gets = make([]*startedGet, len(x.reqs))
+		x.gets = make([]startedGet, len(x.reqs))
 	}
 	ready := x.ready
 	p, ok := x.svc.StartKVGet(k, o, func() { ready <- i }) // never blocks: room for every request
 	if !ok {
 		return false
 	}
-	x.gets[i] = &startedGet{p: p, key: k}
+	x.gets[i] = startedGet{p: p, key: k}
 	x.getCtx = x.ctxs[i]
 	x.started++
 	return true
@@ -225,52 +225,55 @@ func (x *exchange) startGet(i int) bool {
 // here. With wait false it returns false at once when none is ready.
 func (x *exchange) next(wait bool) (multiwire.Response, bool) {
 	for {
-		var expired <-chan struct{}
-		if x.started > 0 {
-			expired = x.getCtx.Done()
-		}
-		if !wait {
+		var i int
+		if wait {
+			var expired <-chan struct{}
+			if x.started > 0 {
+				expired = x.getCtx.Done()
+			}
 			select {
 			case resp := <-x.done:
 				return resp, true
-			case i := <-x.ready:
-				if resp, ok := x.finishGet(i); ok {
-					return resp, true
-				}
+			case i = <-x.ready:
+			case <-expired:
+				x.expire()
 				continue
+			}
+		} else {
+			select {
+			case resp := <-x.done:
+				return resp, true
+			case i = <-x.ready:
 			default:
 				return multiwire.Response{}, false
 			}
 		}
-		select {
-		case resp := <-x.done:
+		if resp, ok := x.finishGet(i); ok {
 			return resp, true
-		case i := <-x.ready:
-			if resp, ok := x.finishGet(i); ok {
-				return resp, true
-			}
-		case <-expired:
-			// The started GETs' time is up: workers answer them as
-			// their context says (their reads are left to finish).
-			for i, g := range x.gets {
-				if g != nil {
-					x.gets[i] = nil
-					x.toWorker(i)
-				}
-			}
-			x.started = 0
 		}
 	}
+}
+
+// expire hands the started GETs not yet answered to workers, which answer
+// them as their context (now ended) says; their reads are left to finish.
+func (x *exchange) expire() {
+	for i := range x.gets {
+		if x.gets[i].p != nil {
+			x.gets[i] = startedGet{}
+			x.toWorker(i)
+		}
+	}
+	x.started = 0
 }
 
 // finishGet answers started GET i, or hands it to a worker (false) when its
 // read failed where it started.
 func (x *exchange) finishGet(i int) (multiwire.Response, bool) {
 	g := x.gets[i]
-	if g == nil {
+	if g.p == nil {
 		return multiwire.Response{}, false // already handed to a worker
 	}
-	x.gets[i] = nil
+	x.gets[i] = startedGet{}
 	x.started--
 	res, ok, err := x.svc.FinishKVGet(g.p)
 	if !ok {

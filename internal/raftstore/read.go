@@ -112,19 +112,14 @@ func (h *Host) FinishRead(p *PendingRead, vshard uint32, query []byte) ([]byte, 
 // it: every write acknowledged before the call is at or below that index.
 // Stale reads cache it to serve many reads from one round.
 func (h *Host) ReadIndex(ctx context.Context, g ids.GroupID) (uint64, error) {
-	r := h.replica(g)
-	if r == nil {
-		return 0, ErrGroupNotFound
-	}
-	rr := &readRequest{done: make(chan struct{})}
-	r.inboxMu.Lock()
-	r.inReads = append(r.inReads, rr)
-	r.inboxMu.Unlock()
-	h.markReady(r)
-	if err := h.waitCtx(ctx, rr.done); err != nil {
+	p, err := h.StartRead(g, nil)
+	if err != nil {
 		return 0, err
 	}
-	return rr.index, rr.err
+	if err := h.waitCtx(ctx, p.Done()); err != nil {
+		return 0, err
+	}
+	return p.rr.index, p.rr.err
 }
 
 // ReadLocal answers query from this replica's applied state, with no
