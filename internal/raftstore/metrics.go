@@ -24,6 +24,7 @@ type Stats struct {
 	MessagesDropped        atomic.Uint64 // for unknown groups, stale replica IDs, unroutable peers
 	CommitNoticesCoalesced atomic.Uint64 // empty appends covered by a later append in the same Ready
 	AcksCoalesced          atomic.Uint64 // acknowledgements covered by a higher one in the same append batch
+	HeartbeatsSkipped      atomic.Uint64 // heartbeats not sent: an append reached the follower within the interval
 	SnapshotsSent          atomic.Uint64
 	SnapshotsFailed        atomic.Uint64
 	SnapshotsReceived      atomic.Uint64
@@ -81,6 +82,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("messages_sent_total", "Raft messages handed to the transport.", &s.MessagesSent),
 		counter("messages_received_total", "Raft messages received.", &s.MessagesReceived),
 		counter("commit_notices_coalesced_total", "Empty appends (commit notices) not sent because a later append or heartbeat to the same peer carried the same commit index.", &s.CommitNoticesCoalesced),
+		counter("heartbeats_skipped_total", "Heartbeats not sent because the leader had sent the follower an append within the heartbeat interval.", &s.HeartbeatsSkipped),
 		counter("acks_coalesced_total", "Append acknowledgements not sent because a higher one from the same replica to the same leader term left in the same batch.", &s.AcksCoalesced),
 		counter("messages_dropped_total", "Raft messages dropped (unknown group, stale replica, unroutable).", &s.MessagesDropped),
 		counter("snapshots_sent_total", "Snapshots streamed to followers.", &s.SnapshotsSent),

@@ -79,8 +79,14 @@ type replica struct {
 	// noticeArmed says it is running (both under mu).
 	noticeTimer *time.Timer
 	noticeArmed bool
-	destroyed   bool
-	removed     bool // applied a configuration without this replica
+	// clock counts the ticks delivered to the RawNode, and appSent holds,
+	// per peer, the clock when an append was last routed to it: a heartbeat
+	// that follows an append within a heartbeat interval is not sent (see
+	// skipHeartbeat). Both under mu.
+	clock     uint64
+	appSent   []peerClock
+	destroyed bool
+	removed   bool // applied a configuration without this replica
 
 	// valueCacheBytes bounds values, made on the first apply: the replica's
 	// share of the node's budget, set by the host whenever replicas come and
@@ -111,6 +117,12 @@ type replica struct {
 	// has been applied past it).
 	truncAsked    uint64
 	truncProposed uint64
+}
+
+// peerClock is a replica clock reading for one peer (replica ID).
+type peerClock struct {
+	to    uint64
+	clock uint64
 }
 
 type inboundMsg struct {
@@ -181,6 +193,7 @@ func (r *replica) updateSoftState(ss *raft.SoftState) {
 	if ss == nil {
 		return
 	}
+	r.appSent = r.appSent[:0] // a new role or leader: no append of this term is known
 	if prev := r.leader.Swap(ss.Lead); prev != ss.Lead {
 		r.reissueReads()
 	}
