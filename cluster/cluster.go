@@ -113,6 +113,10 @@ type Config struct {
 	// a quorum round per batch of reads; it assumes clocks on different
 	// nodes run at rates within 10% of each other. Off by default.
 	ReadLease bool
+	// NoQuiesce keeps idle groups heartbeating. By default a group with
+	// nothing to do stops its Raft clock (docs/architecture.md,
+	// Quiescence); leases (ReadLease) turn quiescence off.
+	NoQuiesce bool
 	// Workers is the Raft worker pool size. Default GOMAXPROCS.
 	Workers int
 	// LogMaxEntries is the log length that triggers truncation of applied
@@ -199,6 +203,7 @@ func Start(cfg Config) (*Node, error) {
 		HeartbeatTicks:        cfg.HeartbeatTicks,
 		CommitNoticeDelay:     cfg.CommitNoticeDelay,
 		ReadLease:             cfg.ReadLease,
+		NoQuiesce:             cfg.NoQuiesce,
 		Workers:               cfg.Workers,
 		LogMaxEntries:         cfg.LogMaxEntries,
 		LogKeepEntries:        cfg.LogKeepEntries,

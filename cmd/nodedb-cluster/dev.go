@@ -67,6 +67,7 @@ Each node also has an admin socket, DIR/nodeI/admin.sock.`,
 	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().BoolVar(&once, "once", false, "start, self-check, print the status and exit")
 	cmd.Flags().BoolVar(&opts.ReadLease, "read-lease", false, "serve linearizable reads from leader leases (see start --read-lease)")
+	cmd.Flags().BoolVar(&opts.NoQuiesce, "no-quiesce", false, "keep idle groups heartbeating (see start --no-quiesce)")
 	cmd.Flags().IntVar(&opts.PortBase, "port-base", devcluster.DefaultPortBase, "node i listens on 127.0.0.1:(port-base+i), its API on (port-base+1000+i); 0 picks free ports (first run only)")
 	return cmd
 }

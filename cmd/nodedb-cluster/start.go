@@ -129,6 +129,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.DurationVar(&tokenTTL, "first-token-ttl", time.Hour, "with --bootstrap, print a join token valid this long (0: none)")
 	f.DurationVar(&cfg.TickInterval, "tick", 100*time.Millisecond, "Raft tick interval")
 	f.BoolVar(&cfg.ReadLease, "read-lease", false, "serve linearizable reads from the leader's lease, without a quorum round per batch of reads (assumes node clocks run at rates within 10% of each other; docs/architecture.md)")
+	f.BoolVar(&cfg.NoQuiesce, "no-quiesce", false, "keep idle groups heartbeating instead of stopping their Raft clocks (quiescence; needed while older nodes that do not quiesce are in the cluster; docs/architecture.md)")
 	f.DurationVar(&clientExpiry, "client-idle-expiry", time.Hour, "drop a client's exactly-once records in a vShard this long after its last write there (a write retried later applies again; the Go client retries for at most 10 minutes); 0 keeps them forever")
 	f.DurationVar(&cfg.MoveAbortTimeout, "move-abort-timeout", time.Hour, "a replica move not past its point of no return this long after it started is aborted")
 	f.DurationVar(&cfg.NodeGoneAfter, "node-gone-after", 5*time.Minute, "a replica move's target that has not answered the metadata leader this long is gone, and the move is aborted")

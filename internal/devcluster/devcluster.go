@@ -99,6 +99,8 @@ type Options struct {
 	PortBase int
 	// ReadLease turns on read leases (server.Config.ReadLease).
 	ReadLease bool
+	// NoQuiesce keeps idle groups heartbeating (server.Config.NoQuiesce).
+	NoQuiesce bool
 }
 
 // StartWith is Start with every runtime option.
@@ -131,6 +133,7 @@ func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog
 			Dir:       NodeDir(dir, i),
 			Logger:    log.With("dev_node", i),
 			ReadLease: o.ReadLease,
+			NoQuiesce: o.NoQuiesce,
 			Transport: c.Shape.Transport,
 		}
 		if !server.IsNode(cfg.Dir) {

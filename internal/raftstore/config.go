@@ -98,6 +98,10 @@ type Config struct {
 	// of each other (time is measured, never compared across nodes). Off by
 	// default.
 	ReadLease bool
+	// NoQuiesce keeps every group's Raft clock running when the group is
+	// idle (see quiesce.go). By default an idle group stops heartbeating.
+	// Quiescence is off with ReadLease.
+	NoQuiesce bool
 	// ReadCacheBytes is the node's budget for its replicas' caches of values
 	// read by clients (storage.ReadCache), which spare a read of a recently
 	// read key its Pebble search. Each replica gets an even share of it

@@ -199,10 +199,15 @@ func (h *Host) work(w *workerState) {
 }
 
 func (h *Host) send(o outbox) {
+	var now int64
 	for to, msgs := range o {
 		if len(msgs) == 0 {
 			continue
 		}
+		if now == 0 {
+			now = time.Now().UnixNano()
+		}
+		h.sent.note(to, now)
 		h.stats.MessagesSent.Add(uint64(len(msgs)))
 		if err := h.tr.Send(to, msgs); err != nil {
 			h.reportUnreachable(to, msgs)
@@ -251,6 +256,21 @@ func (r *replica) process(w *workerState) error {
 		r.inboxMu.Unlock()
 	}()
 
+	busy := r.wakes(msgs, props, reads, ctrl)
+	if r.quiesced {
+		switch {
+		case busy:
+			r.wake(false)
+		case r.checkDue.Swap(false):
+			if r.quiescedPeerLost(time.Now()) {
+				r.wake(true)
+				break
+			}
+			if r.maybeProposeExpiry(); r.expiry.pending {
+				r.wake(false)
+			}
+		}
+	}
 	for _, f := range ctrl {
 		f()
 	}
@@ -261,6 +281,18 @@ func (r *replica) process(w *workerState) error {
 		r.flushDueNotices(&w.out)
 	}
 	ticks := int(r.ticks.Swap(0))
+	if r.quiesced {
+		ticks = 0 // delivered before the replica quiesced
+	}
+	if busy {
+		r.idleTicks = 0
+	} else if ticks > 0 {
+		r.idleTicks += ticks
+		// A leader idle long enough quiesces instead of ticking.
+		if r.idleTicks >= quiesceIdleTimeouts*r.h.cfg.ElectionTicks && r.isLeader.Load() && r.quiesceLeader(&w.out) {
+			ticks = 0
+		}
+	}
 	for i := 0; i < min(ticks, maxTicksPerProcess); i++ {
 		r.rn.Tick()
 		r.clock++
@@ -271,8 +303,16 @@ func (r *replica) process(w *workerState) error {
 	if ticks > 0 {
 		r.maybeProposeExpiry()
 	}
+	// The last quiescing heartbeat from the leader, unless something that
+	// wakes the replica came after it.
+	var quiesce *raftpb.Message
 	for i := range msgs {
 		m := &msgs[i]
+		if r.wakes(msgs[i:i+1], nil, nil, nil) {
+			quiesce = nil
+		} else if m.msg.Type == raftpb.MsgHeartbeat {
+			quiesce = &m.msg
+		}
 		if !m.local {
 			if _, known := r.applied.NodeOf(ids.ReplicaID(m.msg.From)); !known {
 				r.peers[ids.ReplicaID(m.msg.From)] = m.from
@@ -286,6 +326,9 @@ func (r *replica) process(w *workerState) error {
 	}
 	r.stepProposals(props)
 	r.issueReads(reads, ticks)
+	if quiesce != nil && !r.quiesced {
+		r.quiesceFollower(quiesce)
+	}
 
 	if r.destroyed || !r.rn.HasReady() {
 		return nil

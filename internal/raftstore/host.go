@@ -57,6 +57,11 @@ type Host struct {
 	wg        sync.WaitGroup // driver, ticker, workers, snapshot senders
 	failed    atomic.Pointer[error]
 
+	// heard and sent: when a batch last came from, and last left for, each
+	// node (quiesce.go: liveness of quiesced groups, and pings).
+	heard nodeClocks
+	sent  nodeClocks
+
 	stats     Stats
 	latencies latencies
 }
@@ -490,10 +495,14 @@ func (h *Host) HandleRaft(from ids.NodeID, msgs []transport.Message) {
 		return
 	}
 	h.stats.MessagesReceived.Add(uint64(len(msgs)))
+	h.heard.note(from, time.Now().UnixNano())
 	var touched []*replica
 	var last *replica
 	for i := range msgs {
 		m := &msgs[i]
+		if m.Group == pingGroup {
+			continue // a ping: noted above
+		}
 		r := last
 		if r == nil || r.group != m.Group {
 			r = h.replica(m.Group)
@@ -520,21 +529,38 @@ func (h *Host) tick() {
 	defer h.wg.Done()
 	t := time.NewTicker(h.cfg.TickInterval)
 	defer t.Stop()
+	// Quiesced replicas (quiesce.go) get no ticks; every half election
+	// timeout they are asked to check that their peers' nodes are alive.
+	checkEvery := uint64(max(1, h.cfg.ElectionTicks/2))
+	pingEvery := uint64(h.cfg.HeartbeatTicks)
+	var n uint64
 	for {
 		select {
 		case <-h.stopc:
 			return
 		case <-t.C:
 		}
+		n++
 		h.mu.RLock()
 		all := make([]*replica, 0, len(h.replicas))
 		for _, r := range h.replicas {
+			if r.dormant.Load() {
+				if n%checkEvery == 0 {
+					r.checkDue.Store(true)
+					all = append(all, r)
+				}
+				continue
+			}
 			r.ticks.Add(1)
 			all = append(all, r)
 		}
 		h.mu.RUnlock()
 		h.markAllReady(all)
-		h.snapshots.expire(time.Now().Add(-snapshotIdleTimeout))
+		now := time.Now()
+		if h.quiescence() && n%pingEvery == 0 {
+			h.ping(now)
+		}
+		h.snapshots.expire(now.Add(-snapshotIdleTimeout))
 	}
 }
 

@@ -25,6 +25,8 @@ type Stats struct {
 	CommitNoticesCoalesced atomic.Uint64 // empty appends covered by a later append in the same Ready
 	AcksCoalesced          atomic.Uint64 // acknowledgements covered by a higher one in the same append batch
 	HeartbeatsSkipped      atomic.Uint64 // heartbeats not sent: an append reached the follower within the interval
+	Quiesces               atomic.Uint64 // replicas that stopped their clock (quiesce.go)
+	Wakes                  atomic.Uint64 // quiesced replicas woken
 	SnapshotsSent          atomic.Uint64
 	SnapshotsFailed        atomic.Uint64
 	SnapshotsReceived      atomic.Uint64
@@ -82,6 +84,8 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("messages_sent_total", "Raft messages handed to the transport.", &s.MessagesSent),
 		counter("messages_received_total", "Raft messages received.", &s.MessagesReceived),
 		counter("commit_notices_coalesced_total", "Empty appends (commit notices) not sent because a later append or heartbeat to the same peer carried the same commit index.", &s.CommitNoticesCoalesced),
+		counter("quiesces_total", "Replicas that stopped their Raft clock because their group was idle (quiescence).", &s.Quiesces),
+		counter("wakes_total", "Quiesced replicas whose Raft clock restarted.", &s.Wakes),
 		counter("heartbeats_skipped_total", "Heartbeats not sent because the leader had sent the follower an append within the heartbeat interval.", &s.HeartbeatsSkipped),
 		counter("acks_coalesced_total", "Append acknowledgements not sent because a higher one from the same replica to the same leader term left in the same batch.", &s.AcksCoalesced),
 		counter("messages_dropped_total", "Raft messages dropped (unknown group, stale replica, unroutable).", &s.MessagesDropped),

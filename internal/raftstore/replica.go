@@ -83,10 +83,19 @@ type replica struct {
 	// per peer, the clock when an append was last routed to it: a heartbeat
 	// that follows an append within a heartbeat interval is not sent (see
 	// skipHeartbeat). Both under mu.
-	clock     uint64
-	appSent   []peerClock
-	destroyed bool
-	removed   bool // applied a configuration without this replica
+	clock   uint64
+	appSent []peerClock
+	// Quiescence (quiesce.go): whether r's clock is stopped, since when
+	// (unix nanoseconds), and how many ticks its group has been idle. Under
+	// mu; dormant mirrors quiesced for the ticker, which sets checkDue to
+	// have a quiesced replica check its peers' liveness.
+	quiesced   bool
+	quiescedAt int64
+	idleTicks  int
+	dormant    atomic.Bool
+	checkDue   atomic.Bool
+	destroyed  bool
+	removed    bool // applied a configuration without this replica
 
 	// valueCacheBytes bounds values, made on the first apply: the replica's
 	// share of the node's budget, set by the host whenever replicas come and

@@ -87,6 +87,8 @@ type Config struct {
 	HeartbeatTicks int
 	// ReadLease: see cluster.Config.ReadLease.
 	ReadLease bool
+	// NoQuiesce: see cluster.Config.NoQuiesce.
+	NoQuiesce bool
 	// ClientIdleExpiry: see cluster.Config.ClientIdleExpiry (zero: its
 	// default, an hour; negative: never).
 	ClientIdleExpiry time.Duration

@@ -281,6 +281,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		ElectionTicks:      s.cfg.ElectionTicks,
 		HeartbeatTicks:     s.cfg.HeartbeatTicks,
 		ReadLease:          s.cfg.ReadLease,
+		NoQuiesce:          s.cfg.NoQuiesce,
 		ClientIdleExpiry:   s.cfg.ClientIdleExpiry,
 		CacheBytes:         s.cfg.CacheBytes,
 		MemTableBytes:      s.cfg.MemTableBytes,

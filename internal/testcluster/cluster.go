@@ -48,6 +48,8 @@ type Options struct {
 	CommitNoticeDelay time.Duration
 	// ReadLease turns on leader leases for linearizable reads.
 	ReadLease bool
+	// NoQuiesce keeps idle groups heartbeating (cluster.Config).
+	NoQuiesce bool
 	// LogMaxEntries and LogKeepEntries tune log truncation (defaults of the
 	// cluster package when zero).
 	LogMaxEntries, LogKeepEntries uint64
@@ -257,6 +259,7 @@ func (c *Cluster) StartNode(id ids.NodeID) error {
 		HeartbeatTicks:     c.opts.HeartbeatTicks,
 		CommitNoticeDelay:  c.opts.CommitNoticeDelay,
 		ReadLease:          c.opts.ReadLease,
+		NoQuiesce:          c.opts.NoQuiesce,
 		Workers:            c.opts.Workers,
 		LogMaxEntries:      c.opts.LogMaxEntries,
 		LogKeepEntries:     c.opts.LogKeepEntries,
