@@ -23,10 +23,15 @@ import (
 
 // RPC methods of the control plane.
 const (
-	rpcGroupStatus = "group.status"   // this node's view of a group (JSON)
-	rpcGroupChange = "group.change"   // change a group's membership (leader only)
-	rpcTransfer    = "group.transfer" // move a group's leadership (leader only)
-	rpcMetaState   = "meta.state"     // the sender's applied metadata state
+	rpcGroupStatus = "group.status" // this node's view of a group (JSON)
+	// rpcGroupStatuses is group.status for many groups in one call: the
+	// request is a count and that many group IDs (uvarints), the answer a
+	// JSON array of the statuses in the same order, null for a group this
+	// node does not hold.
+	rpcGroupStatuses = "group.statuses"
+	rpcGroupChange   = "group.change"   // change a group's membership (leader only)
+	rpcTransfer      = "group.transfer" // move a group's leadership (leader only)
+	rpcMetaState     = "meta.state"     // the sender's applied metadata state
 )
 
 // catchUpMaxLag is how far behind the leader's commit index a learner's
@@ -57,6 +62,19 @@ func (s *Server) registerControlRPCs() {
 			return nil, toRPCError(err)
 		}
 		return json.Marshal(st)
+	})
+	s.ep.Handle(rpcGroupStatuses, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
+		groups, err := decodeGroupList(b)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]*cluster.GroupStatus, len(groups))
+		for i, g := range groups {
+			if st, err := s.node.Status(g); err == nil {
+				out[i] = &st
+			}
+		}
+		return json.Marshal(out)
 	})
 	s.ep.Handle(rpcGroupChange, func(ctx context.Context, from ids.NodeID, b []byte) ([]byte, error) {
 		var req changeRequest
@@ -535,19 +553,66 @@ func (s *Server) changeReplicas(ctx context.Context, o *cluster.GroupStatus, g i
 }
 
 // observeAll returns the leader's status of every group that has a leader
-// it could reach, keyed by group.
+// it could reach, keyed by group. It runs on every control pass of the
+// metadata leader, idle or not, so it asks each node once for the status
+// of every group that node is believed to lead (group.statuses) rather
+// than once per group: with many groups the per-group calls were most of
+// an idle cluster's traffic once the groups themselves went quiet. A group
+// whose believed leader does not confirm, and a node that does not answer
+// the batch (one that predates it, say), fall back to observe.
 func (s *Server) observeAll(ctx context.Context, st *metaState) map[uint64]*cluster.GroupStatus {
+	return s.observeAllVia(ctx, s.ep, st)
+}
+
+// observeAllVia is observeAll calling peers through c.
+func (s *Server) observeAllVia(ctx context.Context, c transport.Caller, st *metaState) map[uint64]*cluster.GroupStatus {
 	var mu sync.Mutex
 	out := map[uint64]*cluster.GroupStatus{}
+	byNode := map[ids.NodeID][]ids.GroupID{}
+	var rest []uint64
+	for gid, g := range st.GetGroups() {
+		local, err := s.node.Status(ids.GroupID(gid))
+		switch {
+		case err == nil && local.State == "leader":
+			out[gid] = &local
+		case err == nil && local.LeaderNode != 0 && local.LeaderNode != s.id:
+			byNode[local.LeaderNode] = append(byNode[local.LeaderNode], ids.GroupID(gid))
+		case g.GetLeaderHint() != 0 && ids.NodeID(g.GetLeaderHint()) != s.id:
+			n := ids.NodeID(g.GetLeaderHint())
+			byNode[n] = append(byNode[n], ids.GroupID(gid))
+		default:
+			rest = append(rest, gid)
+		}
+	}
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
-	for gid, g := range st.GetGroups() {
+	for n, groups := range byNode {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			o, err := s.observe(ctx, ids.GroupID(gid), g)
+			sts, err := s.remoteStatuses(ctx, c, n, groups)
+			mu.Lock()
+			defer mu.Unlock()
+			for i, g := range groups {
+				if err == nil && sts[i] != nil && sts[i].State == "leader" {
+					out[uint64(g)] = sts[i]
+				} else {
+					rest = append(rest, uint64(g))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	groups := st.GetGroups()
+	for _, gid := range rest {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			o, err := s.observeVia(ctx, c, ids.GroupID(gid), groups[gid])
 			if err != nil {
 				return
 			}
@@ -560,8 +625,66 @@ func (s *Server) observeAll(ctx context.Context, st *metaState) map[uint64]*clus
 	return out
 }
 
+// remoteStatuses asks node n for its status of each of groups (nil where it
+// holds none), in one call.
+func (s *Server) remoteStatuses(ctx context.Context, c transport.Caller, n ids.NodeID, groups []ids.GroupID) ([]*cluster.GroupStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	b, err := c.Call(ctx, n, rpcGroupStatuses, encodeGroupList(groups))
+	if err != nil {
+		return nil, err
+	}
+	var sts []*cluster.GroupStatus
+	if err := json.Unmarshal(b, &sts); err != nil {
+		return nil, fmt.Errorf("group statuses from node %d: %w", n, err)
+	}
+	if len(sts) != len(groups) {
+		return nil, fmt.Errorf("group statuses from node %d: %d answers to %d groups", n, len(sts), len(groups))
+	}
+	return sts, nil
+}
+
+// encodeGroupList encodes a group.statuses request.
+func encodeGroupList(groups []ids.GroupID) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(groups)))
+	for _, g := range groups {
+		b = binary.AppendUvarint(b, uint64(g))
+	}
+	return b
+}
+
+// decodeGroupList decodes a group.statuses request; the count is bounded by
+// the bytes that follow it (a group ID takes at least one) before anything
+// is allocated.
+func decodeGroupList(b []byte) ([]ids.GroupID, error) {
+	bad := &transport.RPCError{Code: codeInvalid, Message: "malformed group list"}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)-k) {
+		return nil, bad
+	}
+	b = b[k:]
+	groups := make([]ids.GroupID, 0, n)
+	for range n {
+		g, k := binary.Uvarint(b)
+		if k <= 0 {
+			return nil, bad
+		}
+		groups = append(groups, ids.GroupID(g))
+		b = b[k:]
+	}
+	if len(b) != 0 {
+		return nil, bad
+	}
+	return groups, nil
+}
+
 // observe finds group g's leader and returns its status.
 func (s *Server) observe(ctx context.Context, gid ids.GroupID, g *metapb.Group) (*cluster.GroupStatus, error) {
+	return s.observeVia(ctx, s.ep, gid, g)
+}
+
+// observeVia is observe calling peers through c.
+func (s *Server) observeVia(ctx context.Context, c transport.Caller, gid ids.GroupID, g *metapb.Group) (*cluster.GroupStatus, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var candidates []ids.NodeID
@@ -587,7 +710,7 @@ func (s *Server) observe(ctx context.Context, gid ids.GroupID, g *metapb.Group) 
 			continue
 		}
 		tried[n] = true
-		st, err := s.remoteStatus(ctx, n, gid)
+		st, err := s.remoteStatus(ctx, c, n, gid)
 		if err != nil {
 			continue
 		}
@@ -601,8 +724,8 @@ func (s *Server) observe(ctx context.Context, gid ids.GroupID, g *metapb.Group) 
 	return nil, fmt.Errorf("group %d: no leader reachable", gid)
 }
 
-func (s *Server) remoteStatus(ctx context.Context, n ids.NodeID, g ids.GroupID) (*cluster.GroupStatus, error) {
-	b, err := s.ep.Call(ctx, n, rpcGroupStatus, binary.AppendUvarint(nil, uint64(g)))
+func (s *Server) remoteStatus(ctx context.Context, c transport.Caller, n ids.NodeID, g ids.GroupID) (*cluster.GroupStatus, error) {
+	b, err := c.Call(ctx, n, rpcGroupStatus, binary.AppendUvarint(nil, uint64(g)))
 	if err != nil {
 		return nil, err
 	}
