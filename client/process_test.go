@@ -44,23 +44,27 @@ func (p *nodeProc) kill() {
 	}
 }
 
-// TestLinearizableWithAKilledNodeProcess runs three node processes of the
-// built binary, drives them with the Go client (six workers putting,
-// compare-and-setting and reading a few keys), SIGKILLs the node that leads
-// the most groups midway and restarts it, and checks the whole history with
-// porcupine: the client routes around the dead node and no acknowledged
-// write is lost or applied twice.
-func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and runs processes")
-	}
+// procCluster is three node processes of the built binary (ticks of 20ms,
+// 4 data groups of 3 voters each, placed) and a Go client of them.
+type procCluster struct {
+	procs  []*nodeProc
+	bin    string
+	client *Client
+}
+
+func (pc *procCluster) admin(i int) *server.AdminClient {
+	return server.NewAdminClient(pc.procs[i].dir)
+}
+
+// startProcCluster builds the binary, bootstraps node 1, joins two more
+// with tokens and waits until every group has its three voters.
+func startProcCluster(ctx context.Context, t *testing.T) *procCluster {
+	t.Helper()
 	root := t.TempDir()
 	bin := filepath.Join(root, "nodedb-cluster")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	procs := make([]*nodeProc, 3)
 	for i := range procs {
 		dir := filepath.Join(root, fmt.Sprintf("n%d", i+1))
@@ -81,12 +85,12 @@ func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 			logf.Close()
 		})
 	}
+	pc := &procCluster{procs: procs, bin: bin}
 	procs[0].args = append(procs[0].args, "--bootstrap", "--groups", "4", "--vshards", "64")
 	procs[0].start(t, bin)
-	admin := func(i int) *server.AdminClient { return server.NewAdminClient(procs[i].dir) }
 	token := func() string {
 		for {
-			tk, err := admin(0).CreateToken(ctx, time.Minute)
+			tk, err := pc.admin(0).CreateToken(ctx, time.Minute)
 			if err == nil {
 				return tk.Token
 			}
@@ -104,7 +108,7 @@ func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 	var st server.ClusterStatus
 	for placed := false; !placed; {
 		var err error
-		if st, err = admin(0).Cluster(ctx); err == nil {
+		if st, err = pc.admin(0).Cluster(ctx); err == nil {
 			placed = len(st.Nodes) == 3
 			for _, g := range st.Groups {
 				placed = placed && len(g.Voters) == 3 && len(g.Learners) == 0
@@ -123,7 +127,43 @@ func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
+	t.Cleanup(func() { cl.Close() })
+	pc.client = cl
+	return pc
+}
+
+// mostLeader returns the index of the process leading the most groups, and
+// how many it leads.
+func (pc *procCluster) mostLeader(ctx context.Context) (victim, most int) {
+	victim, most = 0, -1
+	if st, err := pc.admin(0).Cluster(ctx); err == nil {
+		count := map[uint64]int{}
+		for _, g := range st.Groups {
+			count[g.Leader]++
+		}
+		for i := range pc.procs {
+			if count[uint64(i+1)] > most {
+				victim, most = i, count[uint64(i+1)]
+			}
+		}
+	}
+	return victim, most
+}
+
+// TestLinearizableWithAKilledNodeProcess runs three node processes of the
+// built binary, drives them with the Go client (six workers putting,
+// compare-and-setting and reading a few keys), SIGKILLs the node that leads
+// the most groups midway and restarts it, and checks the whole history with
+// porcupine: the client routes around the dead node and no acknowledged
+// write is lost or applied twice.
+func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pc := startProcCluster(ctx, t)
+	procs, bin, cl := pc.procs, pc.bin, pc.client
 
 	keys := []string{"p0", "p1", "p2", "{p}3"}
 	h := &history{start: time.Now()}
@@ -182,18 +222,7 @@ func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 	}
 	// The nemesis: SIGKILL the node leading the most groups, restart it.
 	time.Sleep(1500 * time.Millisecond)
-	victim, most := 0, -1
-	if st, err := admin(0).Cluster(ctx); err == nil {
-		count := map[uint64]int{}
-		for _, g := range st.Groups {
-			count[g.Leader]++
-		}
-		for i := range procs {
-			if count[uint64(i+1)] > most {
-				victim, most = i, count[uint64(i+1)]
-			}
-		}
-	}
+	victim, most := pc.mostLeader(ctx)
 	procs[victim].kill()
 	killedAt := h.now()
 	time.Sleep(2 * time.Second)
