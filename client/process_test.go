@@ -57,9 +57,16 @@ func (pc *procCluster) admin(i int) *server.AdminClient {
 }
 
 // startProcCluster builds the binary, bootstraps node 1, joins two more
-// with tokens and waits until every group has its three voters.
-func startProcCluster(ctx context.Context, t *testing.T) *procCluster {
+// with tokens and waits until every group has its three voters. It skips
+// the test with -short, and returns the context that bounds the test (two
+// minutes, ended when the test ends).
+func startProcCluster(t *testing.T) (context.Context, *procCluster) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
 	root := t.TempDir()
 	bin := filepath.Join(root, "nodedb-cluster")
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
@@ -129,7 +136,7 @@ func startProcCluster(ctx context.Context, t *testing.T) *procCluster {
 	}
 	t.Cleanup(func() { cl.Close() })
 	pc.client = cl
-	return pc
+	return ctx, pc
 }
 
 // mostLeader returns the index of the process leading the most groups, and
@@ -157,12 +164,7 @@ func (pc *procCluster) mostLeader(ctx context.Context) (victim, most int) {
 // porcupine: the client routes around the dead node and no acknowledged
 // write is lost or applied twice.
 func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and runs processes")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pc := startProcCluster(ctx, t)
+	ctx, pc := startProcCluster(t)
 	procs, bin, cl := pc.procs, pc.bin, pc.client
 
 	keys := []string{"p0", "p1", "p2", "{p}3"}

@@ -2,7 +2,6 @@ package client
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -50,12 +49,7 @@ func metricSum(api, name string) float64 {
 // elect a leader again, every acknowledged write must read back, and new
 // writes must succeed, within seconds.
 func TestQuietGroupsFailOverAfterSIGKILL(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and runs processes")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	pc := startProcCluster(ctx, t)
+	ctx, pc := startProcCluster(t)
 	cl := pc.client
 	keys := make([]string, 32)
 	for i := range keys {
