@@ -110,8 +110,13 @@ func TestIdleGroupsQuiesce(t *testing.T) {
 	msgs, pings := groupTraffic(c)
 	time.Sleep(time.Second) // 100 ticks, 5-10 election timeouts
 	c.Net.SetHook(nil)
-	if n := msgs.Load(); n != 0 {
-		t.Errorf("quiet groups sent %d Raft messages in a second; want 0 (unquiesced: about 800)", n)
+	// Unquiesced, the groups send about 2,000 messages a second (a
+	// heartbeat and its answer per follower per 10ms tick). A replica may
+	// wake spuriously on a starved machine, when a ping arrives later than
+	// an election timeout (100ms here): a handful of messages, safe, and
+	// not what this checks.
+	if n := msgs.Load(); n > 20 {
+		t.Errorf("quiet groups sent %d Raft messages in a second; want none (a spurious wake: a few)", n)
 	}
 	if pings.Load() == 0 {
 		t.Error("no node pings while every group was quiet: nothing would notice a dead leader")
