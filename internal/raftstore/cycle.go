@@ -302,6 +302,9 @@ func (r *replica) process(w *workerState) error {
 	}
 	if ticks > 0 {
 		r.maybeProposeExpiry()
+		if len(r.staged) > 0 {
+			r.staged.prune(r.appliedIndex.Load())
+		}
 	}
 	// The last quiescing heartbeat from the leader, unless something that
 	// wakes the replica came after it.
@@ -667,8 +670,7 @@ func (r *replica) newAppendJob(m raftpb.Message) *appendJob {
 	j := appendJobPool.Get().(*appendJob)
 	j.r, j.msg = r, m
 	if m.Snapshot != nil {
-		j.staged = r.staged
-		r.staged = nil
+		j.staged = r.staged.take(m.Snapshot.Metadata.Index)
 	}
 	for _, resp := range m.Responses {
 		if resp.To == uint64(r.id) {

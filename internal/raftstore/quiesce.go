@@ -38,13 +38,14 @@ import (
 // pingGroup) whenever it has sent that node nothing for a heartbeat
 // interval, and a quiesced replica checks every half election timeout
 // whether it has heard from the nodes it depends on (a follower from its
-// leader's node, a leader from its followers' nodes) within the last
-// election timeout; if not, it wakes. A follower that wakes so is ticked
-// an election timeout forward at once, as its leader has indeed been
-// silent that long: a group whose leader's node died elects a new leader
-// within about two and a half election timeouts instead of one to two
-// (TestQuiescedGroupElectsAfterLeaderLoss). A leader that wakes so resumes
-// CheckQuorum and steps down if it has lost its quorum.
+// leader's node, a leader from its followers' nodes) within the last two
+// election timeouts (quiescedSilence); if not, it wakes. A follower that
+// wakes so is ticked an election timeout forward at once, as its leader
+// has indeed been silent that long: a group whose leader's node died
+// elects a new leader within two to three and a half election timeouts
+// instead of one to two (TestQuiescedGroupElectsAfterLeaderLoss). A leader
+// that wakes so resumes CheckQuorum and steps down if it has lost its
+// quorum.
 //
 // Never with leader leases (Config.ReadLease): a lease rests on followers'
 // election timers running. Safety never depends on any of this: a quiesced
@@ -163,19 +164,30 @@ func (r *replica) wake(lost bool) {
 	}
 }
 
-// quiescedPeerLost reports whether quiesced r has heard nothing for an
-// election timeout, since it quiesced, from the node it depends on: a
-// follower from its leader's node, a leader from any of its followers'
-// nodes. Caller holds r.mu.
+// quiescedPeerLost reports whether quiesced r has heard nothing for
+// quiescedSilence from the node it depends on (a follower from its
+// leader's node, a leader from any of its followers' nodes), counting the
+// time it has been quiesced as heard. Caller holds r.mu.
 func (r *replica) quiescedPeerLost(now time.Time) bool {
-	since := max(r.quiescedAt, now.Add(-r.h.electionTimeout()).UnixNano())
+	cutoff := now.Add(-quiescedSilence * r.h.electionTimeout()).UnixNano()
+	if r.quiescedAt >= cutoff {
+		return false // quiet for less than that: nothing to tell yet
+	}
 	st := r.rn.BasicStatus()
 	if st.RaftState != raft.StateLeader {
 		n, ok := r.nodeOf(ids.ReplicaID(st.Lead))
-		return !ok || r.h.heard.get(n) < since
+		return !ok || r.h.heard.get(n) < cutoff
 	}
-	return !r.peersHeardSince(since)
+	return !r.peersHeardSince(cutoff)
 }
+
+// quiescedSilence is how long, in election timeouts, a quiesced replica
+// waits without hearing from a node it depends on before it wakes as if
+// its peer were lost. Longer than the election timeout itself: an awake
+// follower's timer counts its own ticks, so a stall of its whole process
+// delays its election too, while wall-clock silence would not be so
+// forgiving of a node that was merely slow.
+const quiescedSilence = 2
 
 // peersHeardSince reports whether this node has heard from the node of
 // every other replica of r's group since t (unix nanoseconds). Caller holds
@@ -224,7 +236,7 @@ func (r *replica) quiesceLeader(o *outbox) bool {
 // holds r.mu.
 func (r *replica) leaderCanQuiesce() bool {
 	if !r.h.quiescence() || len(r.pending) > 0 || len(r.heldConfChanges) > 0 || len(r.reads) > 0 ||
-		len(r.heldReads) > 0 || len(r.waiting) > 0 || r.staged != nil || r.expiry.pending || r.rn.HasReady() {
+		len(r.heldReads) > 0 || len(r.waiting) > 0 || len(r.staged) > 0 || r.expiry.pending || r.rn.HasReady() {
 		return false
 	}
 	st := r.rn.BasicStatus()
@@ -249,7 +261,7 @@ func (r *replica) leaderCanQuiesce() bool {
 // heartbeat carries and waits for nothing. Caller holds r.mu.
 func (r *replica) quiesceFollower(hb *raftpb.Message) {
 	if !r.h.quiescence() || len(r.pending) > 0 || len(r.reads) > 0 || len(r.heldReads) > 0 ||
-		len(r.waiting) > 0 || r.staged != nil {
+		len(r.waiting) > 0 || len(r.staged) > 0 {
 		return
 	}
 	st := r.rn.BasicStatus()

@@ -68,7 +68,7 @@ type replica struct {
 	reads      map[uint64]*readBatch // ReadIndex requests in flight, by request ID
 	heldReads  []*readRequest        // reads waiting for the round in flight to end, see issueReads
 	waiting    []*readRequest        // reads with a read index, waiting for apply
-	staged     *stagedSnapshot       // received snapshot not yet installed
+	staged     stagedSnapshots       // received snapshots not yet installed
 	clients    dedupCache            // exactly-once client records, see dedupCache
 	values     *storage.ValueCache   // the apply path's view of the user areas, see ValueCache
 	readCache  *storage.ReadCache    // values read by clients; set at creation, nil when off
@@ -191,10 +191,7 @@ func (r *replica) failAll(err error) {
 		rr.finish(0, err)
 	}
 	r.waiting = nil
-	if r.staged != nil {
-		r.staged.discard()
-		r.staged = nil
-	}
+	r.staged.discardAll()
 }
 
 // updateSoftState refreshes the cached leadership fields.

@@ -322,6 +322,66 @@ type stagedSnapshot struct {
 
 func (s *stagedSnapshot) discard() { _ = os.Remove(s.path) }
 
+// stagedSnapshots are the snapshots a replica received and has not
+// installed yet. Usually one; more when a leader's retries cross (under
+// loss, a slow stream of an older snapshot can finish after a newer one):
+// each received snapshot is stepped into Raft, which accepts only one
+// newer than its commit index, and the install takes the staged data of
+// the index Raft hands out, whatever the order they arrived in. (Keeping
+// only the last one received once lost the accepted one to an older
+// arrival: the install found no data for its index and stopped the node.)
+type stagedSnapshots []*stagedSnapshot
+
+// add keeps s, replacing one staged for the same index.
+func (ss *stagedSnapshots) add(s *stagedSnapshot) {
+	for i, o := range *ss {
+		if o.index == s.index {
+			o.discard()
+			(*ss)[i] = s
+			return
+		}
+	}
+	*ss = append(*ss, s)
+}
+
+// take removes and returns the snapshot staged for index (nil if none) and
+// discards every other one at or below it, which Raft will never accept
+// once it holds index.
+func (ss *stagedSnapshots) take(index uint64) *stagedSnapshot {
+	var found *stagedSnapshot
+	kept := (*ss)[:0]
+	for _, s := range *ss {
+		switch {
+		case s.index == index && found == nil:
+			found = s
+		case s.index <= index:
+			s.discard()
+		default:
+			kept = append(kept, s)
+		}
+	}
+	clear((*ss)[len(kept):])
+	*ss = kept
+	return found
+}
+
+// prune discards the snapshots staged at or below applied: Raft refused
+// them or another got there first.
+func (ss *stagedSnapshots) prune(applied uint64) {
+	if s := ss.take(applied); s != nil {
+		s.discard()
+	}
+}
+
+// discardAll discards every staged snapshot.
+func (ss *stagedSnapshots) discardAll() {
+	for _, s := range *ss {
+		s.discard()
+	}
+	clear(*ss)
+	*ss = (*ss)[:0]
+}
+
 // frameReader reads and verifies frames.
 type frameReader struct {
 	r   *bufio.Reader
@@ -441,10 +501,7 @@ func (h *Host) receiveSnapshot(ctx context.Context, from ids.NodeID, stream io.R
 	ok = true
 	msg := m
 	r.enqueueCtrl(func() {
-		if r.staged != nil {
-			r.staged.discard()
-		}
-		r.staged = staged
+		r.staged.add(staged)
 		if _, known := r.applied.NodeOf(ids.ReplicaID(msg.From)); !known {
 			r.peers[ids.ReplicaID(msg.From)] = from
 		}
