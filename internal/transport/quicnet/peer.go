@@ -3,6 +3,7 @@ package quicnet
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/ids"
@@ -154,8 +155,8 @@ func (p *peer) session(ctx context.Context) (*session, error) {
 		}
 		p.dialErr = nil
 		p.mu.Unlock()
-		if testHookDialed != nil {
-			testHookDialed()
+		if hook := testHookDialed.Load(); hook != nil {
+			(*hook)()
 		}
 		p.register(s)
 		close(ch)
@@ -213,8 +214,9 @@ func (p *peer) register(s *session) {
 }
 
 // testHookDialed, when set, runs after a dial succeeds and before its
-// connection is registered (tests close the endpoint there).
-var testHookDialed func()
+// connection is registered (tests close the endpoint there). Atomic: a test
+// sets it while other endpoints' dials may be reading it.
+var testHookDialed atomic.Pointer[func()]
 
 // better reports whether connection a should replace b.
 func better(a, b *session, local, remote ids.NodeID) bool {

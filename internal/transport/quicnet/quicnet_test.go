@@ -666,7 +666,7 @@ func TestCloseDuringADial(t *testing.T) {
 
 	closed := make(chan struct{})
 	var once sync.Once
-	testHookDialed = func() {
+	hook := func() {
 		once.Do(func() {
 			go func() {
 				e1.Close()
@@ -681,7 +681,8 @@ func TestCloseDuringADial(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		})
 	}
-	t.Cleanup(func() { testHookDialed = nil })
+	testHookDialed.Store(&hook)
+	t.Cleanup(func() { testHookDialed.Store(nil) })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
