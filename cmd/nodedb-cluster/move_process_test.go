@@ -78,8 +78,9 @@ type supervisedCluster struct {
 	t       *testing.T
 	procs   []*proc
 	crashes atomic.Int64
-	exits   chan int // index of a proc that exited with 86
-	wg      sync.WaitGroup
+	exits   chan int       // index of a proc that exited with 86
+	wg      sync.WaitGroup // the watchers
+	stopped chan struct{}  // closed when supervise has returned
 	mu      sync.Mutex
 	pending []string     // armed failpoints, disarmed everywhere one per crash
 	bad     atomic.Value // string: an unexpected exit
@@ -113,14 +114,17 @@ func outsiderOf(st server.ClusterStatus, g server.GroupInfo) uint64 {
 // superviseCluster watches procs, restarts those that exit with status
 // 86 until the test ends, and then kills them all.
 func superviseCluster(ctx context.Context, t *testing.T, procs []*proc) *supervisedCluster {
-	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16)}
+	c := &supervisedCluster{t: t, procs: procs, exits: make(chan int, 16), stopped: make(chan struct{})}
 	for i := range procs {
 		c.watch(i)
 	}
 	sctx, stop := context.WithCancel(ctx)
 	c.supervise(sctx)
 	t.Cleanup(func() {
+		// The supervisor may be restarting a node: it must be done before
+		// the processes are read and killed.
 		stop()
+		<-c.stopped
 		for _, p := range procs {
 			if p.cmd != nil && p.cmd.Process != nil {
 				p.cmd.Process.Kill() // the watchers reap them
@@ -146,9 +150,10 @@ func (c *supervisedCluster) watch(i int) {
 	})
 }
 
-// supervise restarts crashed nodes until ctx ends.
+// supervise restarts crashed nodes until ctx ends, then closes c.stopped.
 func (c *supervisedCluster) supervise(ctx context.Context) {
-	c.wg.Go(func() {
+	go func() {
+		defer close(c.stopped)
 		for {
 			select {
 			case <-ctx.Done():
@@ -173,7 +178,7 @@ func (c *supervisedCluster) supervise(ctx context.Context) {
 				c.watch(i)
 			}
 		}
-	})
+	}()
 }
 
 // status returns the cluster status from the first node that answers.
