@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
 )
@@ -89,36 +89,18 @@ func (p *proc) kill() {
 	p.cmd = nil
 }
 
-func freeTCPPorts(t *testing.T, n int) []string {
-	var out []string
-	var lns []net.Listener
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		out = append(out, ln.Addr().String())
-	}
-	for _, l := range lns {
-		l.Close()
-	}
-	return out
-}
+func freeTCPPorts(t *testing.T, n int) []string { return freePorts(t, n, freeport.TCP) }
 
-func freeUDPPorts(t *testing.T, n int) []string {
+func freeUDPPorts(t *testing.T, n int) []string { return freePorts(t, n, freeport.UDP) }
+
+func freePorts(t *testing.T, n int, free func() (string, error)) []string {
 	var out []string
-	var conns []net.PacketConn
 	for range n {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		addr, err := free()
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, pc)
-		out = append(out, pc.LocalAddr().String())
-	}
-	for _, c := range conns {
-		c.Close()
+		out = append(out, addr)
 	}
 	return out
 }

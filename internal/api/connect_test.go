@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -21,6 +20,7 @@ import (
 
 	kvv1 "github.com/nodedb/nodedb-cluster/api/kv/v1"
 	"github.com/nodedb/nodedb-cluster/api/kv/v1/kvv1connect"
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
@@ -33,12 +33,11 @@ const connectVShards = 16
 
 func connectFreeUDP(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, err := freeport.UDP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	return addr
 }
 
 // connectTestLog logs to stderr when NODEDB_TEST_LOG is set.

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/api"
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
@@ -31,22 +31,20 @@ type Cluster struct {
 
 // FreeUDP returns a free UDP address on 127.0.0.1.
 func FreeUDP(t testing.TB) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, err := freeport.UDP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	return addr
 }
 
 // FreeTCP returns a free TCP address on 127.0.0.1.
 func FreeTCP(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.TCP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // Log discards logs unless NODEDB_TEST_LOG is set.

@@ -12,13 +12,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/api"
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/vshard"
@@ -142,15 +142,15 @@ func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog
 			cfg.Listen = fmt.Sprintf("127.0.0.1:%d", portBase+i)
 			cfg.API = fmt.Sprintf("127.0.0.1:%d", portBase+APIPortOffset+i)
 			if portBase == 0 {
-				free := freeUDPAddr
+				free := freeport.UDP
 				if c.Shape.Transport == server.TransportTCP {
-					free = freeTCPAddr
+					free = freeport.TCP
 				}
 				if cfg.Listen, err = free(); err != nil {
 					_ = c.Stop()
 					return nil, err
 				}
-				if cfg.API, err = freeTCPAddr(); err != nil {
+				if cfg.API, err = freeport.TCP(); err != nil {
 					_ = c.Stop()
 					return nil, err
 				}
@@ -199,24 +199,6 @@ func StartWith(ctx context.Context, dir string, want Shape, o Options, log *slog
 		}
 	}
 	return c, nil
-}
-
-func freeTCPAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
-
-func freeUDPAddr() (string, error) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer pc.Close()
-	return pc.LocalAddr().String(), nil
 }
 
 // Stop stops every node.

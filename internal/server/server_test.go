@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nodedb/nodedb-cluster/internal/failpoint"
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/kv"
 	"github.com/nodedb/nodedb-cluster/internal/meta"
@@ -50,20 +50,15 @@ func (c *testCluster) config(dir string) Config {
 // on transport (UDP for QUIC, the default; TCP for TransportTCP).
 func freeAddr(t *testing.T, transport string) string {
 	t.Helper()
+	free := freeport.UDP
 	if transport == TransportTCP {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		return ln.Addr().String()
+		free = freeport.TCP
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	addr, err := free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	return addr
 }
 
 func testLogger(t *testing.T) *slog.Logger {

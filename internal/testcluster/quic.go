@@ -1,13 +1,12 @@
 package testcluster
 
 import (
-	"io"
 	"log/slog"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
@@ -41,25 +40,13 @@ func newQUICNet(t testing.TB, nodes int, tcp bool) *quicNet {
 		if q.ids[id], err = ca.NewNodeIdentity(id, []string{"127.0.0.1"}, false); err != nil {
 			t.Fatal(err)
 		}
-		// Reserve a port: bind, note it, release it for the node to take.
-		var c io.Closer
+		free := freeport.UDP
 		if tcp {
-			var ln net.Listener
-			ln, err = net.Listen("tcp", "127.0.0.1:0")
-			if err == nil {
-				q.addrs[id], c = ln.Addr().String(), ln
-			}
-		} else {
-			var pc net.PacketConn
-			pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-			if err == nil {
-				q.addrs[id], c = pc.LocalAddr().String(), pc
-			}
+			free = freeport.TCP
 		}
-		if err != nil {
+		if q.addrs[id], err = free(); err != nil {
 			t.Fatal(err)
 		}
-		c.Close()
 	}
 	return q
 }

@@ -16,6 +16,7 @@ import (
 
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/pki"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
@@ -240,12 +241,10 @@ func TestUnknownPeerIsUnreachable(t *testing.T) {
 	}
 	// A known address where nobody listens: unreachable, and fast during
 	// the backoff.
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.TCP()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := dead.Addr().String()
-	dead.Close()
 	e1.SetPeer(3, addr)
 	if _, err := e1.Call(context.Background(), 3, "x", nil); !errors.Is(err, transport.ErrUnreachable) {
 		t.Fatalf("Call to a dead address: %v, want ErrUnreachable", err)
