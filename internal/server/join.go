@@ -136,18 +136,29 @@ func (s *Server) join(ctx context.Context) error {
 type joinDialer func(ctx context.Context, addr, caHash string, req []byte) ([]byte, *x509.Certificate, error)
 
 // requestJoin sends the join request, following redirects to the metadata
-// leader and retrying while the cluster cannot answer, until ctx ends.
+// leader and retrying while the cluster cannot answer or the node is busy
+// with other joins, until ctx ends. A request the node refused as such
+// (malformed, too large) fails at once.
 func requestJoin(ctx context.Context, dial joinDialer, transportName, addr, caHash string, req []byte, log *slog.Logger) (*metapb.JoinResponse, *x509.Certificate, error) {
 	backoff := 100 * time.Millisecond
 	var last error
-	warned := false
+	warned, warnedBusy := false, false
 	for hops := 0; ; {
 		b, caCert, err := dial(ctx, addr, caHash, req)
 		if errors.Is(err, transport.ErrCAMismatch) {
 			return nil, nil, fmt.Errorf("%s is not the cluster the token names: %w", addr, err)
 		}
 		var refused *transport.Refusal
-		if err != nil && !warned && !errors.As(err, &refused) { // the dial failed; no answer
+		if errors.As(err, &refused) && refused.Reason != transport.RefusalBusy {
+			// The node read our request and refused it (malformed, too
+			// large): sending it again changes nothing.
+			return nil, nil, fmt.Errorf("join via %s: %w", addr, err)
+		}
+		if refused != nil && !warnedBusy {
+			warnedBusy = true
+			log.Info("the node to join is serving as many joins as it allows; retrying", "addr", addr)
+		}
+		if err != nil && !warned && refused == nil { // the dial failed; no answer
 			// Said once, early: a node on the other transport never
 			// answers, and the join would otherwise be silent until its
 			// timeout.

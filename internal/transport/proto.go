@@ -67,6 +67,11 @@ type Refusal struct {
 
 func (r *Refusal) Error() string { return fmt.Sprintf("refused (%s): %s", r.Reason, r.Message) }
 
+// RefusalBusy is the Reason of a join refused because the node serves as
+// many join connections or requests as it allows: the one refusal worth
+// retrying as it is.
+const RefusalBusy = "busy"
+
 // ErrMalformedControl is wrapped by decoding errors of control payloads.
 var ErrMalformedControl = errors.New("transport: malformed control payload")
 

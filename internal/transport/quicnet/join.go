@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -292,7 +293,7 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 		if vErr != nil {
 			return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, vErr)
 		}
-		return nil, nil, fmt.Errorf("quicnet: join: connect to %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("quicnet: join: connect to %s: %w", addr, joinRefusal(err))
 	}
 	defer conn.CloseWithError(codeNormal, "")
 	if ca == nil || conn.ConnectionState().TLS.NegotiatedProtocol != JoinALPN {
@@ -303,7 +304,7 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 
 	st, err := conn.OpenStreamSync(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("quicnet: join %s: open stream: %w", addr, err)
+		return nil, nil, fmt.Errorf("quicnet: join %s: open stream: %w", addr, joinRefusal(err))
 	}
 	stop := context.AfterFunc(ctx, func() {
 		st.CancelRead(0)
@@ -315,7 +316,23 @@ func Join(ctx context.Context, addr string, caHash string, req []byte) (resp []b
 	}
 	resp, err = transport.ExchangeJoin(ctx, st, st.Close, req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, err)
+		return nil, nil, fmt.Errorf("quicnet: join %s: %w", addr, joinRefusal(err))
 	}
 	return resp, ca, nil
+}
+
+// joinRefusal returns the *transport.Refusal (reason transport.RefusalBusy)
+// that the join server's busy signals stand for: the connection closed with
+// codeJoinBusy, or the request's stream reset with streamJoinBusy. Other
+// errors are returned as they are.
+func joinRefusal(err error) error {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == codeJoinBusy {
+		return &transport.Refusal{Reason: transport.RefusalBusy, Message: ae.ErrorMessage}
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode == streamJoinBusy {
+		return &transport.Refusal{Reason: transport.RefusalBusy, Message: "too many join requests on the connection"}
+	}
+	return err
 }

@@ -395,6 +395,30 @@ func TestJoinStreamsPerConnectionBounded(t *testing.T) {
 	}
 }
 
+// TestJoinBusyIsARefusal: a joiner turned away because the node serves as
+// many join connections as it allows gets a *transport.Refusal with reason
+// busy, which the joining node retries, not a bare QUIC error.
+func TestJoinBusyIsARefusal(t *testing.T) {
+	p := newPKI(t)
+	h := &joinHandler{}
+	e1 := p.joinEndpoint(t, 1, newRecorder(), h, false)
+	for range MaxJoinConns {
+		rawJoinDial(t, e1)
+	}
+	waitFor(t, "every join slot taken", func() bool { return e1.JoinStats().Conns.Load() == MaxJoinConns })
+	_, _, err := Join(joinCtx(t), e1.Addr().String(), p.ca.PublicKeyHash(), []byte("r"))
+	var rf *transport.Refusal
+	if !errors.As(err, &rf) || rf.Reason != transport.RefusalBusy {
+		t.Fatalf("join beyond the connection limit: %v, want a busy refusal", err)
+	}
+	if h.calls.Load() != 0 {
+		t.Fatalf("%d join calls", h.calls.Load())
+	}
+	if got := joinRefusal(errors.New("other")); got.Error() != "other" {
+		t.Fatalf("joinRefusal changed an unrelated error: %v", got)
+	}
+}
+
 func TestIdleJoinConnectionIsClosed(t *testing.T) {
 	p := newPKI(t)
 	saved := joinIdleTimeout

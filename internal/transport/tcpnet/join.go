@@ -25,6 +25,9 @@ var joinIOTimeout = 10 * time.Second
 const (
 	joinDrainBytes   = 1 << 20
 	joinDrainTimeout = 2 * time.Second
+	// joinBusyTimeout bounds the refusal of a connection beyond
+	// MaxJoinConns: it holds no slot, so it is kept short.
+	joinBusyTimeout = 500 * time.Millisecond
 )
 
 // JoinStats returns the counters of the join channel (all zero when
@@ -37,7 +40,14 @@ func (e *Endpoint) serveJoin(tc *tls.Conn) {
 	select {
 	case e.joinSlots <- struct{}{}:
 	default:
+		// Said, so that the joiner knows to retry (as over QUIC), within
+		// a short bound: this connection holds no slot.
 		e.joinStats.Refused.Add(1)
+		tc.SetDeadline(time.Now().Add(joinBusyTimeout))
+		busy := transport.Refusal{Reason: transport.RefusalBusy, Message: "too many join connections"}
+		if transport.WriteFrame(tc, transport.FrameRefuse, busy.Encode(nil)) == nil {
+			drainRefused(tc, joinBusyTimeout)
+		}
 		return
 	}
 	defer func() { <-e.joinSlots }()
@@ -68,20 +78,20 @@ func (e *Endpoint) serveJoin(tc *tls.Conn) {
 	e.cfg.Logger.Warn("refused join request", "remote", tc.RemoteAddr(), "reason", refusal.Reason, "msg", refusal.Message)
 	tc.SetDeadline(time.Now().Add(joinIOTimeout))
 	if transport.WriteFrame(tc, transport.FrameRefuse, refusal.Encode(nil)) == nil {
-		drainRefused(tc)
+		drainRefused(tc, joinDrainTimeout)
 	}
 }
 
 // drainRefused half-closes a refused join connection and discards what the
 // client still sends, within bounds (see joinDrainBytes).
-func drainRefused(tc *tls.Conn) {
+func drainRefused(tc *tls.Conn, timeout time.Duration) {
 	if tc.CloseWrite() != nil {
 		return
 	}
 	if cw, ok := tc.NetConn().(interface{ CloseWrite() error }); ok {
 		_ = cw.CloseWrite()
 	}
-	tc.SetReadDeadline(time.Now().Add(joinDrainTimeout))
+	tc.SetReadDeadline(time.Now().Add(timeout))
 	_, _ = io.Copy(io.Discard, io.LimitReader(tc, joinDrainBytes))
 }
 

@@ -122,6 +122,32 @@ func TestJoinSendsNothingToAnUnprovenServer(t *testing.T) {
 	}
 }
 
+// TestJoinBusyIsARefusal: a joiner turned away because the node serves as
+// many join connections as it allows reads a busy refusal, which the joining
+// node retries, as over QUIC.
+func TestJoinBusyIsARefusal(t *testing.T) {
+	p := newPKI(t)
+	h := &echoJoin{}
+	e1 := p.joinEndpoint(t, 1, h, false)
+	// Joiners that never send their request hold every slot.
+	for range transport.MaxJoinConns {
+		c, err := rawDial(t, e1, &tls.Config{NextProtos: []string{transport.JoinALPN}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	waitFor(t, "every join slot taken", func() bool { return e1.JoinStats().Conns.Load() == transport.MaxJoinConns })
+	_, _, err := Join(joinCtx(t), e1.Addr().String(), p.ca.PublicKeyHash(), []byte("r"))
+	var rf *transport.Refusal
+	if !errors.As(err, &rf) || rf.Reason != transport.RefusalBusy {
+		t.Fatalf("join beyond the connection limit: %v, want a busy refusal", err)
+	}
+	if h.calls.Load() != 0 {
+		t.Fatalf("%d join calls", h.calls.Load())
+	}
+}
+
 func TestJoinRequestBound(t *testing.T) {
 	p := newPKI(t)
 	h := &echoJoin{}
