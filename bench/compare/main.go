@@ -231,6 +231,11 @@ type conditions struct {
 	IdleCPU map[string]float64 `json:"idle_server_cpu_cores"`
 	IdleS   float64            `json:"idle_s"`
 	Root    string             `json:"root"`
+	// DiskSyncP50Ms and DiskSyncMeanMs are the data dir's file system
+	// alone, before any server starts: 4 KiB appends to a new file, each
+	// followed by fdatasync (diskSyncs).
+	DiskSyncP50Ms  float64 `json:"disk_sync_p50_ms,omitempty"`
+	DiskSyncMeanMs float64 `json:"disk_sync_mean_ms,omitempty"`
 }
 
 type report struct {
@@ -451,6 +456,12 @@ func runAll(ctx context.Context, o options) (err error) {
 		EtcdTarget:    o.etcdTarget,
 		Root:          root,
 	}}
+	if p50, mean, err := diskSyncs(root, 200); err != nil {
+		logf("%v", err)
+	} else {
+		rep.Conditions.DiskSyncP50Ms, rep.Conditions.DiskSyncMeanMs = ms(p50), ms(mean)
+		logf("disk: 4 KiB append + fdatasync p50 %.3f ms, mean %.3f ms", ms(p50), ms(mean))
+	}
 	var loss *netloss.Table
 	if o.peerLoss != 0 {
 		if loss, err = netloss.Install(ctx, "nodedb_bench_loss", o.peerLoss, netloss.OnArrival); err != nil {
@@ -686,7 +697,6 @@ func runWorkload(ctx context.Context, s system, w workload, keys [][]byte, value
 			return row{}, fmt.Errorf("%s exited during %s: %v\n%s", p.name, w.Name, p.err, p.tail(20))
 		}
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	r := row{
 		Workload: w.Name, System: s.name(), Clients: w.Clients, ReadRatio: w.ReadRatio,
 		Ops: res.Ops, Errors: res.Errors, Seconds: res.Seconds, OpsPerSec: res.OpsPerSec,
@@ -809,6 +819,9 @@ func printReport(out io.Writer, rep report) {
 			tlsWord(c.EtcdPeerTLS), tlsWord(c.EtcdClientTLS), c.EtcdTarget, c.EtcdConns))
 	}
 	fmt.Fprintf(out, "%s, all on 127.0.0.1 and one disk, fsync on\n", strings.Join(parts, " and "))
+	if c.DiskSyncP50Ms > 0 {
+		fmt.Fprintf(out, "the disk alone, before the servers start: 4 KiB append + fdatasync p50 %.3f ms, mean %.3f ms (200 syncs)\n", c.DiskSyncP50Ms, c.DiskSyncMeanMs)
+	}
 	if c.PeerLossPct > 0 {
 		fmt.Fprintf(out, "%v%% of the packets between members dropped at random, both systems, both directions (nftables): %d of %d over the run\n",
 			c.PeerLossPct, c.PeerDropped, c.PeerPackets)

@@ -358,7 +358,6 @@ func runShape(ctx context.Context, sys string, sh shape, g groupOptions, cmds []
 		wk.next = (wk.next + 1) % sh.Groups
 		return s.propose(ctx, grp, cmds[wk.rng.IntN(len(cmds))])
 	})
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	idle := r.IdleCores
 	r = row{
 		IdleCores: idle, Workload: sh.name(), System: sys, Clients: sh.Proposers,
