@@ -58,7 +58,7 @@ func pickIn(network string, low, high, span int) (string, error) {
 				continue
 			}
 			addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-			if probe(network, addr) != nil {
+			if _, err := bind(network, addr); err != nil {
 				continue // in use
 			}
 			issued[key] = true
@@ -68,7 +68,7 @@ func pickIn(network string, low, high, span int) (string, error) {
 	// No room below the ephemeral range, or all draws were taken: an
 	// ephemeral port, as before.
 	for range attempts {
-		addr, err := kernelPort(network)
+		addr, err := bind(network, "127.0.0.1:0")
 		if err != nil {
 			return "", err
 		}
@@ -81,33 +81,18 @@ func pickIn(network string, low, high, span int) (string, error) {
 	return "", fmt.Errorf("freeport: no free %s port on 127.0.0.1", network)
 }
 
-// probe binds addr and releases it.
-func probe(network, addr string) error {
+// bind binds addr on network, releases it, and returns the address bound
+// (the kernel's choice for port 0).
+func bind(network, addr string) (string, error) {
 	if network == "udp" {
 		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return err
-		}
-		return pc.Close()
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	return ln.Close()
-}
-
-// kernelPort returns the address of a port the kernel picks (port 0).
-func kernelPort(network string) (string, error) {
-	if network == "udp" {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			return "", err
 		}
 		defer pc.Close()
 		return pc.LocalAddr().String(), nil
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return "", err
 	}

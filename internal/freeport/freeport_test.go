@@ -30,7 +30,7 @@ func TestPortsAreBindableAndOutsideTheEphemeralRange(t *testing.T) {
 			if low-lowest >= minSpan && (port < lowest || port >= low) {
 				t.Fatalf("%s port %d is outside [%d, %d)", network, port, lowest, low)
 			}
-			if err := probe(network, addr); err != nil {
+			if _, err := bind(network, addr); err != nil {
 				t.Fatalf("%s %s cannot be bound: %v", network, addr, err)
 			}
 		}
