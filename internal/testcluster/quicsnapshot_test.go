@@ -205,11 +205,15 @@ func TestSnapshotSenderStopsMidStream(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	// A founding follower may have needed a snapshot of its own while the
+	// group filled (on a slow machine, or under the race detector): count
+	// from here.
+	sent0, failed0 := leader.Stats().SnapshotsSent.Load(), leader.Stats().SnapshotsFailed.Load()
 	if err := c.StopNode(leader.ID()); err != nil {
 		t.Fatalf("stop the sender mid-stream: %v", err)
 	}
-	if sent, failed := leader.Stats().SnapshotsSent.Load(), leader.Stats().SnapshotsFailed.Load(); sent != 0 || failed != 1 {
-		t.Fatalf("the stopped sender reports %d snapshots sent and %d failed, want 0 and 1", sent, failed)
+	if sent, failed := leader.Stats().SnapshotsSent.Load()-sent0, leader.Stats().SnapshotsFailed.Load()-failed0; sent != 0 || failed < 1 {
+		t.Fatalf("stopping the sender mid-stream counted %d snapshots sent and %d failed, want 0 and at least 1", sent, failed)
 	}
 	if _, err := c.WaitConverged(ctx, g); err != nil {
 		t.Fatal(err)
