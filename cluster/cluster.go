@@ -44,13 +44,15 @@ type (
 
 // Re-exported so that embedders need only this package.
 type (
-	StateMachine  = statemachine.StateMachine
-	Proposal      = raftstore.Proposal
-	PendingRead   = raftstore.PendingRead
-	GroupStatus   = raftstore.GroupStatus
-	ReplicaChange = raftstore.ReplicaChange
-	Replica       = storage.ReplicaDesc
-	Stats         = raftstore.Stats
+	StateMachine = statemachine.StateMachine
+	Proposal     = raftstore.Proposal
+	PendingRead  = raftstore.PendingRead
+	// PendingProposal is a proposal started by Node.StartPropose.
+	PendingProposal = raftstore.PendingProposal
+	GroupStatus     = raftstore.GroupStatus
+	ReplicaChange   = raftstore.ReplicaChange
+	Replica         = storage.ReplicaDesc
+	Stats           = raftstore.Stats
 )
 
 // Replica change operations.
@@ -73,6 +75,7 @@ var (
 	ErrReplicaTombstoned  = raftstore.ErrReplicaTombstoned
 	ErrTransferAborted    = raftstore.ErrTransferAborted
 	ErrReadNotDone        = raftstore.ErrReadNotDone
+	ErrProposalNotDone    = raftstore.ErrProposalNotDone
 	// ErrWrongNode is returned when a data dir belongs to another node.
 	ErrWrongNode = errors.New("cluster: data dir belongs to another node")
 )
@@ -292,6 +295,16 @@ func (n *Node) DestroyReplica(g GroupID) error { return n.host.DestroyReplica(g)
 func (n *Node) Propose(ctx context.Context, g GroupID, p Proposal) ([]byte, error) {
 	return n.host.Propose(ctx, g, p)
 }
+
+// StartPropose starts a proposal without waiting for its outcome; call
+// FinishPropose once its Done is closed. See raftstore.Host.StartPropose.
+func (n *Node) StartPropose(g GroupID, p Proposal, notify func()) (*PendingProposal, error) {
+	return n.host.StartPropose(g, p, notify)
+}
+
+// FinishPropose returns the outcome of a proposal started by StartPropose,
+// once done.
+func (n *Node) FinishPropose(p *PendingProposal) ([]byte, error) { return n.host.FinishPropose(p) }
 
 // Read answers a query linearizably.
 func (n *Node) Read(ctx context.Context, g GroupID, vshard uint32, query []byte) ([]byte, error) {

@@ -87,7 +87,7 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x := m.newExchange(r, reqs, ctxs)
 	for i := range reqs {
-		if !x.startGet(i) {
+		if !x.start(i) {
 			x.toWorker(i)
 		}
 	}
@@ -136,47 +136,72 @@ func (m *multi) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // exchange runs the requests of one /v1/multi exchange that carries more
-// than one. Most go to API workers, each blocking in the service until its
-// answer. A linearizable GET that this node can serve as its group's leader
-// is instead started here (server.StartKVGet) and answered on the
-// exchange's goroutine once its read index is confirmed: no worker wakes for
-// it, no worker hands its answer back, and the GETs of one group in the
-// exchange share one ReadIndex round. A started GET whose read fails there
-// (leadership moved) or whose context ends first goes to a worker, which
-// answers it as if it had gone there at first.
+// than one. A plain GET, PUT or DELETE of a key whose group this node leads
+// is started here (server.StartKVGet, StartKVPut, StartKVDelete) and
+// answered on the exchange's goroutine once its read index is confirmed or
+// its write applied: no worker wakes for it, no worker hands its answer
+// back, and the requests of one group in the exchange reach its replica
+// together (the GETs share one ReadIndex round). Anything else goes to an
+// API worker, which blocks in the service until its answer. A started
+// request that fails where it started without having changed anything
+// (leadership moved before a write reached the log) goes to a worker, which
+// answers it as if it had gone there at first; a started GET whose time
+// runs out goes to a worker too, and a started write whose time runs out is
+// answered outcome_unknown, as a worker's would be.
 type exchange struct {
 	m     *multi
 	outer *http.Request
 	reqs  []multiwire.Request
 	ctxs  []context.Context
 	done  chan multiwire.Response // answers from workers
-	ready chan int                // started GETs whose reads are done
-	gets  []startedGet            // by request index; p is nil when not started
-	// getCtx is the context of every started GET (the exchange's requests
-	// share one unless their timeouts differ: GETs with another go to
-	// workers), and started counts those not yet answered.
-	getCtx  context.Context
-	started int
-	svc     asyncGetter
+	ready chan int                // started requests that are done
+	// started holds the started requests by request index. They share one
+	// context, startCtx (the exchange's requests share one unless their
+	// timeouts differ: requests with another go to workers), and pending
+	// counts those not yet answered.
+	started  []startedReq
+	startCtx context.Context
+	pending  int
+	getter   asyncGetter
+	writer   asyncWriter
 }
 
-type startedGet struct {
-	p   server.PendingGet
-	key []byte
+// startedReq is a request started on the exchange's goroutine: a GET or a
+// write (one of get and write is set).
+type startedReq struct {
+	get   server.PendingGet
+	write server.PendingWrite
+	key   []byte
 }
+
+func (st *startedReq) none() bool { return st.get == nil && st.write == nil }
 
 // asyncGetter is what the exchange needs to start GETs (*server.Server
-// has it; a Service without it sends every request to a worker).
+// has it; a Service without it sends every GET to a worker).
 type asyncGetter interface {
 	StartKVGet(key []byte, o server.ReadOptions, notify func()) (server.PendingGet, bool)
 	FinishKVGet(p server.PendingGet) (server.GetResult, bool, error)
 }
 
-var _ asyncGetter = (*server.Server)(nil)
+// asyncWriter is what the exchange needs to start PUTs and DELETEs
+// (*server.Server has it; a Service without it sends every write to a
+// worker).
+type asyncWriter interface {
+	StartKVPut(key, value []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool)
+	StartKVDelete(key []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool)
+	FinishKVWrite(p server.PendingWrite) (server.WriteResult, bool, error)
+	AbandonKVWrite(p server.PendingWrite, cause error) error
+}
+
+var (
+	_ asyncGetter = (*server.Server)(nil)
+	_ asyncWriter = (*server.Server)(nil)
+)
 
 func (m *multi) newExchange(outer *http.Request, reqs []multiwire.Request, ctxs []context.Context) *exchange {
 	x := &exchange{m: m, outer: outer, reqs: reqs, ctxs: ctxs, done: make(chan multiwire.Response, len(reqs))}
-	x.svc, _ = m.rest.svc.(asyncGetter)
+	x.getter, _ = m.rest.svc.(asyncGetter)
+	x.writer, _ = m.rest.svc.(asyncWriter)
 	return x
 }
 
@@ -187,11 +212,24 @@ func (x *exchange) toWorker(i int) {
 	})
 }
 
-// startGet starts request i here when it is a plain linearizable GET this
-// node can serve as leader (see exchange), and reports whether it did.
-func (x *exchange) startGet(i int) bool {
+// start starts request i here when it is a plain GET, PUT or DELETE that
+// this node can serve as its group's leader (see exchange), and reports
+// whether it did. Whatever it declines, a worker serves from the start: a
+// request is declined only before anything was proposed or read.
+func (x *exchange) start(i int) bool {
 	sr := &x.reqs[i]
-	if x.svc == nil || sr.Method != http.MethodGet || (x.getCtx != nil && x.ctxs[i] != x.getCtx) {
+	switch {
+	case x.startCtx != nil && x.ctxs[i] != x.startCtx:
+		return false
+	case sr.Method == http.MethodGet:
+		if x.getter == nil {
+			return false
+		}
+	case sr.Method == http.MethodPut || sr.Method == http.MethodDelete:
+		if x.writer == nil {
+			return false
+		}
+	default:
 		return false
 	}
 	key, ok := plainKey(sr.URI)
@@ -202,34 +240,59 @@ func (x *exchange) startGet(i int) bool {
 	if err != nil {
 		return false
 	}
-	o, err := readOptionsOf(nil, sr.Header)
-	if err != nil {
-		return false
-	}
 	if x.ready == nil {
 		x.ready = make(chan int, len(x.reqs))
-		x.gets = make([]startedGet, len(x.reqs))
+		x.started = make([]startedReq, len(x.reqs))
 	}
 	ready := x.ready
-	p, ok := x.svc.StartKVGet(k, o, func() { ready <- i }) // never blocks: room for every request
-	if !ok {
-		return false
+	notify := func() { ready <- i } // never blocks: room for every request
+	st := startedReq{key: k}
+	switch sr.Method {
+	case http.MethodGet:
+		o, err := readOptionsOf(nil, sr.Header)
+		if err != nil {
+			return false
+		}
+		if st.get, ok = x.getter.StartKVGet(k, o, notify); !ok {
+			return false
+		}
+	default:
+		o, err := writeOptionsOf(nil, sr.Header)
+		if err != nil {
+			return false
+		}
+		if sr.Method == http.MethodDelete {
+			st.write, ok = x.writer.StartKVDelete(k, o, notify)
+		} else {
+			if int64(len(sr.Body)) > x.m.rest.maxValue() {
+				return false
+			}
+			value := sr.Body
+			if value == nil {
+				value = []byte{} // as read from an empty body
+			}
+			st.write, ok = x.writer.StartKVPut(k, value, o, notify)
+		}
+		if !ok {
+			return false
+		}
 	}
-	x.gets[i] = startedGet{p: p, key: k}
-	x.getCtx = x.ctxs[i]
-	x.started++
+	x.started[i] = st
+	x.startCtx = x.ctxs[i]
+	x.pending++
 	return true
 }
 
-// next returns the next answer: from a worker, or a started GET answered
-// here. With wait false it returns false at once when none is ready.
+// next returns the next answer: from a worker, or a started request
+// answered here. With wait false it returns false at once when none is
+// ready.
 func (x *exchange) next(wait bool) (multiwire.Response, bool) {
 	for {
 		var i int
 		if wait {
 			var expired <-chan struct{}
-			if x.started > 0 {
-				expired = x.getCtx.Done()
+			if x.pending > 0 {
+				expired = x.startCtx.Done()
 			}
 			select {
 			case resp := <-x.done:
@@ -248,34 +311,53 @@ func (x *exchange) next(wait bool) (multiwire.Response, bool) {
 				return multiwire.Response{}, false
 			}
 		}
-		if resp, ok := x.finishGet(i); ok {
+		if resp, ok := x.finish(i); ok {
 			return resp, true
 		}
 	}
 }
 
-// expire hands the started GETs not yet answered to workers, which answer
-// them as their context (now ended) says; their reads are left to finish.
+// expire answers the started requests not yet answered once their context
+// has ended: GETs go to workers, which answer them as their context (now
+// ended) says, their reads left to finish; a write already decided gets its
+// answer, one still undecided outcome_unknown. Every answer goes through
+// x.done, which has room for one per request.
 func (x *exchange) expire() {
-	for i := range x.gets {
-		if x.gets[i].p != nil {
-			x.gets[i] = startedGet{}
+	for i := range x.started {
+		st := x.started[i]
+		if st.none() {
+			continue
+		}
+		x.started[i] = startedReq{}
+		if st.get != nil {
 			x.toWorker(i)
+			continue
+		}
+		select {
+		case <-st.write.Done():
+			if resp, ok := x.answerWrite(i, st); ok {
+				x.done <- resp
+			}
+		default:
+			x.done <- errorAnswer(i, x.writer.AbandonKVWrite(st.write, x.startCtx.Err()))
 		}
 	}
-	x.started = 0
+	x.pending = 0
 }
 
-// finishGet answers started GET i, or hands it to a worker (false) when its
-// read failed where it started.
-func (x *exchange) finishGet(i int) (multiwire.Response, bool) {
-	g := x.gets[i]
-	if g.p == nil {
-		return multiwire.Response{}, false // already handed to a worker
+// finish answers started request i, or hands it to a worker (false) when
+// it failed where it started (see exchange) or has been answered already.
+func (x *exchange) finish(i int) (multiwire.Response, bool) {
+	st := x.started[i]
+	if st.none() {
+		return multiwire.Response{}, false // answered by expire
 	}
-	x.gets[i] = startedGet{}
-	x.started--
-	res, ok, err := x.svc.FinishKVGet(g.p)
+	x.started[i] = startedReq{}
+	x.pending--
+	if st.write != nil {
+		return x.answerWrite(i, st)
+	}
+	res, ok, err := x.getter.FinishKVGet(st.get)
 	if !ok {
 		x.toWorker(i)
 		return multiwire.Response{}, false
@@ -284,8 +366,22 @@ func (x *exchange) finishGet(i int) (multiwire.Response, bool) {
 		return foundAnswer(i, res), true
 	}
 	rec := newRecorder()
-	writeGet(rec, g.key, res, err)
+	writeGet(rec, st.key, res, err)
 	return rec.response(i), true
+}
+
+// answerWrite answers started write i, which is done, or hands it to a
+// worker (false) when it never reached a log.
+func (x *exchange) answerWrite(i int, st startedReq) (multiwire.Response, bool) {
+	res, ok, err := x.writer.FinishKVWrite(st.write)
+	if !ok {
+		x.toWorker(i)
+		return multiwire.Response{}, false
+	}
+	if err != nil {
+		return errorAnswer(i, err), true
+	}
+	return writtenAnswer(i, res), true
 }
 
 // maxBounds bounds the distinct X-Nodedb-Timeout values of an exchange

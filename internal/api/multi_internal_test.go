@@ -313,12 +313,13 @@ func (l *limitedService) Limits() kv.Limits {
 	return kv.Limits{MaxKeySize: 4 << 10, MaxValueSize: l.maxValue}
 }
 
-// startingService starts linearizable GETs as *server.Server does
-// (asyncGetter): a started GET is read from the map on a goroutine of its
-// own, as a Raft worker would finish it. Keys "fail/..." start but fail
-// where they started (the leader moved), keys "hang/..." never finish;
+// startingService starts linearizable GETs, PUTs and DELETEs as
+// *server.Server does (asyncGetter, asyncWriter): a started request is
+// served from the map on a goroutine of its own, as a Raft worker would
+// finish it. Keys "fail/..." start but fail where they started (the leader
+// moved before anything was read or written), keys "hang/..." never finish;
 // "down/..." keys and no-forward GETs are not started (the server starts
-// only what it leads). started and failed count what it saw.
+// only what it leads). started and fellBack count what it saw.
 type startingService struct {
 	*limitedService
 	mu       sync.Mutex
@@ -327,60 +328,102 @@ type startingService struct {
 	wg       sync.WaitGroup
 }
 
-type startedMemGet struct {
+type startedMemReq struct {
 	done chan struct{}
-	res  server.GetResult
+	get  server.GetResult
+	wr   server.WriteResult
 	err  error
 	fail bool
 }
 
-func (p *startedMemGet) Done() <-chan struct{} { return p.done }
+func (p *startedMemReq) Done() <-chan struct{} { return p.done }
+
+// start starts serve for key as described on startingService.
+func (s *startingService) start(key []byte, notify func(), serve func(p *startedMemReq)) *startedMemReq {
+	s.mu.Lock()
+	s.started++
+	s.mu.Unlock()
+	p := &startedMemReq{done: make(chan struct{}), fail: bytes.HasPrefix(key, []byte("fail/"))}
+	if bytes.HasPrefix(key, []byte("hang/")) {
+		return p
+	}
+	s.wg.Go(func() {
+		if !p.fail {
+			serve(p)
+		}
+		close(p.done)
+		notify()
+	})
+	return p
+}
+
+// finish checks that p is done and counts a failed one.
+func (s *startingService) finish(p *startedMemReq) bool {
+	select {
+	case <-p.done:
+	default:
+		panic("finished before Done")
+	}
+	if p.fail {
+		s.mu.Lock()
+		s.fellBack++
+		s.mu.Unlock()
+		return false
+	}
+	return true
+}
 
 func (s *startingService) StartKVGet(key []byte, o server.ReadOptions, notify func()) (server.PendingGet, bool) {
 	if o.Consistency != server.Linearizable || o.NoForward || bytes.HasPrefix(key, []byte("down/")) {
 		return nil, false
 	}
-	s.mu.Lock()
-	s.started++
-	s.mu.Unlock()
-	p := &startedMemGet{done: make(chan struct{}), fail: bytes.HasPrefix(key, []byte("fail/"))}
-	if bytes.HasPrefix(key, []byte("hang/")) {
-		return p, true
-	}
-	s.wg.Go(func() {
-		if !p.fail {
-			p.res, p.err = s.KVGet(context.Background(), key, o)
-		}
-		close(p.done)
-		notify()
-	})
-	return p, true
+	return s.start(key, notify, func(p *startedMemReq) { p.get, p.err = s.KVGet(context.Background(), key, o) }), true
 }
 
 func (s *startingService) FinishKVGet(p server.PendingGet) (server.GetResult, bool, error) {
-	g := p.(*startedMemGet)
-	select {
-	case <-g.done:
-	default:
-		panic("FinishKVGet before Done")
-	}
-	if g.fail {
-		s.mu.Lock()
-		s.fellBack++
-		s.mu.Unlock()
+	g := p.(*startedMemReq)
+	if !s.finish(g) {
 		return server.GetResult{}, false, nil
 	}
-	return g.res, true, g.err
+	return g.get, true, g.err
 }
 
-// TestStartedGetsFallBackToWorkers: GETs started on the exchange's
-// goroutine are answered there; one whose read fails where it started, or
-// whose time runs out before its read is done, is answered by a worker
-// through KVGet, so that every request gets exactly the answer it would
-// have got alone.
-func TestStartedGetsFallBackToWorkers(t *testing.T) {
+func (s *startingService) StartKVPut(key, value []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool) {
+	if bytes.HasPrefix(key, []byte("down/")) {
+		return nil, false
+	}
+	value = bytes.Clone(value) // the server encodes it into its proposal before returning
+	return s.start(key, notify, func(p *startedMemReq) { p.wr, p.err = s.KVPut(context.Background(), key, value, o) }), true
+}
+
+func (s *startingService) StartKVDelete(key []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool) {
+	if bytes.HasPrefix(key, []byte("down/")) {
+		return nil, false
+	}
+	return s.start(key, notify, func(p *startedMemReq) { p.wr, p.err = s.KVDelete(context.Background(), key, o) }), true
+}
+
+func (s *startingService) FinishKVWrite(p server.PendingWrite) (server.WriteResult, bool, error) {
+	w := p.(*startedMemReq)
+	if !s.finish(w) {
+		return server.WriteResult{}, false, nil
+	}
+	return w.wr, true, w.err
+}
+
+func (s *startingService) AbandonKVWrite(p server.PendingWrite, cause error) error {
+	return &server.APIError{Code: server.CodeOutcomeUnknown, Message: cause.Error()}
+}
+
+// TestStartedRequestsFallBackToWorkers: GETs, PUTs and DELETEs started on
+// the exchange's goroutine are answered there; one that fails where it
+// started is answered by a worker through KVGet, KVPut or KVDelete (a
+// write exactly once), so that every request gets exactly the answer it
+// would have got alone; a GET whose time runs out before its read is done
+// goes to a worker too, and a write whose time runs out is outcome_unknown.
+func TestStartedRequestsFallBackToWorkers(t *testing.T) {
 	m := newMemService()
-	for _, k := range []string{"a", "fail/b", "hang/c", "d"} {
+	for _, k := range []string{"a", "fail/b", "hang/c", "d", "gone"} {
 		m.vals[k], m.vers[k] = []byte("value of "+k), 2
 	}
 	svc := &startingService{limitedService: &limitedService{memService: m, maxValue: 1000}}
@@ -395,15 +438,37 @@ func TestStartedGetsFallBackToWorkers(t *testing.T) {
 		{Method: http.MethodGet, URI: "/v1/kv/d", Header: hd},
 		{Method: http.MethodGet, URI: "/v1/kv/missing", Header: hd},
 		{Method: http.MethodPut, URI: "/v1/kv/e", Body: []byte("e"), Header: hd},
+		{Method: http.MethodPut, URI: "/v1/kv/fail%2Ff", Body: []byte("f"), Header: hd},
+		{Method: http.MethodPut, URI: "/v1/kv/hang%2Fg", Body: []byte("g"), Header: hd},
+		{Method: http.MethodDelete, URI: "/v1/kv/gone", Header: hd},
+		{Method: http.MethodDelete, URI: "/v1/kv/never", Header: hd},
+		{Method: http.MethodPut, URI: "/v1/kv/down%2Fh", Body: []byte("h"), Header: hd},
 	}
-	keys := []string{"a", "fail/b", "hang/c", "d", "missing", ""}
+	type want struct {
+		status  int
+		body    string
+		version string
+	}
+	wants := []want{
+		{http.StatusOK, "value of a", "2"},
+		{http.StatusOK, "value of fail/b", "2"},
+		{http.StatusOK, "value of hang/c", "2"},
+		{http.StatusOK, "value of d", "2"},
+		{http.StatusNotFound, "", ""},
+		{http.StatusOK, "", "1"},
+		{http.StatusOK, "", "1"},
+		{http.StatusGatewayTimeout, "", ""},
+		{http.StatusOK, "", "3"},
+		{http.StatusOK, "", "1"}, // memService deletes what is absent too
+		{http.StatusServiceUnavailable, "", ""},
+	}
 	start := time.Now()
 	mr := httptest.NewRequest(http.MethodPost, "/v1/multi", bytes.NewReader(multiwire.AppendRequests(nil, reqs)))
 	mr.Header.Set("Content-Type", multiwire.ContentType)
 	mw := httptest.NewRecorder()
 	h.ServeHTTP(mw, mr)
 	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("exchange took %v with a GET that never finishes and a 0.3 s timeout", took)
+		t.Fatalf("exchange took %v with requests that never finish and a 0.3 s timeout", took)
 	}
 	rr := multiwire.NewResponseReader(mw.Body, multiwire.DefaultLimits())
 	seen := map[int]bool{}
@@ -416,27 +481,25 @@ func TestStartedGetsFallBackToWorkers(t *testing.T) {
 			t.Fatalf("request %d answered twice", r.Index)
 		}
 		seen[r.Index] = true
-		switch k := keys[r.Index]; k {
-		case "":
-			if r.Status != http.StatusOK {
-				t.Errorf("PUT: %d %s", r.Status, r.Body)
-			}
-		case "missing":
-			if r.Status != http.StatusNotFound {
-				t.Errorf("GET missing: %d %s", r.Status, r.Body)
-			}
-		default:
-			if r.Status != http.StatusOK || string(r.Body) != "value of "+k || r.Header.Get(HeaderVersion) != "2" {
-				t.Errorf("GET %s: %d %q version %q", k, r.Status, r.Body, r.Header.Get(HeaderVersion))
-			}
+		w := wants[r.Index]
+		if r.Status != w.status || (w.body != "" && string(r.Body) != w.body) || r.Header.Get(HeaderVersion) != w.version {
+			t.Errorf("%s %s: %d %q version %q, want %d %q version %q", reqs[r.Index].Method, reqs[r.Index].URI, r.Status, r.Body, r.Header.Get(HeaderVersion), w.status, w.body, w.version)
 		}
 	}
 	if _, err := rr.Next(len(reqs)); err == nil {
 		t.Fatal("more answers than requests")
 	}
 	svc.wg.Wait()
-	if svc.started != 5 || svc.fellBack != 1 {
-		t.Fatalf("started %d GETs (want 5), %d fell back from a failed read (want 1)", svc.started, svc.fellBack)
+	if svc.started != 10 || svc.fellBack != 2 {
+		t.Fatalf("started %d requests (want 10), %d fell back from a failure where they started (want 2)", svc.started, svc.fellBack)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if string(m.vals["fail/f"]) != "f" || m.vers["fail/f"] != 1 {
+		t.Errorf("the PUT that failed where it started and went to a worker: %q at version %d, want \"f\" written once (version 1)", m.vals["fail/f"], m.vers["fail/f"])
+	}
+	if _, ok := m.vals["hang/g"]; ok {
+		t.Error("the PUT that never finished was written")
 	}
 }
 

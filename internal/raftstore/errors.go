@@ -43,6 +43,10 @@ var (
 	// ErrReadNotDone is returned by FinishRead for a read whose Done is
 	// not closed yet: a caller's mistake, answered instead of blocking.
 	ErrReadNotDone = errors.New("raftstore: read not done")
+	// ErrProposalNotDone is returned by FinishPropose for a proposal whose
+	// Done is not closed yet: a caller's mistake, answered instead of
+	// blocking.
+	ErrProposalNotDone = errors.New("raftstore: proposal not done")
 )
 
 // NotLeaderError is returned when a request that needs the leader reached

@@ -39,9 +39,12 @@ type proposal struct {
 	cc    *raftpb.ConfChangeV2 // or a configuration change
 	index uint64               // log index once appended
 	done  chan struct{}
-	res   []byte
-	err   error
-	fin   atomic.Bool
+	// notify, when not nil, is called once done is closed (StartPropose);
+	// it must not block.
+	notify func()
+	res    []byte
+	err    error
+	fin    atomic.Bool
 }
 
 func newProposal(id uint64) *proposal {
@@ -53,6 +56,9 @@ func (p *proposal) finish(res []byte, err error) {
 	if p.fin.CompareAndSwap(false, true) {
 		p.res, p.err = res, err
 		close(p.done)
+		if p.notify != nil {
+			p.notify()
+		}
 	}
 }
 
@@ -61,6 +67,33 @@ func (p *proposal) finish(res []byte, err error) {
 // is durable on a quorum). It must be called on the group's leader; other
 // replicas answer *NotLeaderError with the leader they know.
 func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, error) {
+	pp, err := h.StartPropose(g, p, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.waitCtx(ctx, pp.Done()); err != nil {
+		return nil, err
+	}
+	return h.FinishPropose(pp)
+}
+
+// PendingProposal is a proposal started by StartPropose.
+type PendingProposal struct {
+	pr    *proposal
+	start time.Time
+}
+
+// Done is closed once the proposal's outcome is known (FinishPropose).
+func (p *PendingProposal) Done() <-chan struct{} { return p.pr.done }
+
+// StartPropose starts a proposal, as Propose does, without waiting for its
+// outcome: one goroutine can have many proposals in flight without a
+// goroutine blocked for each. notify, when not nil, is called once Done is
+// closed, on whichever goroutine decided the outcome (a Raft worker,
+// usually): it must not block. An error here means nothing was proposed. A
+// proposal whose outcome is never collected still applies (or not) as any
+// other; a caller that stops waiting must treat its outcome as unknown.
+func (h *Host) StartPropose(g ids.GroupID, p Proposal, notify func()) (*PendingProposal, error) {
 	if len(p.Payload) > h.cfg.MaxProposalBytes {
 		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(p.Payload), h.cfg.MaxProposalBytes)
 	}
@@ -75,6 +108,7 @@ func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, 
 		return nil, r.notLeader()
 	}
 	pr := newProposal(h.nextProposal.Add(1))
+	pr.notify = notify
 	c := command{
 		proposer:   h.cfg.NodeID,
 		proposal:   pr.id,
@@ -86,19 +120,36 @@ func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, 
 		payload:    p.Payload,
 	}
 	pr.data = encodeCommand(make([]byte, 0, commandHeaderLen+len(p.Payload)), &c)
-	start := time.Now()
-	res, err := h.await(ctx, r, pr)
-	if err == nil {
-		h.latencies.proposal.Observe(time.Since(start).Seconds())
-	}
-	return res, err
+	pp := &PendingProposal{pr: pr, start: time.Now()}
+	h.enqueue(r, pr)
+	return pp, nil
 }
 
-func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, error) {
+// FinishPropose returns the outcome of p, which must be done: the state
+// machine's result, or why the command was not (or may not have been)
+// applied, with the errors Propose gives.
+func (h *Host) FinishPropose(p *PendingProposal) ([]byte, error) {
+	select {
+	case <-p.pr.done:
+	default:
+		return nil, ErrProposalNotDone
+	}
+	if p.pr.err == nil {
+		h.latencies.proposal.Observe(time.Since(p.start).Seconds())
+	}
+	return p.pr.res, p.pr.err
+}
+
+// enqueue queues pr for r's next pass.
+func (h *Host) enqueue(r *replica, pr *proposal) {
 	r.inboxMu.Lock()
 	r.inProps = append(r.inProps, pr)
 	r.inboxMu.Unlock()
 	h.markReady(r)
+}
+
+func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, error) {
+	h.enqueue(r, pr)
 	if err := h.waitCtx(ctx, pr.done); err != nil {
 		return nil, err
 	}

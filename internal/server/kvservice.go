@@ -270,6 +270,19 @@ func (s *Server) KVBatch(ctx context.Context, ops []kv.Op, o WriteOptions) ([]Wr
 }
 
 func (s *Server) kvWrite(ctx context.Context, key, cmd []byte, o WriteOptions) ([]WriteResult, error) {
+	r, err := s.writeRequest(key, cmd, o)
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.do(ctx, true, r)
+	if err != nil {
+		return nil, s.apiError(err)
+	}
+	return s.writeResults(r.vshard, out)
+}
+
+// writeRequest is the request that writes cmd to key's vShard.
+func (s *Server) writeRequest(key, cmd []byte, o WriteOptions) (*request, error) {
 	client, seq, acked, ierr := identity(o)
 	if ierr != nil {
 		return nil, ierr
@@ -281,10 +294,11 @@ func (s *Server) kvWrite(ctx context.Context, key, cmd []byte, o WriteOptions) (
 	if err := s.checkEpoch(vs, o.Epoch); err != nil {
 		return nil, err
 	}
-	out, err := s.do(ctx, true, &request{group: g, vshard: vs, client: client, seq: seq, ackedBelow: acked, body: cmd, noForward: o.NoForward})
-	if err != nil {
-		return nil, s.apiError(err)
-	}
+	return &request{group: g, vshard: vs, client: client, seq: seq, ackedBelow: acked, body: cmd, noForward: o.NoForward}, nil
+}
+
+// writeResults decodes the state machine's result of a write to vShard vs.
+func (s *Server) writeResults(vs uint32, out []byte) ([]WriteResult, error) {
 	res, err := kv.DecodeResult(out)
 	if err != nil {
 		return nil, s.apiError(err)
@@ -297,6 +311,103 @@ func (s *Server) kvWrite(ctx context.Context, key, cmd []byte, o WriteOptions) (
 		return nil, apiErrorf(CodeInternal, "write applied with no result")
 	}
 	return wr, nil
+}
+
+// PendingWrite is a write started by StartKVPut or StartKVDelete. Done is
+// closed once FinishKVWrite can answer it.
+type PendingWrite interface {
+	Done() <-chan struct{}
+}
+
+// pendingWrite is this server's PendingWrite: a proposal started on the
+// leader of the key's group.
+type pendingWrite struct {
+	prop *cluster.PendingProposal
+	vs   uint32
+	del  bool // a DELETE: not_found when the key was absent
+	key  []byte
+}
+
+func (p *pendingWrite) Done() <-chan struct{} { return p.prop.Done() }
+
+// StartKVPut starts a PUT of value at key without waiting for it, when this
+// node leads the key's group and routes the key's vShard there, so that one
+// goroutine can have many writes in flight without a goroutine blocked for
+// each. ok is false in every other case (another leader, an epoch or input
+// KVPut would refuse, no routing yet), and then nothing was proposed: the
+// caller uses KVPut, which also gives the same errors. notify is as for
+// cluster.Node.StartPropose: called once Done is closed, it must not block.
+func (s *Server) StartKVPut(key, value []byte, o WriteOptions, notify func()) (p PendingWrite, ok bool) {
+	cmd, err := kv.EncodePut(key, value, o.IfVersion, s.limits)
+	if err != nil {
+		return nil, false
+	}
+	return s.startKVWrite(key, cmd, o, false, notify)
+}
+
+// StartKVDelete is StartKVPut for a DELETE of key.
+func (s *Server) StartKVDelete(key []byte, o WriteOptions, notify func()) (p PendingWrite, ok bool) {
+	cmd, err := kv.EncodeDelete(key, o.IfVersion, s.limits)
+	if err != nil {
+		return nil, false
+	}
+	return s.startKVWrite(key, cmd, o, true, notify)
+}
+
+func (s *Server) startKVWrite(key, cmd []byte, o WriteOptions, del bool, notify func()) (PendingWrite, bool) {
+	r, err := s.writeRequest(key, cmd, o)
+	if err != nil {
+		return nil, false
+	}
+	if _, n, err := s.node.Leader(r.group); err != nil || n != s.id {
+		return nil, false
+	}
+	if s.checkRoute(r) != nil {
+		return nil, false
+	}
+	prop, err := s.node.StartPropose(r.group, r.proposal(), notify)
+	if err != nil {
+		return nil, false
+	}
+	return &pendingWrite{prop: prop, vs: r.vshard, del: del, key: key}, true
+}
+
+// FinishKVWrite answers p once it is done, as KVPut or KVDelete would have.
+// ok is false only when the write failed where it started in a way that
+// proves it never reached a log (leadership moved, Raft dropped it) or p is
+// not this server's: the caller writes again through KVPut or KVDelete,
+// which is what they do themselves on such a failure. Every other outcome,
+// an unknown one included, is the answer.
+func (s *Server) FinishKVWrite(p PendingWrite) (res WriteResult, ok bool, err error) {
+	pw, mine := p.(*pendingWrite)
+	if !mine {
+		return WriteResult{}, false, nil
+	}
+	out, err := s.node.FinishPropose(pw.prop)
+	if errors.Is(err, cluster.ErrProposalNotDone) {
+		return WriteResult{}, true, apiErrorf(CodeInternal, "write answered before its outcome was known")
+	}
+	if err != nil {
+		if _, final := afterFailure(context.Background(), true, s.id, toRPCError(err)); final != nil {
+			return WriteResult{}, true, s.apiError(final)
+		}
+		return WriteResult{}, false, nil
+	}
+	wr, err := s.writeResults(pw.vs, out)
+	if err != nil {
+		return WriteResult{}, true, err
+	}
+	if pw.del && wr[0].PrevVersion == 0 {
+		return wr[0], true, apiErrorf(CodeNotFound, "key %q does not exist", pw.key)
+	}
+	return wr[0], true, nil
+}
+
+// AbandonKVWrite is the answer to a started write whose caller stops
+// waiting for it (its time ran out, cause): its outcome is unknown, as
+// KVPut's would be then. The write itself goes on and may still apply.
+func (s *Server) AbandonKVWrite(p PendingWrite, cause error) error {
+	return s.apiError(fmt.Errorf("%w: %w", cluster.ErrOutcomeUnknown, cause))
 }
 
 // KVGet reads key.

@@ -242,35 +242,9 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 		if err == nil {
 			return out, nil
 		}
-		hint = 0
-		var re *transport.RPCError
-		switch {
-		case errors.As(err, &re) && re.Code == codeNotLeader:
-			if n, perr := strconv.ParseUint(re.Message, 10, 64); perr == nil && ids.NodeID(n) != target {
-				hint = ids.NodeID(n)
-			}
-		case errors.As(err, &re) && re.Code == codeMoved:
-			return nil, movedError(re.Message)
-		case errors.As(err, &re) && re.Code == codeUnavailable:
-		case errors.As(err, &re) && re.Code == codeOutcomeUnknown:
-			if write {
-				return nil, fmt.Errorf("%w: %s", cluster.ErrOutcomeUnknown, re.Message)
-			}
-		case errors.As(err, &re):
-			return nil, err
-		case errors.Is(err, transport.ErrRequestLost):
-			if write {
-				return nil, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, err)
-			}
-		case errors.Is(err, transport.ErrUnreachable):
-		case ctx.Err() != nil:
-			if write {
-				// The request may be in a leader's log.
-				return nil, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, ctx.Err())
-			}
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-		default:
-			return nil, err
+		var final error
+		if hint, final = afterFailure(ctx, write, target, err); final != nil {
+			return nil, final
 		}
 		last = err
 		select {
@@ -280,6 +254,44 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 		}
 		backoff = min(2*backoff, 200*time.Millisecond)
 	}
+}
+
+// afterFailure decides what do does after an attempt at target failed
+// with err: try again (final nil), at hint when the error named the leader,
+// or give up with final. A write is tried again only while it cannot have
+// reached a leader's log; after that its failure is
+// cluster.ErrOutcomeUnknown.
+func afterFailure(ctx context.Context, write bool, target ids.NodeID, err error) (hint ids.NodeID, final error) {
+	var re *transport.RPCError
+	switch {
+	case errors.As(err, &re) && re.Code == codeNotLeader:
+		if n, perr := strconv.ParseUint(re.Message, 10, 64); perr == nil && ids.NodeID(n) != target {
+			hint = ids.NodeID(n)
+		}
+	case errors.As(err, &re) && re.Code == codeMoved:
+		return 0, movedError(re.Message)
+	case errors.As(err, &re) && re.Code == codeUnavailable:
+	case errors.As(err, &re) && re.Code == codeOutcomeUnknown:
+		if write {
+			return 0, fmt.Errorf("%w: %s", cluster.ErrOutcomeUnknown, re.Message)
+		}
+	case errors.As(err, &re):
+		return 0, err
+	case errors.Is(err, transport.ErrRequestLost):
+		if write {
+			return 0, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, err)
+		}
+	case errors.Is(err, transport.ErrUnreachable):
+	case ctx.Err() != nil:
+		if write {
+			// The request may be in a leader's log.
+			return 0, fmt.Errorf("%w: %v", cluster.ErrOutcomeUnknown, ctx.Err())
+		}
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	default:
+		return 0, err
+	}
+	return hint, nil
 }
 
 // anyReplica picks a node holding group g other than this one, for when no
