@@ -71,7 +71,7 @@ func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, 
 	if err != nil {
 		return nil, err
 	}
-	if err := h.waitCtx(ctx, pp.Done()); err != nil {
+	if err := h.waitProposal(ctx, pp.Done()); err != nil {
 		return nil, err
 	}
 	return h.FinishPropose(pp)
@@ -148,9 +148,21 @@ func (h *Host) enqueue(r *replica, pr *proposal) {
 	h.markReady(r)
 }
 
+// waitProposal waits for the outcome of a queued proposal. A proposal once
+// queued may reach the log and commit on the other replicas even if this
+// host stops before it knows, so stopping makes the outcome unknown rather
+// than ErrStopped, which callers take to mean that nothing happened.
+func (h *Host) waitProposal(ctx context.Context, done <-chan struct{}) error {
+	err := h.waitCtx(ctx, done)
+	if errors.Is(err, ErrStopped) {
+		return fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
+	}
+	return err
+}
+
 func (h *Host) await(ctx context.Context, r *replica, pr *proposal) ([]byte, error) {
 	h.enqueue(r, pr)
-	if err := h.waitCtx(ctx, pr.done); err != nil {
+	if err := h.waitProposal(ctx, pr.done); err != nil {
 		return nil, err
 	}
 	return pr.res, pr.err

@@ -1,6 +1,7 @@
 package raftstore
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -172,8 +173,12 @@ func (r *replica) failAll(err error) {
 	for _, rr := range reads {
 		rr.finish(0, err)
 	}
+	// The proposals handed to Raft may be in the log and commit on the
+	// other replicas: their outcome is unknown, not err (ErrStopped and
+	// ErrGroupNotFound tell a caller that retrying is safe).
+	unknown := fmt.Errorf("%w: %v", ErrOutcomeUnknown, err)
 	for _, p := range r.pending {
-		p.finish(nil, err)
+		p.finish(nil, unknown)
 	}
 	r.pending = map[uint64]*proposal{}
 	r.indexed, r.stepped = nil, nil

@@ -154,12 +154,14 @@ func toRPCError(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, cluster.ErrOutcomeUnknown):
+		// First: whatever else it says, a command that may have applied
+		// must not be retried.
+		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}
 	case errors.As(err, &nl):
 		return &transport.RPCError{Code: codeNotLeader, Message: strconv.FormatUint(uint64(nl.LeaderNode), 10)}
 	case errors.Is(err, cluster.ErrGroupNotFound):
 		return &transport.RPCError{Code: codeNotLeader, Message: "0"}
-	case errors.Is(err, cluster.ErrOutcomeUnknown):
-		return &transport.RPCError{Code: codeOutcomeUnknown, Message: err.Error()}
 	case errors.Is(err, cluster.ErrTooLarge):
 		return &transport.RPCError{Code: codeTooLarge, Message: err.Error()}
 	case errors.Is(err, cluster.ErrProposalDropped), errors.Is(err, cluster.ErrStopped), errors.Is(err, cluster.ErrTransferAborted):
