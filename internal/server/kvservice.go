@@ -374,14 +374,14 @@ func (s *Server) startKVWrite(key, cmd []byte, o WriteOptions, del bool, notify 
 
 // FinishKVWrite answers p once it is done, as KVPut or KVDelete would have.
 // ok is false only when the write failed where it started in a way that
-// proves it never reached a log (leadership moved, Raft dropped it) or p is
-// not this server's: the caller writes again through KVPut or KVDelete,
-// which is what they do themselves on such a failure. Every other outcome,
-// an unknown one included, is the answer.
+// proves it never reached a log (leadership moved, Raft dropped it): the
+// caller writes again through KVPut or KVDelete, which is what they do
+// themselves on such a failure. Every other outcome, an unknown one
+// included, is the answer.
 func (s *Server) FinishKVWrite(p PendingWrite) (res WriteResult, ok bool, err error) {
 	pw, mine := p.(*pendingWrite)
 	if !mine {
-		return WriteResult{}, false, nil
+		return WriteResult{}, true, apiErrorf(CodeInternal, "not a write this node started")
 	}
 	out, err := s.node.FinishPropose(pw.prop)
 	if errors.Is(err, cluster.ErrProposalNotDone) {
