@@ -14,7 +14,8 @@ import (
 // API's /v1/multi exchanges do) give exactly the answers KVPut and KVDelete
 // give, over real nodes: versions, exactly-once replays, conditions, the
 // not_found of a DELETE of an absent key; and a node that does not lead the
-// key's group declines to start, proposing nothing.
+// key's group declines to start, proposing nothing; and a write whose
+// context has ended before it is sent is not proposed at all.
 func TestStartedWritesAnswerAsKVWrites(t *testing.T) {
 	c := newTestCluster(t, Settings{VShards: 16, Groups: 2, RF: 3})
 	c.join()
@@ -114,6 +115,20 @@ func TestStartedWritesAnswerAsKVWrites(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if got, err := other.KVGet(ctx, key, ReadOptions{}); err != nil || got.Found {
 		t.Fatalf("a declined write was stored: %+v %v", got, err)
+	}
+
+	// A write whose time is already up is not proposed: unavailable (safe
+	// to retry), not outcome_unknown, and nothing is stored.
+	done, stop := context.WithCancel(ctx)
+	stop()
+	for _, s := range []*Server{leader, other} {
+		if _, err := s.KVPut(done, key, []byte("late"), WriteOptions{}); !errors.As(err, &ae) || ae.Code != CodeUnavailable {
+			t.Fatalf("a write with its context ended, through node %d: %v, want unavailable", s.ID(), err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if got, err := other.KVGet(ctx, key, ReadOptions{}); err != nil || got.Found {
+		t.Fatalf("a write whose context had ended was stored: %+v %v", got, err)
 	}
 
 	// The outcome of a write nobody waits for is unknown, as KVPut's is.

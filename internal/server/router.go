@@ -204,6 +204,14 @@ func (s *Server) do(ctx context.Context, write bool, r *request) ([]byte, error)
 	var hint ids.NodeID
 	var last error
 	for {
+		if err := ctx.Err(); err != nil {
+			// Every attempt so far failed before reaching a log: a write
+			// whose time is up is not proposed now only to be unknown.
+			if last == nil {
+				return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
+			return nil, fmt.Errorf("%w: %v (last error: %v)", ErrUnavailable, err, last)
+		}
 		target := hint
 		if target == 0 {
 			if _, n, err := s.node.Leader(r.group); err == nil {
