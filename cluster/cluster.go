@@ -251,8 +251,10 @@ func (n *Node) claimDir() error {
 	return n.eng.DB().Set(nodeIDKey, binary.BigEndian.AppendUint64(nil, uint64(n.cfg.NodeID)), pebble.Sync)
 }
 
-// Stop stops the node: Raft processing first (waiters get ErrStopped), then
-// the transport, then storage.
+// Stop stops the node: Raft processing first (waiting reads get
+// ErrStopped; waiting proposals ErrOutcomeUnknown, since one that Raft had
+// may still commit on the other replicas), then the transport, then
+// storage.
 func (n *Node) Stop() error {
 	n.host.Stop()
 	return errors.Join(n.tr.Close(), n.eng.Close())
