@@ -190,7 +190,7 @@ type asyncWriter interface {
 	StartKVPut(key, value []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool)
 	StartKVDelete(key []byte, o server.WriteOptions, notify func()) (server.PendingWrite, bool)
 	FinishKVWrite(p server.PendingWrite) (server.WriteResult, bool, error)
-	AbandonKVWrite(p server.PendingWrite, cause error) error
+	AbandonKVWrite(cause error) error
 }
 
 var (
@@ -339,7 +339,7 @@ func (x *exchange) expire() {
 				x.done <- resp
 			}
 		default:
-			x.done <- errorAnswer(i, x.writer.AbandonKVWrite(st.write, x.startCtx.Err()))
+			x.done <- errorAnswer(i, x.writer.AbandonKVWrite(x.startCtx.Err()))
 		}
 	}
 	x.pending = 0

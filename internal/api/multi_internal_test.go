@@ -411,7 +411,7 @@ func (s *startingService) FinishKVWrite(p server.PendingWrite) (server.WriteResu
 	return w.wr, true, w.err
 }
 
-func (s *startingService) AbandonKVWrite(p server.PendingWrite, cause error) error {
+func (s *startingService) AbandonKVWrite(cause error) error {
 	return &server.APIError{Code: server.CodeOutcomeUnknown, Message: cause.Error()}
 }
 

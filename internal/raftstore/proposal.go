@@ -42,6 +42,7 @@ type proposal struct {
 	// notify, when not nil, is called once done is closed (StartPropose);
 	// it must not block.
 	notify func()
+	start  time.Time // when a command was queued (Propose, StartPropose)
 	res    []byte
 	err    error
 	fin    atomic.Bool
@@ -67,21 +68,18 @@ func (p *proposal) finish(res []byte, err error) {
 // is durable on a quorum). It must be called on the group's leader; other
 // replicas answer *NotLeaderError with the leader they know.
 func (h *Host) Propose(ctx context.Context, g ids.GroupID, p Proposal) ([]byte, error) {
-	pp, err := h.StartPropose(g, p, nil)
+	pr, err := h.propose(g, p, nil)
 	if err != nil {
 		return nil, err
 	}
-	if err := h.waitProposal(ctx, pp.Done()); err != nil {
+	if err := h.waitProposal(ctx, pr.done); err != nil {
 		return nil, err
 	}
-	return h.FinishPropose(pp)
+	return h.outcome(pr)
 }
 
 // PendingProposal is a proposal started by StartPropose.
-type PendingProposal struct {
-	pr    *proposal
-	start time.Time
-}
+type PendingProposal struct{ pr *proposal }
 
 // Done is closed once the proposal's outcome is known (FinishPropose).
 func (p *PendingProposal) Done() <-chan struct{} { return p.pr.done }
@@ -94,6 +92,27 @@ func (p *PendingProposal) Done() <-chan struct{} { return p.pr.done }
 // proposal whose outcome is never collected still applies (or not) as any
 // other; a caller that stops waiting must treat its outcome as unknown.
 func (h *Host) StartPropose(g ids.GroupID, p Proposal, notify func()) (*PendingProposal, error) {
+	pr, err := h.propose(g, p, notify)
+	if err != nil {
+		return nil, err
+	}
+	return &PendingProposal{pr: pr}, nil
+}
+
+// FinishPropose returns the outcome of p, which must be done: the state
+// machine's result, or why the command was not (or may not have been)
+// applied, with the errors Propose gives.
+func (h *Host) FinishPropose(p *PendingProposal) ([]byte, error) {
+	select {
+	case <-p.pr.done:
+	default:
+		return nil, ErrProposalNotDone
+	}
+	return h.outcome(p.pr)
+}
+
+// propose queues a command for g's next pass (Propose, StartPropose).
+func (h *Host) propose(g ids.GroupID, p Proposal, notify func()) (*proposal, error) {
 	if len(p.Payload) > h.cfg.MaxProposalBytes {
 		return nil, fmt.Errorf("%w: %d bytes > %d", ErrTooLarge, len(p.Payload), h.cfg.MaxProposalBytes)
 	}
@@ -120,24 +139,18 @@ func (h *Host) StartPropose(g ids.GroupID, p Proposal, notify func()) (*PendingP
 		payload:    p.Payload,
 	}
 	pr.data = encodeCommand(make([]byte, 0, commandHeaderLen+len(p.Payload)), &c)
-	pp := &PendingProposal{pr: pr, start: time.Now()}
+	pr.start = time.Now()
 	h.enqueue(r, pr)
-	return pp, nil
+	return pr, nil
 }
 
-// FinishPropose returns the outcome of p, which must be done: the state
-// machine's result, or why the command was not (or may not have been)
-// applied, with the errors Propose gives.
-func (h *Host) FinishPropose(p *PendingProposal) ([]byte, error) {
-	select {
-	case <-p.pr.done:
-	default:
-		return nil, ErrProposalNotDone
+// outcome returns the outcome of pr, which is done, and records an applied
+// command's latency.
+func (h *Host) outcome(pr *proposal) ([]byte, error) {
+	if pr.err == nil {
+		h.latencies.proposal.Observe(time.Since(pr.start).Seconds())
 	}
-	if p.pr.err == nil {
-		h.latencies.proposal.Observe(time.Since(p.start).Seconds())
-	}
-	return p.pr.res, p.pr.err
+	return pr.res, pr.err
 }
 
 // enqueue queues pr for r's next pass.

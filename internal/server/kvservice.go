@@ -359,10 +359,7 @@ func (s *Server) startKVWrite(key, cmd []byte, o WriteOptions, del bool, notify 
 	if err != nil {
 		return nil, false
 	}
-	if _, n, err := s.node.Leader(r.group); err != nil || n != s.id {
-		return nil, false
-	}
-	if s.checkRoute(r) != nil {
+	if !s.servesHere(r) {
 		return nil, false
 	}
 	prop, err := s.node.StartPropose(r.group, r.proposal(), notify)
@@ -370,6 +367,14 @@ func (s *Server) startKVWrite(key, cmd []byte, o WriteOptions, del bool, notify 
 		return nil, false
 	}
 	return &pendingWrite{prop: prop, vs: r.vshard, del: del, key: key}, true
+}
+
+// servesHere reports whether this node leads r's group and routes r's
+// vShard to it: what a request started here (StartKVGet, StartKVPut)
+// needs, as Server.do would serve it here.
+func (s *Server) servesHere(r *request) bool {
+	_, n, err := s.node.Leader(r.group)
+	return err == nil && n == s.id && s.checkRoute(r) == nil
 }
 
 // FinishKVWrite answers p once it is done, as KVPut or KVDelete would have.
@@ -406,7 +411,7 @@ func (s *Server) FinishKVWrite(p PendingWrite) (res WriteResult, ok bool, err er
 // AbandonKVWrite is the answer to a started write whose caller stops
 // waiting for it (its time ran out, cause): its outcome is unknown, as
 // KVPut's would be then. The write itself goes on and may still apply.
-func (s *Server) AbandonKVWrite(p PendingWrite, cause error) error {
+func (s *Server) AbandonKVWrite(cause error) error {
 	return s.apiError(fmt.Errorf("%w: %w", cluster.ErrOutcomeUnknown, cause))
 }
 
@@ -466,10 +471,7 @@ func (s *Server) StartKVGet(key []byte, o ReadOptions, notify func()) (p Pending
 	if s.checkEpoch(vs, o.Epoch) != nil {
 		return nil, false
 	}
-	if _, n, err := s.node.Leader(g); err != nil || n != s.id {
-		return nil, false
-	}
-	if s.checkRoute(&request{group: g, vshard: vs, body: q}) != nil {
+	if !s.servesHere(&request{group: g, vshard: vs, body: q}) {
 		return nil, false
 	}
 	read, err := s.node.StartRead(g, notify)

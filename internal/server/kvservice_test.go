@@ -132,7 +132,7 @@ func TestStartedWritesAnswerAsKVWrites(t *testing.T) {
 	}
 
 	// The outcome of a write nobody waits for is unknown, as KVPut's is.
-	if err := leader.AbandonKVWrite(nil, context.DeadlineExceeded); !errors.As(err, &ae) || ae.Code != CodeOutcomeUnknown {
+	if err := leader.AbandonKVWrite(context.DeadlineExceeded); !errors.As(err, &ae) || ae.Code != CodeOutcomeUnknown {
 		t.Fatalf("abandoned write: %v, want outcome_unknown", err)
 	}
 }
