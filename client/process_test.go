@@ -2,13 +2,10 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,7 +46,16 @@ func (p *nodeProc) kill() {
 type procCluster struct {
 	procs  []*nodeProc
 	bin    string
+	extra  []string // flags every node's start was given beyond the defaults
 	client *Client
+}
+
+// restart starts node i's process again from its data dir (its addresses
+// are stored there), with the flags it was first given.
+func (pc *procCluster) restart(t *testing.T, i int) {
+	p := pc.procs[i]
+	p.args = append([]string{"start", "--dir", p.dir, "--tick", "20ms", "--log-level", "info"}, pc.extra...)
+	p.start(t, pc.bin)
 }
 
 func (pc *procCluster) admin(i int) *server.AdminClient {
@@ -61,11 +67,17 @@ func (pc *procCluster) admin(i int) *server.AdminClient {
 // the test with -short, and returns the context that bounds the test (two
 // minutes, ended when the test ends).
 func startProcCluster(t *testing.T) (context.Context, *procCluster) {
+	return startProcClusterWith(t, 2*time.Minute)
+}
+
+// startProcClusterWith is startProcCluster with the test's time bound and
+// extra flags for every node's `start` (restartArgs repeats them).
+func startProcClusterWith(t *testing.T, bound time.Duration, extra ...string) (context.Context, *procCluster) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	t.Cleanup(cancel)
 	root := t.TempDir()
 	bin := filepath.Join(root, "nodedb-cluster")
@@ -82,6 +94,7 @@ func startProcCluster(t *testing.T) (context.Context, *procCluster) {
 		p := &nodeProc{dir: dir, api: apitest.FreeTCP(t), log: logf,
 			args: []string{"start", "--dir", dir, "--listen", apitest.FreeUDP(t), "--tick", "20ms", "--log-level", "info"}}
 		p.args = append(p.args, "--api", p.api)
+		p.args = append(p.args, extra...)
 		procs[i] = p
 		t.Cleanup(func() {
 			p.kill()
@@ -92,7 +105,7 @@ func startProcCluster(t *testing.T) (context.Context, *procCluster) {
 			logf.Close()
 		})
 	}
-	pc := &procCluster{procs: procs, bin: bin}
+	pc := &procCluster{procs: procs, bin: bin, extra: extra}
 	procs[0].args = append(procs[0].args, "--bootstrap", "--groups", "4", "--vshards", "64")
 	procs[0].start(t, bin)
 	token := func() string {
@@ -126,8 +139,16 @@ func startProcCluster(t *testing.T) (context.Context, *procCluster) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	pc.client = pc.newClient(ctx, t)
+	return ctx, pc
+}
+
+// newClient returns a client of every node, with a routing cache of its
+// own, closed when the test ends.
+func (pc *procCluster) newClient(ctx context.Context, t *testing.T) *Client {
+	t.Helper()
 	var endpoints []string
-	for _, p := range procs {
+	for _, p := range pc.procs {
 		endpoints = append(endpoints, p.api)
 	}
 	cl, err := New(ctx, Config{Endpoints: endpoints, RequestTimeout: time.Second, Logger: testLog()})
@@ -135,8 +156,7 @@ func startProcCluster(t *testing.T) (context.Context, *procCluster) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cl.Close() })
-	pc.client = cl
-	return ctx, pc
+	return cl
 }
 
 // mostLeader returns the index of the process leading the most groups, and
@@ -165,72 +185,22 @@ func (pc *procCluster) mostLeader(ctx context.Context) (victim, most int) {
 // write is lost or applied twice.
 func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 	ctx, pc := startProcCluster(t)
-	procs, bin, cl := pc.procs, pc.bin, pc.client
+	procs, cl := pc.procs, pc.client
 
-	keys := []string{"p0", "p1", "p2", "{p}3"}
 	h := &history{start: time.Now()}
-	end := time.Now().Add(6 * time.Second)
-	var wg sync.WaitGroup
-	for w := range 6 {
-		wg.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
-			seen := map[string]uint64{}
-			for n := 0; time.Now().Before(end); n++ {
-				key := keys[rng.IntN(len(keys))]
-				octx, ocancel := context.WithTimeout(ctx, 4*time.Second)
-				in := kvIn{key: key, value: fmt.Sprintf("w%d-%d", w, n)}
-				var out kvOut
-				call := h.now()
-				switch p := rng.IntN(100); {
-				case p < 40:
-					in.kind, in.value = opGet, ""
-					g, err := cl.Get(octx, []byte(key))
-					switch {
-					case err == nil:
-						out = kvOut{found: true, value: string(g.Value), version: g.Version}
-						seen[key] = g.Version
-					case errors.Is(err, ErrNotFound):
-						seen[key] = 0
-					default:
-						ocancel()
-						continue // a failed read has no effect
-					}
-				case p < 75:
-					in.kind = opPut
-					wr, err := cl.Put(octx, []byte(key), []byte(in.value))
-					if err != nil {
-						out.unknown = true
-					} else {
-						out.version, seen[key] = wr.Version, wr.Version
-					}
-				default:
-					in.kind, in.ifVersion = opCAS, seen[key]
-					wr, err := cl.Put(octx, []byte(key), []byte(in.value), WithIfVersion(in.ifVersion))
-					cur, conflict := CurrentVersion(err)
-					switch {
-					case err == nil:
-						out, seen[key] = kvOut{ok: true, version: wr.Version}, wr.Version
-					case errors.Is(err, ErrConflict) && conflict:
-						out, seen[key] = kvOut{version: cur}, cur
-					default:
-						out.unknown = true
-					}
-				}
-				ret := h.now()
-				ocancel()
-				h.add(w, in, call, out, ret)
-			}
-		})
-	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runProcWorkload(ctx, []*Client{cl}, h, 6, time.Now().Add(6*time.Second))
+	}()
 	// The nemesis: SIGKILL the node leading the most groups, restart it.
 	time.Sleep(1500 * time.Millisecond)
 	victim, most := pc.mostLeader(ctx)
 	procs[victim].kill()
 	killedAt := h.now()
 	time.Sleep(2 * time.Second)
-	procs[victim].args = []string{"start", "--dir", procs[victim].dir, "--tick", "20ms", "--log-level", "info"}
-	procs[victim].start(t, bin)
-	wg.Wait()
+	pc.restart(t, victim)
+	<-done
 
 	afterKill, unknown := 0, 0
 	for _, op := range h.ops {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodedb/nodedb-cluster/internal/apitest"
 	"github.com/nodedb/nodedb-cluster/internal/freeport"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 	"github.com/nodedb/nodedb-cluster/internal/testwatch"
@@ -451,35 +452,11 @@ func waitCount(ctx context.Context, t *testing.T, count func() int, n int) {
 
 func waitConverged(ctx context.Context, t *testing.T, procs []*proc, g uint64) {
 	t.Helper()
-	var last []server.HashAnswer
-	for {
-		last = last[:0]
-		for _, p := range procs {
-			h, err := adminOf(p.dir).Hash(ctx, g)
-			if err != nil {
-				var ae *server.AdminError
-				if !errors.As(err, &ae) {
-					t.Logf("hash of group %d on %s: %v", g, p.dir, err)
-				}
-				break
-			}
-			last = append(last, h)
-		}
-		if len(last) == len(procs) && last[0].Applied > 0 {
-			same := true
-			for _, h := range last[1:] {
-				same = same && h == last[0]
-			}
-			if same {
-				return
-			}
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("group %d did not converge: %+v", g, last)
-		case <-time.After(100 * time.Millisecond):
-		}
+	admins := make([]*server.AdminClient, len(procs))
+	for i, p := range procs {
+		admins[i] = adminOf(p.dir)
 	}
+	apitest.WaitConverged(ctx, t, admins, g)
 }
 
 // TestProcessJoinSurvivesLeaderCrashMidJoin crashes the metadata leader

@@ -159,3 +159,37 @@ func (c *Cluster) Stop() {
 		c.StopNode(i)
 	}
 }
+
+// WaitConverged waits until every node answers the same applied index and
+// state hash for group g through its admin socket, and fails the test if
+// that does not happen before ctx ends. Equal hashes at equal indexes are
+// what "the replicas converged" means: the same commands applied to the
+// same state.
+func WaitConverged(ctx context.Context, t testing.TB, admins []*server.AdminClient, g uint64) {
+	t.Helper()
+	var last []server.HashAnswer
+	for {
+		last = last[:0]
+		for _, a := range admins {
+			h, err := a.Hash(ctx, g)
+			if err != nil {
+				break // a node still starting, or one without the replica yet
+			}
+			last = append(last, h)
+		}
+		if len(last) == len(admins) && last[0].Applied > 0 {
+			same := true
+			for _, h := range last[1:] {
+				same = same && h == last[0]
+			}
+			if same {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("group %d did not converge: %+v", g, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -24,6 +24,9 @@ var (
 	linQUICSeeds   = flag.Int("nodedb.lin-quic-seeds", 2, "seeds of the linearizability nemesis test over QUIC")
 	linExpirySeeds = flag.Int("nodedb.lin-expiry-seeds", 1, "seeds of the linearizability nemesis test with a 3 s client expiry")
 	linTCPSeeds    = flag.Int("nodedb.lin-tcp-seeds", 1, "seeds of the linearizability nemesis test over TCP")
+	// linSeedBase shifts every run's seeds, so that a campaign of extra
+	// runs explores nemesis schedules the default run never takes.
+	linSeedBase = flag.Int64("nodedb.lin-seed-base", 0, "added to every seed of the linearizability nemesis tests")
 )
 
 // TestLinearizableUnderFaults runs concurrent clients doing puts, gets,
@@ -251,7 +254,7 @@ func runSeeds(t *testing.T, n int, opts Options, after ...func(context.Context, 
 	}
 	for s := range n {
 		o := opts
-		o.Seed = int64(s + 1)
+		o.Seed = *linSeedBase + int64(s+1)
 		t.Run(fmt.Sprintf("seed=%d", o.Seed), func(t *testing.T) {
 			runLinearizability(t, o, *linDuration, after...)
 		})
