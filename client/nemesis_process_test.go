@@ -90,13 +90,14 @@ func runProcWorkload(ctx context.Context, clients []*Client, h *history, workers
 // SIGKILL and restart after a pause, SIGKILL and restart at once (a crash
 // loop), SIGKILL of the node leading the most groups, SIGSTOP for up to 3 s
 // and SIGCONT (a stalled machine, a long GC pause: the node wakes up
-// believing it still leads), SIGSTOP of two nodes at once (no quorum for a
-// while), or SIGKILL of every node at once and a restart (every process
+// believing it still leads), SIGSTOP of the busiest leader for longer than an
+// election, SIGSTOP of two nodes at once (no quorum for a while), or SIGKILL of every node at once and a restart (every process
 // crashed; the page cache survives a SIGKILL, so this is not a power cut).
-// With quorum reads and with leader leases
+// Over QUIC with quorum reads, over QUIC with leader leases
 // (`--read-lease`, where a stalled leader is the classic way to serve a
-// stale read). Then every history must be linearizable (porcupine), and
-// every group's replicas must converge to the same state hash.
+// stale read), and over TCP (`--transport tcp`). Then every history must be
+// linearizable (porcupine), and every group's replicas must converge to the
+// same state hash.
 func TestLinearizableUnderProcessNemesis(t *testing.T) {
 	if *procNemesis <= 0 {
 		t.Skip("extended tier: run with -nodedb.proc-nemesis=60s (README, \"Extended tests\")")
@@ -111,6 +112,7 @@ func TestLinearizableUnderProcessNemesis(t *testing.T) {
 	}{
 		{"quorum-reads", nil},
 		{"read-lease", []string{"--read-lease"}},
+		{"tcp", []string{"--transport", "tcp"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Logf("nemesis seed %d (-nodedb.proc-nemesis-seed)", seed)
