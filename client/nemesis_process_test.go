@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -95,9 +96,11 @@ func runProcWorkload(ctx context.Context, clients []*Client, h *history, workers
 // crashed; the page cache survives a SIGKILL, so this is not a power cut).
 // Over QUIC with quorum reads, over QUIC with leader leases
 // (`--read-lease`, where a stalled leader is the classic way to serve a
-// stale read), and over TCP (`--transport tcp`). Then every history must be
-// linearizable (porcupine), and every group's replicas must converge to the
-// same state hash.
+// stale read), over TCP (`--transport tcp`), and on four nodes with replica
+// moves requested throughout. Then every history must be linearizable
+// (porcupine), every move must have completed or aborted (none
+// quarantined), and every group's replicas must converge to the same state
+// hash.
 func TestLinearizableUnderProcessNemesis(t *testing.T) {
 	if *procNemesis <= 0 {
 		t.Skip("extended tier: run with -nodedb.proc-nemesis=60s (README, \"Extended tests\")")
@@ -106,23 +109,32 @@ func TestLinearizableUnderProcessNemesis(t *testing.T) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	for _, c := range []struct {
-		name  string
-		extra []string
-	}{
-		{"quorum-reads", nil},
-		{"read-lease", []string{"--read-lease"}},
-		{"tcp", []string{"--transport", "tcp"}},
+	for _, c := range []procNemesisCase{
+		{name: "quorum-reads", nodes: 3},
+		{name: "read-lease", nodes: 3, extra: []string{"--read-lease"}},
+		{name: "tcp", nodes: 3, extra: []string{"--transport", "tcp"}},
+		{name: "moves", nodes: 4, moves: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Logf("nemesis seed %d (-nodedb.proc-nemesis-seed)", seed)
-			runProcNemesis(t, *procNemesis, seed, c.extra...)
+			runProcNemesis(t, *procNemesis, seed, c)
 		})
 	}
 }
 
-func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, extra ...string) {
-	ctx, pc := startProcClusterWith(t, dur+3*time.Minute, extra...)
+// procNemesisCase is one cluster shape the process nemesis runs against.
+type procNemesisCase struct {
+	name  string
+	nodes int      // 3, or more for moves (RF 3)
+	extra []string // flags for every node's start
+	// moves: before every disturbance, ask for a replica move half the
+	// time (a random voter of a random data group to the node without
+	// one), so that moves run through kills, stalls and crashes of all.
+	moves bool
+}
+
+func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisCase) {
+	ctx, pc := startProcClusterWith(t, c.nodes, dur+4*time.Minute, c.extra...)
 	// A client per worker, each with its own routing cache, as separate
 	// application processes would have: a worker whose cache still names a
 	// stalled leader sends it a read that starts after another worker's
@@ -146,6 +158,9 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, extra ...strin
 	var actions []string
 	for end := time.Now().Add(dur - 2*time.Second); time.Now().Before(end); {
 		sleep(500*time.Millisecond, 2*time.Second)
+		if c.moves && rng.IntN(2) == 0 {
+			actions = append(actions, fmt.Sprintf("%s: %s", time.Duration(h.now()).Round(time.Millisecond), requestMove(ctx, pc, rng)))
+		}
 		victim := rng.IntN(len(pc.procs))
 		p := pc.procs[victim]
 		var act string
@@ -167,7 +182,7 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, extra ...strin
 			pc.restart(t, victim)
 		case 3:
 			other := (victim + 1 + rng.IntN(len(pc.procs)-1)) % len(pc.procs)
-			act = fmt.Sprintf("and node %d: stop both (no quorum), continue after a pause", other+1)
+			act = fmt.Sprintf("and node %d: stop both (no quorum), continue after a pause", pc.nodeIDs[other])
 			q := pc.procs[other]
 			p.cmd.Process.Signal(syscall.SIGSTOP)
 			q.cmd.Process.Signal(syscall.SIGSTOP)
@@ -198,7 +213,7 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, extra ...strin
 			sleep(100*time.Millisecond, 3*time.Second)
 			p.cmd.Process.Signal(syscall.SIGCONT)
 		}
-		actions = append(actions, fmt.Sprintf("%s: node %d: %s", time.Duration(h.now()).Round(time.Millisecond), victim+1, act))
+		actions = append(actions, fmt.Sprintf("%s: node %d: %s", time.Duration(h.now()).Round(time.Millisecond), pc.nodeIDs[victim], act))
 	}
 	<-done
 	for _, a := range actions {
@@ -217,16 +232,77 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, extra ...strin
 	}
 	checkLinearizable(t, h.ops, 5*time.Minute)
 
-	st, err := pc.admin(0).Cluster(ctx)
-	if err != nil {
-		t.Fatal(err)
+	st := settled(ctx, t, pc)
+	if c.moves {
+		t.Logf("placement after the moves: %+v", st.Groups)
 	}
-	admins := make([]*server.AdminClient, len(pc.procs))
-	for i := range pc.procs {
-		admins[i] = pc.admin(i)
-	}
-	apitest.WaitConverged(ctx, t, admins, 0) // the metadata group
-	for _, g := range st.Groups {
+	for _, g := range st.Groups { // the metadata group (0) too
+		var admins []*server.AdminClient
+		for _, id := range g.Voters {
+			admins = append(admins, pc.adminOfNode(t, id))
+		}
 		apitest.WaitConverged(ctx, t, admins, g.ID)
+	}
+}
+
+// requestMove asks for a replica move of a random data group from a random
+// voter to a node without a replica of it, and says what it asked and how
+// it was answered: refusals (a move already in flight for the group, a
+// node not active while it restarts) are part of the game.
+func requestMove(ctx context.Context, pc *procCluster, rng *rand.Rand) string {
+	st, err := pc.admin(rng.IntN(len(pc.procs))).Cluster(ctx)
+	if err != nil {
+		return fmt.Sprintf("move: no status: %v", err)
+	}
+	var data []server.GroupInfo
+	for _, g := range st.Groups {
+		if g.ID != 0 && len(g.Voters) > 0 {
+			data = append(data, g)
+		}
+	}
+	if len(data) == 0 {
+		return "move: no data group"
+	}
+	g := data[rng.IntN(len(data))]
+	var outsiders []uint64
+	for _, n := range st.Nodes {
+		if !slices.Contains(g.Voters, n.ID) && !slices.Contains(g.Learners, n.ID) {
+			outsiders = append(outsiders, n.ID)
+		}
+	}
+	if len(outsiders) == 0 {
+		return fmt.Sprintf("move: group %d is on every node", g.ID)
+	}
+	req := server.MoveRequest{Group: g.ID, From: g.Voters[rng.IntN(len(g.Voters))], To: outsiders[rng.IntN(len(outsiders))]}
+	m, err := pc.admin(rng.IntN(len(pc.procs))).MoveReplica(ctx, req)
+	if err != nil {
+		return fmt.Sprintf("move group %d from node %d to %d: refused: %v", req.Group, req.From, req.To, err)
+	}
+	return fmt.Sprintf("move group %d from node %d to %d: started %s", req.Group, req.From, req.To, m.ID)
+}
+
+// settled waits until no migration is left (every move completed or
+// aborted, none quarantined) and every group has its voters and no
+// learner, and returns that placement.
+func settled(ctx context.Context, t *testing.T, pc *procCluster) server.ClusterStatus {
+	t.Helper()
+	n := len(pc.procs)
+	for {
+		st, err := pc.admin(0).Cluster(ctx)
+		if err == nil {
+			for _, m := range st.Migrations {
+				if m.Quarantined {
+					t.Fatalf("migration quarantined: %+v", m)
+				}
+			}
+			if len(st.Migrations) == 0 && fullyPlaced(st, n) {
+				return st
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the cluster did not settle: %v %+v", err, st)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -44,10 +45,13 @@ func (p *nodeProc) kill() {
 // procCluster is three node processes of the built binary (ticks of 20ms,
 // 4 data groups of 3 voters each, placed) and a Go client of them.
 type procCluster struct {
-	procs  []*nodeProc
-	bin    string
-	extra  []string // flags every node's start was given beyond the defaults
-	client *Client
+	procs []*nodeProc
+	bin   string
+	extra []string // flags every node's start was given beyond the defaults
+	// nodeIDs[i] is process i's node ID: joins finish in any order, so
+	// IDs need not follow the processes' order.
+	nodeIDs []uint64
+	client  *Client
 }
 
 // restart starts node i's process again from its data dir (its addresses
@@ -67,12 +71,13 @@ func (pc *procCluster) admin(i int) *server.AdminClient {
 // the test with -short, and returns the context that bounds the test (two
 // minutes, ended when the test ends).
 func startProcCluster(t *testing.T) (context.Context, *procCluster) {
-	return startProcClusterWith(t, 2*time.Minute)
+	return startProcClusterWith(t, 3, 2*time.Minute)
 }
 
-// startProcClusterWith is startProcCluster with the test's time bound and
-// extra flags for every node's `start` (restartArgs repeats them).
-func startProcClusterWith(t *testing.T, bound time.Duration, extra ...string) (context.Context, *procCluster) {
+// startProcClusterWith is startProcCluster with n nodes (RF 3: with more
+// than three, each group has three of them), the test's time bound and
+// extra flags for every node's `start` (restart repeats them).
+func startProcClusterWith(t *testing.T, n int, bound time.Duration, extra ...string) (context.Context, *procCluster) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes")
@@ -84,7 +89,7 @@ func startProcClusterWith(t *testing.T, bound time.Duration, extra ...string) (c
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	procs := make([]*nodeProc, 3)
+	procs := make([]*nodeProc, n)
 	for i := range procs {
 		dir := filepath.Join(root, fmt.Sprintf("n%d", i+1))
 		logf, err := os.Create(dir + ".log")
@@ -100,7 +105,7 @@ func startProcClusterWith(t *testing.T, bound time.Duration, extra ...string) (c
 			p.kill()
 			if t.Failed() {
 				b, _ := os.ReadFile(logf.Name())
-				t.Logf("node %d log:\n%s", i+1, b)
+				t.Logf("process %d (%s) log:\n%s", i+1, dir, b)
 			}
 			logf.Close()
 		})
@@ -129,15 +134,19 @@ func startProcClusterWith(t *testing.T, bound time.Duration, extra ...string) (c
 	for placed := false; !placed; {
 		var err error
 		if st, err = pc.admin(0).Cluster(ctx); err == nil {
-			placed = len(st.Nodes) == 3
-			for _, g := range st.Groups {
-				placed = placed && len(g.Voters) == 3 && len(g.Learners) == 0
-			}
+			placed = len(st.Nodes) == n && fullyPlaced(st, n)
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("cluster never placed: %v %+v", err, st.Groups)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	for i := range procs {
+		st, err := pc.admin(i).Status(ctx)
+		if err != nil {
+			t.Fatalf("status of process %d: %v", i, err)
+		}
+		pc.nodeIDs = append(pc.nodeIDs, st.Node)
 	}
 	pc.client = pc.newClient(ctx, t)
 	return ctx, pc
@@ -159,6 +168,32 @@ func (pc *procCluster) newClient(ctx context.Context, t *testing.T) *Client {
 	return cl
 }
 
+// fullyPlaced reports whether every group of st has its voters (RF 3 for
+// data groups, up to 5 for the metadata group) on a cluster of n nodes,
+// and no learner.
+func fullyPlaced(st server.ClusterStatus, n int) bool {
+	for _, g := range st.Groups {
+		want := 3
+		if g.ID == 0 {
+			want = min(n, 5)
+		}
+		if len(g.Voters) != want || len(g.Learners) != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// adminOfNode returns the admin client of the process that is node id.
+func (pc *procCluster) adminOfNode(t *testing.T, id uint64) *server.AdminClient {
+	t.Helper()
+	i := slices.Index(pc.nodeIDs, id)
+	if i < 0 {
+		t.Fatalf("no process is node %d", id)
+	}
+	return pc.admin(i)
+}
+
 // mostLeader returns the index of the process leading the most groups, and
 // how many it leads.
 func (pc *procCluster) mostLeader(ctx context.Context) (victim, most int) {
@@ -169,8 +204,8 @@ func (pc *procCluster) mostLeader(ctx context.Context) (victim, most int) {
 			count[g.Leader]++
 		}
 		for i := range pc.procs {
-			if count[uint64(i+1)] > most {
-				victim, most = i, count[uint64(i+1)]
+			if count[pc.nodeIDs[i]] > most {
+				victim, most = i, count[pc.nodeIDs[i]]
 			}
 		}
 	}
@@ -211,7 +246,7 @@ func TestLinearizableWithAKilledNodeProcess(t *testing.T) {
 		}
 	}
 	t.Logf("%d operations, %d of unknown outcome, %d completed after node %d (leader of %d groups) was killed",
-		len(h.ops), unknown, afterKill, victim+1, most)
+		len(h.ops), unknown, afterKill, pc.nodeIDs[victim], most)
 	if afterKill < 50 {
 		t.Fatalf("only %d operations completed after the kill: the client did not route around the dead node", afterKill)
 	}
