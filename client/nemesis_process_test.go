@@ -85,16 +85,16 @@ func runProcWorkload(ctx context.Context, clients []*Client, h *history, workers
 }
 
 // TestLinearizableUnderProcessNemesis is the extended tier's soak over the
-// real stack: three node processes of the built binary (QUIC with mutual
-// TLS, Pebble on disk), six Go clients, and a nemesis that for
-// -nodedb.proc-nemesis keeps doing one of these to one node at a time:
-// SIGKILL and restart after a pause, SIGKILL and restart at once (a crash
-// loop), SIGKILL of the node leading the most groups, SIGSTOP for up to 3 s
-// and SIGCONT (a stalled machine, a long GC pause: the node wakes up
-// believing it still leads), SIGSTOP of the busiest leader for longer than an
-// election, SIGSTOP of two nodes at once (no quorum for a while), or SIGKILL of every node at once and a restart (every process
-// crashed; the page cache survives a SIGKILL, so this is not a power cut).
-// Over QUIC with quorum reads, over QUIC with leader leases
+// real stack: node processes of the built binary (mutual TLS between them,
+// Pebble on disk), six Go clients, and a nemesis that for
+// -nodedb.proc-nemesis keeps doing one of these: SIGKILL a node and restart
+// it after a pause, or at once (a crash loop), or the node leading the most
+// groups; SIGSTOP a node for up to 3 s and SIGCONT it (a stalled machine, a
+// long GC pause: the node wakes up believing it still leads), or the
+// busiest leader for longer than an election, or two nodes at once (no
+// quorum for a while); SIGKILL every node at once and restart them all
+// (every process crashed; the page cache survives a SIGKILL, so this is not
+// a power cut). Over QUIC with quorum reads, over QUIC with leader leases
 // (`--read-lease`, where a stalled leader is the classic way to serve a
 // stale read), over TCP (`--transport tcp`), and on four nodes with replica
 // moves requested throughout. Then every history must be linearizable
