@@ -42,8 +42,9 @@ func (p *nodeProc) kill() {
 	}
 }
 
-// procCluster is three node processes of the built binary (ticks of 20ms,
-// 4 data groups of 3 voters each, placed) and a Go client of them.
+// procCluster is node processes of the built binary (three unless a test
+// asks for more; ticks of 20ms, 4 data groups of 3 voters each, placed) and
+// a Go client of them.
 type procCluster struct {
 	procs []*nodeProc
 	bin   string
