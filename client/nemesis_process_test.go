@@ -6,13 +6,16 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nodedb/nodedb-cluster/internal/apitest"
+	"github.com/nodedb/nodedb-cluster/internal/netloss"
 	"github.com/nodedb/nodedb-cluster/internal/server"
 )
 
@@ -131,6 +134,11 @@ type procNemesisCase struct {
 	// time (a random voter of a random data group to the node without
 	// one), so that moves run through kills, stalls and crashes of all.
 	moves bool
+	// partitions adds a disturbance: every packet to and from one node's
+	// peer port dropped for a while (nftables, in a network namespace of
+	// the test's own), while its client API stays reachable: a leader cut
+	// off from its followers but not from its clients.
+	partitions bool
 }
 
 func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisCase) {
@@ -164,7 +172,11 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisC
 		victim := rng.IntN(len(pc.procs))
 		p := pc.procs[victim]
 		var act string
-		switch k := rng.IntN(7); k {
+		k := rng.IntN(7)
+		if c.partitions && rng.IntN(2) == 0 {
+			k = 7 // half the disturbances, where cuts are the point
+		}
+		switch k {
 		case 0:
 			act = "kill, restart after a pause"
 			p.kill()
@@ -207,6 +219,13 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisC
 			for i := range pc.procs {
 				pc.restart(t, i)
 			}
+		case 7:
+			act = "cut off from its peers (not from its clients), healed after a pause"
+			if rng.IntN(2) == 0 {
+				victim, _ = pc.mostLeader(ctx)
+				act = "cut off the node leading the most groups from its peers, healed after a pause"
+			}
+			cutOff(ctx, t, pc.procs[victim].listen, func() { sleep(200*time.Millisecond, 3*time.Second) })
 		default:
 			act = "stop (SIGSTOP), continue after a pause"
 			p.cmd.Process.Signal(syscall.SIGSTOP)
@@ -305,4 +324,71 @@ func settled(ctx context.Context, t *testing.T, pc *procCluster) server.ClusterS
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// TestLinearizableUnderProcessPartitions is the process nemesis with one
+// more disturbance, a node cut off from its peers while its clients still
+// reach it (the case leases and forwarding must get right), over QUIC with
+// quorum reads and with leases. Cutting needs nftables in a network
+// namespace of the test's own (internal/netloss): the test reruns itself in
+// one, and skips where the machine cannot make one (not root, no unshare,
+// ip or nft).
+func TestLinearizableUnderProcessPartitions(t *testing.T) {
+	dur, seed := *procNemesis, *procNemesisSeed
+	if netloss.InPrivate() {
+		var err error
+		if dur, err = time.ParseDuration(os.Getenv(procNemesisEnv)); err != nil {
+			t.Fatalf("%s: %v", procNemesisEnv, err)
+		}
+		if seed, err = strconv.ParseUint(os.Getenv(procNemesisSeedEnv), 10, 64); err != nil {
+			t.Fatalf("%s: %v", procNemesisSeedEnv, err)
+		}
+	} else {
+		if dur <= 0 {
+			t.Skip("extended tier: run with -nodedb.proc-nemesis=60s (README, \"Extended tests\")")
+		}
+		if testing.Short() {
+			t.Skip("builds the binary and runs processes")
+		}
+		if seed == 0 {
+			seed = uint64(time.Now().UnixNano())
+		}
+		// Built here: the rerun has no network but loopback.
+		bin := buildProcBinary(t, t.TempDir())
+		netloss.RerunInPrivate(t, procBinEnv+"="+bin, procNemesisEnv+"="+dur.String(), procNemesisSeedEnv+"="+strconv.FormatUint(seed, 10))
+		return
+	}
+	for _, c := range []procNemesisCase{
+		{name: "quorum-reads", nodes: 3, partitions: true},
+		{name: "read-lease", nodes: 3, extra: []string{"--read-lease"}, partitions: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Logf("nemesis seed %d (-nodedb.proc-nemesis-seed)", seed)
+			runProcNemesis(t, dur, seed, c)
+		})
+	}
+}
+
+// The flags' values for the rerun in a namespace of its own, which gets
+// the test binary's flags but not the test's.
+const (
+	procNemesisEnv     = "NODEDB_PROC_NEMESIS"
+	procNemesisSeedEnv = "NODEDB_PROC_NEMESIS_SEED"
+)
+
+// cutOff drops every packet to and from the peer address listen while
+// during runs. A QUIC node sends and receives all its peer traffic on that
+// one UDP port, so this cuts it off from every peer; its client API, on
+// another port, stays reachable.
+func cutOff(ctx context.Context, t *testing.T, listen string, during func()) {
+	t.Helper()
+	cut, err := netloss.Install(ctx, "nodedb_test_cut", 100, netloss.OnArrival)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	if err := cut.Add(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	during()
 }

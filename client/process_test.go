@@ -17,11 +17,12 @@ import (
 
 // nodeProc is one node process of the built binary.
 type nodeProc struct {
-	args []string
-	dir  string
-	api  string
-	log  *os.File
-	cmd  *exec.Cmd
+	args   []string
+	dir    string
+	api    string
+	listen string // peer address (QUIC: one UDP socket for dials and accepts)
+	log    *os.File
+	cmd    *exec.Cmd
 }
 
 func (p *nodeProc) start(t *testing.T, bin string) {
@@ -40,6 +41,20 @@ func (p *nodeProc) kill() {
 		p.cmd.Wait()
 		p.cmd = nil
 	}
+}
+
+// procBinEnv names a nodedb-cluster binary already built, for a test binary
+// that another one started (netloss.RerunInPrivate).
+const procBinEnv = "NODEDB_TEST_BIN"
+
+// buildProcBinary builds the nodedb-cluster binary into dir.
+func buildProcBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "nodedb-cluster")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // procCluster is node processes of the built binary (three unless a test
@@ -86,9 +101,9 @@ func startProcClusterWith(t *testing.T, n int, bound time.Duration, extra ...str
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	t.Cleanup(cancel)
 	root := t.TempDir()
-	bin := filepath.Join(root, "nodedb-cluster")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nodedb/nodedb-cluster/cmd/nodedb-cluster").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	bin := os.Getenv(procBinEnv) // built by the test process that started this one
+	if bin == "" {
+		bin = buildProcBinary(t, root)
 	}
 	procs := make([]*nodeProc, n)
 	for i := range procs {
@@ -97,8 +112,8 @@ func startProcClusterWith(t *testing.T, n int, bound time.Duration, extra ...str
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := &nodeProc{dir: dir, api: apitest.FreeTCP(t), log: logf,
-			args: []string{"start", "--dir", dir, "--listen", apitest.FreeUDP(t), "--tick", "20ms", "--log-level", "info"}}
+		p := &nodeProc{dir: dir, api: apitest.FreeTCP(t), listen: apitest.FreeUDP(t), log: logf}
+		p.args = []string{"start", "--dir", dir, "--listen", p.listen, "--tick", "20ms", "--log-level", "info"}
 		p.args = append(p.args, "--api", p.api)
 		p.args = append(p.args, extra...)
 		procs[i] = p
@@ -126,7 +141,7 @@ func startProcClusterWith(t *testing.T, n int, bound time.Duration, extra ...str
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	join := procs[0].args[4] // node 1's --listen
+	join := procs[0].listen
 	for _, p := range procs[1:] {
 		p.args = append(p.args, "--join", join, "--token", token())
 		p.start(t, bin)

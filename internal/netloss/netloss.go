@@ -1,6 +1,7 @@
 // Package netloss drops a share of the packets to and from chosen ports, at
 // random, with an nftables table: packet loss on the links between cluster
-// members, for tests and benchmarks that run every member on 127.0.0.1.
+// members, or a member cut off from the others (100%), for tests and
+// benchmarks that run every member on 127.0.0.1.
 //
 // Packets are dropped on arrival (OnArrival, the input hook): that is loss
 // in the network, which the sender never learns of. Dropped on departure
@@ -57,10 +58,11 @@ type Table struct {
 }
 
 // Install creates table name dropping pct percent of the packets of its
-// ports (none yet) at where, with a resolution of 1 in a million.
+// ports (none yet) at where, with a resolution of 1 in a million; 100 drops
+// every one, cutting the ports off.
 func Install(ctx context.Context, name string, pct float64, where Where) (*Table, error) {
-	if !(pct > 0 && pct < 100) {
-		return nil, fmt.Errorf("netloss: loss %v%%: want a percentage above 0 and below 100", pct)
+	if !(pct > 0 && pct <= 100) {
+		return nil, fmt.Errorf("netloss: loss %v%%: want a percentage above 0, at most 100", pct)
 	}
 	if !tableName.MatchString(name) {
 		return nil, fmt.Errorf("netloss: table name %q: want letters, digits and underscores", name)
@@ -72,18 +74,23 @@ func Install(ctx context.Context, name string, pct float64, where Where) (*Table
 	if where == OnDeparture {
 		hook = "output"
 	}
-	n := int(pct * 10_000)
+	// The share of packets dropped: a random number below n out of a
+	// million; every packet for a cut (numgen's range ends at 999999).
+	share := fmt.Sprintf("numgen random mod 1000000 < %d ", int(pct*10_000))
+	if pct == 100 {
+		share = ""
+	}
 	ruleset := fmt.Sprintf(`table inet %[1]s {
 	set ports { type inet_service; }
 	chain in {
 		type filter hook %[3]s priority 0; policy accept;
-		meta l4proto { tcp, udp } th dport @ports numgen random mod 1000000 < %[2]d counter drop
-		meta l4proto { tcp, udp } th sport @ports th dport != @ports numgen random mod 1000000 < %[2]d counter drop
+		meta l4proto { tcp, udp } th dport @ports %[2]scounter drop
+		meta l4proto { tcp, udp } th sport @ports th dport != @ports %[2]scounter drop
 		meta l4proto { tcp, udp } th dport @ports counter
 		meta l4proto { tcp, udp } th sport @ports th dport != @ports counter
 	}
 }
-`, name, n, hook)
+`, name, share, hook)
 	if err := nft(ctx, ruleset, "-f", "-"); err != nil {
 		return nil, fmt.Errorf("netloss: install table %s: %w", name, err)
 	}

@@ -27,7 +27,7 @@ func TestParseCounters(t *testing.T) {
 }
 
 func TestInstallRefusals(t *testing.T) {
-	for _, pct := range []float64{-1, 0, 100, 150} {
+	for _, pct := range []float64{-1, 0, 100.5, 150} {
 		if _, err := Install(context.Background(), "netloss_test", pct, OnArrival); err == nil || !strings.Contains(err.Error(), "percentage") {
 			t.Errorf("loss %v%%: got %v, want a refusal of the percentage", pct, err)
 		}
@@ -114,6 +114,44 @@ func TestDropsAShare(t *testing.T) {
 	}
 	if got := receive(1000); got != 1000 {
 		t.Fatalf("after Close: received %d of 1000", got)
+	}
+}
+
+// TestCutsOff: at 100% every packet of the table's ports is dropped, the
+// counters say so, and Close lets them through again.
+func TestCutsOff(t *testing.T) {
+	if !InPrivate() {
+		RerunInPrivate(t)
+		return
+	}
+	ctx := context.Background()
+	tbl, err := Install(ctx, "netloss_test", 100, OnArrival)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv, send := udpPair(ctx, t, tbl)
+	payload := make([]byte, 100)
+	for range 500 {
+		if _, err := send.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, _, err := recv.ReadFromUDP(make([]byte, 200)); err == nil {
+		t.Fatalf("received a %d-byte datagram through a cut", n)
+	}
+	if dropped, passed, err := tbl.Counts(ctx); err != nil || dropped != 500 || passed != 0 {
+		t.Fatalf("counters %d dropped, %d passed (%v), want 500 and 0", dropped, passed, err)
+	}
+	if err := tbl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := send.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	recv.SetReadDeadline(time.Now().Add(time.Second))
+	if _, _, err := recv.ReadFromUDP(make([]byte, 200)); err != nil {
+		t.Fatalf("after Close: %v", err)
 	}
 }
 
