@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 
+	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
@@ -229,8 +230,14 @@ func (a *appender) write(b *pebble.Batch, jobs []*appendJob) error {
 		if sync {
 			opt = pebble.Sync
 		}
+		if err := failpoint.Inject("raft.before-log-commit"); err != nil {
+			return fmt.Errorf("commit raft log batch: %w", err)
+		}
 		if err := b.Commit(opt); err != nil {
 			return fmt.Errorf("commit raft log batch: %w", err)
+		}
+		if err := failpoint.Inject("raft.after-log-commit"); err != nil {
+			return fmt.Errorf("after the raft log batch: %w", err)
 		}
 		if sync {
 			h.stats.SyncedCommits.Add(1)

@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 	"go.etcd.io/raft/v3/tracker"
 
+	"github.com/nodedb/nodedb-cluster/internal/failpoint"
 	"github.com/nodedb/nodedb-cluster/internal/ids"
 	"github.com/nodedb/nodedb-cluster/internal/storage"
 	"github.com/nodedb/nodedb-cluster/internal/transport"
@@ -405,8 +406,14 @@ func (h *Host) commitApplies(w *workerState) error {
 	for _, r := range w.applied {
 		r.readCache.BeginCommit()
 	}
+	if err := failpoint.Inject("raft.before-apply-commit"); err != nil {
+		return fmt.Errorf("commit apply batch: %w", err)
+	}
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("commit apply batch: %w", err)
+	}
+	if err := failpoint.Inject("raft.after-apply-commit"); err != nil {
+		return fmt.Errorf("after the apply batch: %w", err)
 	}
 	w.apply.Reset()
 	var first error
