@@ -153,10 +153,10 @@ func leaderKill(t *testing.T, allArgs []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var victim int
+	victim := -1
 	for _, g := range st.Groups {
-		if g.Group == 1 {
-			victim = int(g.LeaderNode) - 1
+		if g.Group == 1 && g.LeaderNode != 0 {
+			victim = procOfNode(ctx, t, procs, g.LeaderNode)
 		}
 	}
 	if victim < 0 {
@@ -165,7 +165,7 @@ func leaderKill(t *testing.T, allArgs []string) {
 	w.setDown(victim, true)
 	procs[victim].kill()
 	killedAt := count()
-	t.Logf("killed node %d (leader of group 1) after %d acknowledged writes", victim+1, killedAt)
+	t.Logf("killed process %d (leader of group 1) after %d acknowledged writes", victim+1, killedAt)
 
 	// Writes continue after re-election, including to group 1.
 	waitCount(ctx, t, count, killedAt+200)
@@ -448,6 +448,19 @@ func waitCount(ctx context.Context, t *testing.T, count func() int, n int) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// procOfNode returns the index of the process that is node id: joins
+// finish in any order, so node IDs need not follow the processes' order.
+func procOfNode(ctx context.Context, t *testing.T, procs []*proc, id uint64) int {
+	t.Helper()
+	for i, p := range procs {
+		if st, err := adminOf(p.dir).Status(ctx); err == nil && st.Node == id {
+			return i
+		}
+	}
+	t.Fatalf("no running process is node %d", id)
+	return -1
 }
 
 func waitConverged(ctx context.Context, t *testing.T, procs []*proc, g uint64) {
