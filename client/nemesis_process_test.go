@@ -329,7 +329,7 @@ func settled(ctx context.Context, t *testing.T, pc *procCluster) server.ClusterS
 // TestLinearizableUnderProcessPartitions is the process nemesis with one
 // more disturbance, a node cut off from its peers while its clients still
 // reach it (the case leases and forwarding must get right), over QUIC with
-// quorum reads and with leases. Cutting needs nftables in a network
+// quorum reads, with leases, and on four nodes with replica moves. Cutting needs nftables in a network
 // namespace of the test's own (internal/netloss): the test reruns itself in
 // one, and skips where the machine cannot make one (not root, no unshare,
 // ip or nft).
@@ -361,6 +361,11 @@ func TestLinearizableUnderProcessPartitions(t *testing.T) {
 	for _, c := range []procNemesisCase{
 		{name: "quorum-reads", nodes: 3, partitions: true},
 		{name: "read-lease", nodes: 3, extra: []string{"--read-lease"}, partitions: true},
+		// Membership changes (a move adds a learner, promotes it with
+		// joint consensus, removes the old voter) while nodes are cut off:
+		// a learner counted in a quorum, or an acknowledgement from an
+		// old configuration, would commit without a real majority.
+		{name: "moves", nodes: 4, moves: true, partitions: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Logf("nemesis seed %d (-nodedb.proc-nemesis-seed)", seed)
