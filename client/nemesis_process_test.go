@@ -20,17 +20,18 @@ import (
 )
 
 var (
-	procNemesis     = flag.Duration("nodedb.proc-nemesis", 0, "run TestLinearizableUnderProcessNemesis's workload this long (0: skip it)")
-	procNemesisSeed = flag.Uint64("nodedb.proc-nemesis-seed", 0, "seed of TestLinearizableUnderProcessNemesis's nemesis (0: from the clock, logged)")
+	procNemesis     = flag.Duration("nodedb.proc-nemesis", 0, "run the process nemesis tests (TestLinearizableUnderProcess*) this long per case (0: skip them)")
+	procNemesisSeed = flag.Uint64("nodedb.proc-nemesis-seed", 0, "seed of the process nemesis (0: from the clock, logged)")
 )
 
 // runProcWorkload runs workers goroutines until the time until, worker w
 // using clients[w%len(clients)], each putting, compare-and-setting and
-// reading a few keys, and records every operation in h. A write whose outcome the client never learned (a timeout,
-// a node lost mid-request) is recorded as unknown; a failed read has no
-// effect and is not recorded.
+// reading a dozen keys (spread over the groups), and records every
+// operation in h. A write whose outcome the client never learned (a
+// timeout, a node lost mid-request) is recorded as unknown; a failed read
+// has no effect and is not recorded.
 func runProcWorkload(ctx context.Context, clients []*Client, h *history, workers int, until time.Time) {
-	keys := []string{"p0", "p1", "p2", "{p}3"}
+	keys := []string{"p0", "p1", "p2", "{p}3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "{p}11"}
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
