@@ -98,7 +98,8 @@ func runProcWorkload(ctx context.Context, clients []*Client, h *history, workers
 // busiest leader for longer than an election, or two nodes at once (no
 // quorum for a while); SIGKILL every node at once and restart them all
 // (every process crashed; the page cache survives a SIGKILL, so this is not
-// a power cut). Over QUIC with quorum reads, over QUIC with leader leases
+// a power cut); stall a node's Raft log commits for a second, three times
+// (a slow disk, through a failpoint armed on its admin socket). Over QUIC with quorum reads, over QUIC with leader leases
 // (`--read-lease`, where a stalled leader is the classic way to serve a
 // stale read), over TCP (`--transport tcp`), and on four nodes with replica
 // moves requested throughout. Then every history must be linearizable
@@ -173,9 +174,9 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisC
 		victim := rng.IntN(len(pc.procs))
 		p := pc.procs[victim]
 		var act string
-		k := rng.IntN(7)
+		k := rng.IntN(8)
 		if c.partitions && rng.IntN(2) == 0 {
-			k = 7 // half the disturbances, where cuts are the point
+			k = 8 // half the disturbances, where cuts are the point
 		}
 		switch k {
 		case 0:
@@ -221,6 +222,19 @@ func runProcNemesis(t *testing.T, dur time.Duration, seed uint64, c procNemesisC
 				pc.restart(t, i)
 			}
 		case 7:
+			// A disk that stalls (a cloud volume's hiccup): the node's
+			// Raft log commits block, its groups' leaderships must move
+			// or wait, and nothing it acknowledged may be lost.
+			fp := []string{"raft.before-log-commit", "raft.after-log-commit"}[rng.IntN(2)]
+			act = fmt.Sprintf("slow disk: %s sleeps 1 s, three times", fp)
+			if err := pc.admin(victim).ArmFailpoint(ctx, fp, "3*sleep(1000)"); err != nil {
+				t.Fatalf("arm %s: %v", fp, err)
+			}
+			sleep(time.Second, 4*time.Second)
+			if err := pc.admin(victim).DisarmFailpoint(ctx, fp); err != nil {
+				t.Fatalf("disarm %s: %v", fp, err)
+			}
+		case 8:
 			act = "cut off from its peers (not from its clients), healed after a pause"
 			if rng.IntN(2) == 0 {
 				victim, _ = pc.mostLeader(ctx)
