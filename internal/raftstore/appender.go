@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -62,6 +63,9 @@ type appender struct {
 	signal chan struct{}
 	acks   map[ackKey]int // see addResponse; reused by each write
 	out    outbox         // responses released by a write; reused by each
+	// writingSince is when the write in progress began (Unix nanoseconds),
+	// 0 between writes: how long the disk has kept it (diskstall.go).
+	writingSince atomic.Int64
 }
 
 // ackKey identifies the acknowledgements of one follower replica to one
@@ -143,7 +147,10 @@ func (a *appender) run() {
 		if len(jobs) == 0 {
 			continue
 		}
-		if err := a.write(batch, jobs); err != nil {
+		a.writingSince.Store(time.Now().UnixNano())
+		err := a.write(batch, jobs)
+		a.writingSince.Store(0)
+		if err != nil {
 			for _, j := range jobs {
 				if j.done != nil {
 					j.done <- err

@@ -50,6 +50,11 @@ type Config struct {
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks. Default 10.
 	ElectionTicks int
+	// DiskStallStepDown is how long one Raft log write may take before the
+	// node hands the groups it leads to other replicas (diskstall.go).
+	// Default two election timeouts, at least 2 s (a sync that long is a
+	// stall, not a busy disk); negative turns it off.
+	DiskStallStepDown time.Duration
 	// HeartbeatTicks is the heartbeat interval in ticks. Default 2: with
 	// many groups per node, heartbeats are a large share of the CPU an idle
 	// or lightly loaded node spends, and five heartbeats per election
@@ -143,6 +148,11 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// minDiskStallStepDown is the least default DiskStallStepDown: with short
+// ticks (tests), two election timeouts are shorter than a loaded disk's
+// slowest syncs.
+const minDiskStallStepDown = 2 * time.Second
+
 func (c *Config) setDefaults() {
 	if c.TickInterval <= 0 {
 		c.TickInterval = 100 * time.Millisecond
@@ -155,6 +165,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.HeartbeatTicks <= 0 {
 		c.HeartbeatTicks = 2
+	}
+	if c.DiskStallStepDown == 0 {
+		c.DiskStallStepDown = max(2*time.Duration(c.ElectionTicks)*c.TickInterval, minDiskStallStepDown)
 	}
 	if c.Workers <= 0 {
 		c.Workers = runtime.GOMAXPROCS(0)

@@ -322,7 +322,7 @@ func (r *replica) process(w *workerState) error {
 				r.peers[ids.ReplicaID(m.msg.From)] = m.from
 			}
 		}
-		if r.holdVote(&m.msg) {
+		if r.holdVote(&m.msg) || r.refuseLeadership(&m.msg) {
 			continue
 		}
 		// Errors here are messages Raft ignores (from removed peers, say).

@@ -46,6 +46,10 @@ type Host struct {
 	snapshots    outgoingSnapshots
 	snapSem      chan struct{}
 	appender     appender
+	// lastStallStepDown is when the ticker last asked this node's leaders
+	// to leave because the disk stalled (diskstall.go); only the ticker
+	// touches it.
+	lastStallStepDown time.Time
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -561,6 +565,7 @@ func (h *Host) tick() {
 			h.ping(now)
 		}
 		h.snapshots.expire(now.Add(-snapshotIdleTimeout))
+		h.checkDiskStall(now)
 	}
 }
 

@@ -41,6 +41,7 @@ type Stats struct {
 	MalformedEntries       atomic.Uint64
 	ClientExpiriesProposed atomic.Uint64 // client expiry entries proposed by leaders
 	ClientRecordsExpired   atomic.Uint64 // exactly-once client records dropped as idle
+	StallTransfers         atomic.Uint64 // leaderships handed over because this node's disk stalled
 }
 
 // latencies are the host's histograms: where a write's time goes, the
@@ -97,6 +98,7 @@ func (h *Host) registerMetrics(reg prometheus.Registerer) {
 		counter("log_truncations_total", "Raft log truncations.", &s.LogTruncations),
 		counter("log_truncations_proposed_total", "Log truncation entries proposed by leaders whose followers were all caught up.", &s.TruncationsProposed),
 		counter("read_index_batches_total", "ReadIndex requests issued (each covers a batch of reads).", &s.ReadIndexBatches),
+		counter("stall_transfers_total", "Leaderships this node handed over because one of its Raft log writes took longer than the disk stall limit.", &s.StallTransfers),
 		counter("lease_reads_total", "Linearizable reads served from the leader's lease without a quorum round (--read-lease).", &s.LeaseReads),
 		counter("read_cache_hits_total", "Client point reads answered from a replica's read cache.", &s.ReadCacheHits),
 		counter("read_cache_misses_total", "Client point reads that searched Pebble (and filled the read cache when no write raced them).", &s.ReadCacheMisses),
