@@ -15,8 +15,16 @@ import (
 // hand its leaderships over (after the disk stall limit, 2 s here), so that
 // writes to every group succeed again within seconds, and it must not lead
 // any data group while its disk is stuck.
+//
+// With `--disk-stall-step-down -1s` (off) the node keeps its leaderships
+// through the same stall: the flag reaches the Raft host.
 func TestLeadershipLeavesAStalledDisk(t *testing.T) {
-	ctx, pc := startProcCluster(t)
+	t.Run("default", func(t *testing.T) { stalledDisk(t, true) })
+	t.Run("off", func(t *testing.T) { stalledDisk(t, false, "--disk-stall-step-down", "-1s") })
+}
+
+func stalledDisk(t *testing.T, stepDown bool, extra ...string) {
+	ctx, pc := startProcClusterWith(t, 3, 2*time.Minute, extra...)
 	cl := pc.client
 	keys := make([][]byte, 12)
 	for i := range keys {
@@ -34,6 +42,23 @@ func TestLeadershipLeavesAStalledDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
+	if !stepDown {
+		time.Sleep(4 * time.Second) // twice the default limit
+		st, err := pc.admin((victim + 1) % len(pc.procs)).Cluster(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		led := 0
+		for _, g := range st.Groups {
+			if g.ID != 0 && g.Leader == stalled {
+				led++
+			}
+		}
+		if n := metricSum(pc.procs[victim].api, "nodedb_raft_stall_transfers_total"); n != 0 || led == 0 {
+			t.Fatalf("with the step-down off, node %d made %v stall transfers and leads %d data groups after 4 s of stall", stalled, n, led)
+		}
+		return
+	}
 	for _, k := range keys {
 		wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		s := time.Now()

@@ -120,6 +120,11 @@ type Config struct {
 	// nothing to do stops its Raft clock (docs/architecture.md,
 	// Quiescence); leases (ReadLease) turn quiescence off.
 	NoQuiesce bool
+	// DiskStallStepDown is how long one Raft log write may take before
+	// this node hands the groups it leads to other replicas, whose disks
+	// still work (docs/architecture.md, "A stalled disk"). Default two
+	// election timeouts, at least 2 s; negative turns it off.
+	DiskStallStepDown time.Duration
 	// Workers is the Raft worker pool size. Default GOMAXPROCS.
 	Workers int
 	// LogMaxEntries is the log length that triggers truncation of applied
@@ -207,6 +212,7 @@ func Start(cfg Config) (*Node, error) {
 		CommitNoticeDelay:     cfg.CommitNoticeDelay,
 		ReadLease:             cfg.ReadLease,
 		NoQuiesce:             cfg.NoQuiesce,
+		DiskStallStepDown:     cfg.DiskStallStepDown,
 		Workers:               cfg.Workers,
 		LogMaxEntries:         cfg.LogMaxEntries,
 		LogKeepEntries:        cfg.LogKeepEntries,

@@ -132,6 +132,7 @@ Operators reach a running node through its admin socket, DIR/admin.sock
 	f.BoolVar(&cfg.NoQuiesce, "no-quiesce", false, "keep idle groups heartbeating instead of stopping their Raft clocks (quiescence; needed while older nodes that do not quiesce are in the cluster; docs/architecture.md)")
 	f.DurationVar(&clientExpiry, "client-idle-expiry", time.Hour, "drop a client's exactly-once records in a vShard this long after its last write there (a write retried later applies again; the Go client retries for at most 10 minutes); 0 keeps them forever")
 	f.DurationVar(&cfg.MoveAbortTimeout, "move-abort-timeout", time.Hour, "a replica move not past its point of no return this long after it started is aborted")
+	f.DurationVar(&cfg.DiskStallStepDown, "disk-stall-step-down", 0, "hand the groups this node leads to other replicas when one of its Raft log writes takes this long (0: two election timeouts, at least 2s; negative: never)")
 	f.DurationVar(&cfg.NodeGoneAfter, "node-gone-after", 5*time.Minute, "a replica move's target that has not answered the metadata leader this long is gone, and the move is aborted")
 	f.IntVar(&cacheMiB, "cache-mib", 64, "Pebble block cache in MiB (reads of data not in a memtable or the node's value caches)")
 	f.IntVar(&memTableMiB, "memtable-mib", 32, "size of one Pebble memtable in MiB (up to three are in memory while they are flushed); smaller ones cost less CPU per write and flush more often")

@@ -89,6 +89,8 @@ type Config struct {
 	ReadLease bool
 	// NoQuiesce: see cluster.Config.NoQuiesce.
 	NoQuiesce bool
+	// DiskStallStepDown: see cluster.Config.DiskStallStepDown.
+	DiskStallStepDown time.Duration
 	// ClientIdleExpiry: see cluster.Config.ClientIdleExpiry (zero: its
 	// default, an hour; negative: never).
 	ClientIdleExpiry time.Duration

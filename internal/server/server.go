@@ -282,6 +282,7 @@ func (s *Server) open(id *pki.Identity, verifier *pki.Verifier, peers map[ids.No
 		HeartbeatTicks:     s.cfg.HeartbeatTicks,
 		ReadLease:          s.cfg.ReadLease,
 		NoQuiesce:          s.cfg.NoQuiesce,
+		DiskStallStepDown:  s.cfg.DiskStallStepDown,
 		ClientIdleExpiry:   s.cfg.ClientIdleExpiry,
 		CacheBytes:         s.cfg.CacheBytes,
 		MemTableBytes:      s.cfg.MemTableBytes,
