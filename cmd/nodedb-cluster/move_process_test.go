@@ -223,6 +223,24 @@ func (c *supervisedCluster) onAll(ctx context.Context, f func(context.Context, *
 	}
 }
 
+// startProcLoad starts a loadWriter of four workers through a Go client of
+// every process, pausing pause between operations; stop ends the load (the
+// caller waits for load.wg), and the client closes when the test ends.
+func startProcLoad(ctx context.Context, t *testing.T, procs []*proc, pause time.Duration) (load *loadWriter, stop context.CancelFunc) {
+	t.Helper()
+	var apis []string
+	for _, p := range procs {
+		apis = append(apis, p.api)
+	}
+	cl, err := client.New(ctx, client.Config{Endpoints: apis, RequestTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	lctx, stop := context.WithCancel(ctx)
+	return startLoadWriter(lctx, cl, 4, pause), stop
+}
+
 // loadWriter runs clients that put, compare-and-set and get a small set of
 // keys through the Go client and records a history for porcupine.
 type loadWriter struct {
@@ -316,18 +334,7 @@ func TestProcessMoveCrashAtEveryFailpoint(t *testing.T) {
 	points := selectedMoveFailpoints(t)
 	ctx, _, procs := startMoveCluster(t, time.Duration(len(points))*90*time.Second+2*time.Minute, nil)
 	c := superviseCluster(ctx, t, procs)
-
-	var apis []string
-	for _, p := range procs {
-		apis = append(apis, p.api)
-	}
-	cl, err := client.New(ctx, client.Config{Endpoints: apis, RequestTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	lctx, stopLoad := context.WithCancel(ctx)
-	load := startLoadWriter(lctx, cl, 4, 15*time.Millisecond)
+	load, stopLoad := startProcLoad(ctx, t, procs, 15*time.Millisecond)
 
 	for _, fp := range points {
 		c.moveWithCrash(ctx, fp)

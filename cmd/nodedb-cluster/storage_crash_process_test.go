@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
-	"github.com/nodedb/nodedb-cluster/client"
 )
 
 // storageFailpoints are the points around a node's two Pebble commits: the
@@ -45,18 +43,7 @@ func TestProcessCrashAtStorageFailpoints(t *testing.T) {
 	procs := startProcClusterWith(ctx, t, bin, t.TempDir(), 3, nil, "--groups", "4", "--vshards", "64", "--rf", "3")
 	waitLeaders(ctx, t, procs, 5)
 	c := superviseCluster(ctx, t, procs)
-
-	var apis []string
-	for _, p := range procs {
-		apis = append(apis, p.api)
-	}
-	cl, err := client.New(ctx, client.Config{Endpoints: apis, RequestTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	lctx, stopLoad := context.WithCancel(ctx)
-	load := startLoadWriter(lctx, cl, 4, 5*time.Millisecond)
+	load, stopLoad := startProcLoad(ctx, t, procs, 5*time.Millisecond)
 
 	for _, fp := range storageFailpoints {
 		for _, leader := range []bool{true, false} {
